@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` runs the main job, `make test` the whole test suite.
+# Both install what they need (as root on Debian bookworm) through scripts/bootstrap.
+
+.PHONY: demo test lint unit bench
+
+demo:
+	scripts/bootstrap
+	scripts/demo
+
+test:
+	scripts/bootstrap dev
+	$(MAKE) lint
+	.venv/bin/pytest -q
+
+lint:
+	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
+	.venv/bin/mypy src
+
+unit:
+	.venv/bin/pytest -q tests/unit
+
+bench:
+	scripts/bootstrap dev
+	.venv/bin/python -m bench

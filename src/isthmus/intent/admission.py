@@ -1,0 +1,238 @@
+"""Admission: what an object needs from the ledger before it may be stored, and what it frees on delete.
+
+Checks references and overlaps, assigns uid, MAC and allocations (VNI, addresses), all inside the caller's
+transaction. Functions of (transaction, object, stored object); they write nothing but IPAM keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from isthmus import ipam
+from isthmus.intent.errors import InUse, Invalid, NotFound
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    Node,
+    Object,
+    Resource,
+    ServiceVIP,
+    Subnet,
+    Tenant,
+    VirtualNetwork,
+    kind_of,
+    split_ref,
+)
+from isthmus.model.kinds import KINDS, KindInfo
+from isthmus.model.meta import IPAddress
+from isthmus.store import objects
+from isthmus.store.txn import Txn
+
+R = TypeVar("R", bound=Resource)
+_INFO = {k.model: k for k in KINDS if k.model is not None}
+
+
+def ident(obj: Object) -> str:
+    """How messages and IPAM owners name an object: Kind/namespace/name."""
+    ns = f"{obj.metadata.namespace}/" if obj.metadata.namespace else ""
+    return f"{obj.kind}/{ns}{obj.metadata.name}"
+
+
+def _get(txn: Txn, model: type[R], namespace: str | None, name: str) -> R | None:
+    found = objects.get(txn, _INFO[model], namespace, name)
+    return found if isinstance(found, model) else None
+
+
+def network_of(txn: Txn, ref: str, namespace: str | None) -> VirtualNetwork:
+    """The network a reference names, if the referrer's tenant may use it (its own, shared or external)."""
+    ns, name = split_ref(ref, namespace)
+    network = _get(txn, VirtualNetwork, ns, name)
+    if network is None or (ns != namespace and not (network.spec.shared or network.spec.external)):
+        raise NotFound(f"virtual network {ns}/{name} not found")
+    return network
+
+
+def subnets_of(txn: Txn, network: VirtualNetwork) -> list[Subnet]:
+    ns = network.metadata.namespace
+    found = objects.scan(txn, _INFO[Subnet], ns)
+    return [
+        s
+        for s in found
+        if isinstance(s, Subnet) and split_ref(s.spec.network, ns)[1] == network.metadata.name
+    ]
+
+
+def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
+    """The object as it will be stored: identity kept from `old`, allocations made; raises IntentError."""
+    meta = obj.metadata.model_copy(
+        update={"uid": old.metadata.uid if old else str(uuid.uuid4()), "resource_version": None}
+    )
+    obj = obj.model_copy(update={"metadata": meta})
+    info = kind_of(obj)
+    if info.model is None or not isinstance(obj, Resource):
+        return obj
+    if info.namespaced and _get(txn, Tenant, None, str(meta.namespace)) is None:
+        raise NotFound(f"tenant {meta.namespace!r} does not exist; create it first (kind: Tenant)")
+    for kind, ns, name in obj.refs():
+        if kind != "VirtualNetwork" and objects.get(txn, _kind(kind), ns, name) is None:
+            raise NotFound(f"{ident(obj)} names {kind} {f'{ns}/' if ns else ''}{name}, which does not exist")
+    check = _ADMIT.get(type(obj))
+    return check(txn, obj, old) if check else obj
+
+
+def release(txn: Txn, obj: Object) -> None:
+    """Refuse to delete what is still named by others; free what the object holds."""
+    info = kind_of(obj)
+    using = objects.referrers(txn, info, obj.metadata.namespace, obj.metadata.name)
+    if using:
+        raise InUse(f"{ident(obj)} is in use by {', '.join(_key_ident(k) for k in using)}")
+    if isinstance(obj, Tenant):
+        for kind in KINDS:
+            held = objects.scan(txn, kind, obj.metadata.name) if kind.namespaced and kind.model else []
+            if held:
+                raise InUse(
+                    f"tenant {obj.metadata.name} still holds {ident(held[0])}; delete its objects first"
+                )
+    elif isinstance(obj, VirtualNetwork):
+        ipam.release(txn, ipam.VNI_POOL, ident(obj))
+    elif isinstance(obj, Subnet):
+        pool = ipam.subnet_pool(obj)
+        owners = ipam.in_use(txn, pool)
+        if owners:
+            raise InUse(f"{ident(obj)} still has addresses allocated to {', '.join(owners)}")
+        ipam.retire(txn, pool)
+    elif isinstance(obj, Endpoint | ServiceVIP | FloatingIP):
+        network_ref = obj.spec.pool if isinstance(obj, FloatingIP) else obj.spec.network
+        ns, name = split_ref(network_ref, obj.metadata.namespace)
+        network = _get(txn, VirtualNetwork, ns, name)
+        for subnet in subnets_of(txn, network) if network else []:
+            ipam.release(txn, ipam.subnet_pool(subnet), ident(obj))
+
+
+def _kind(name: str) -> KindInfo:
+    return next(k for k in KINDS if k.model is not None and k.kind == name)
+
+
+def _key_ident(key: str) -> str:
+    info, ns, name = objects.parse_key(key)
+    return f"{info.kind}/{f'{ns}/' if ns else ''}{name}"
+
+
+def _node(txn: Txn, node: Node, old: Object | None) -> Node:
+    for other in objects.scan(txn, _INFO[Node]):
+        if (
+            isinstance(other, Node)
+            and other.metadata.name != node.metadata.name
+            and other.spec.address == node.spec.address
+        ):
+            raise Invalid(
+                f"node {node.metadata.name}: address {node.spec.address} belongs to {other.metadata.name}"
+            )
+    return node
+
+
+def _network(txn: Txn, network: VirtualNetwork, old: Object | None) -> VirtualNetwork:
+    try:
+        vni = ipam.allocate(txn, ipam.VNI_POOL, ident(network), network.spec.vni)
+    except ipam.IpamError as exc:
+        raise Invalid(f"{ident(network)}: VNI {exc}") from None
+    return network.model_copy(update={"spec": network.spec.model_copy(update={"vni": vni})})
+
+
+def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
+    ns = subnet.metadata.namespace
+    net_ns, _ = split_ref(subnet.spec.network, ns)
+    if net_ns != ns:
+        raise Invalid(
+            f"{ident(subnet)}: a subnet belongs to its network's tenant; {subnet.spec.network} is not in {ns}"
+        )
+    if isinstance(old, Subnet) and old.spec.cidr != subnet.spec.cidr:
+        raise Invalid(f"{ident(subnet)}: spec.cidr is immutable ({old.spec.cidr} -> {subnet.spec.cidr})")
+    network = network_of(txn, subnet.spec.network, ns)
+    for other in subnets_of(txn, network):
+        if other.metadata.name != subnet.metadata.name and other.spec.cidr.overlaps(subnet.spec.cidr):
+            raise Invalid(
+                f"{ident(subnet)}: {subnet.spec.cidr} overlaps {ident(other)} ({other.spec.cidr}) "
+                f"in network {ns}/{network.metadata.name}"
+            )
+    return subnet
+
+
+def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress]) -> list[IPAddress]:
+    """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds or a new one."""
+    name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
+    subnets = sorted(subnets_of(txn, network), key=lambda s: (s.spec.cidr.version, s.metadata.name))
+    if not subnets:
+        raise Invalid(f"{name}: network {net} has no subnet")
+    outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
+    if outside:
+        raise Invalid(f"{name}: {', '.join(outside)} is in no subnet of network {net}")
+    pools = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
+    try:
+        if not wanted:
+            for pool, cidr in pools:
+                value = ipam.held(txn, pool, name)
+                if value is not None:
+                    return [cidr[value]]
+            for pool, cidr in pools:
+                try:
+                    return [cidr[ipam.allocate(txn, pool, name)]]
+                except ipam.Exhausted:
+                    continue
+            raise ipam.Exhausted(
+                f"every subnet of network {net} is exhausted ({', '.join(str(c) for _, c in pools)})"
+            )
+        result: list[IPAddress] = []
+        for pool, cidr in pools:
+            mine = [a for a in wanted if a in cidr]
+            if len(mine) > 1:
+                raise Invalid(f"{name}: one address per subnet, got {', '.join(map(str, mine))} in {cidr}")
+            if mine:
+                result.append(cidr[ipam.allocate(txn, pool, name, int(mine[0]) - int(cidr.network_address))])
+            else:
+                ipam.release(txn, pool, name)
+        return result
+    except ipam.IpamError as exc:
+        raise Invalid(f"{name}: {exc}") from None
+
+
+def _mac(uid: str) -> str:
+    """A locally administered unicast MAC derived from the uid."""
+    digest = hashlib.sha256(uid.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _endpoint(txn: Txn, endpoint: Endpoint, old: Object | None) -> Endpoint:
+    network = network_of(txn, endpoint.spec.network, endpoint.metadata.namespace)
+    addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses))
+    mac = endpoint.spec.mac or _mac(str(endpoint.metadata.uid))
+    return endpoint.model_copy(
+        update={"spec": endpoint.spec.model_copy(update={"addresses": addresses, "mac": mac})}
+    )
+
+
+def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
+    network = network_of(txn, service.spec.network, service.metadata.namespace)
+    vip = _addresses(txn, service, network, [service.spec.vip] if service.spec.vip else [])[0]
+    return service.model_copy(update={"spec": service.spec.model_copy(update={"vip": vip})})
+
+
+def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
+    pool = network_of(txn, fip.spec.pool, fip.metadata.namespace)
+    if not pool.spec.external:
+        raise Invalid(f"{ident(fip)}: pool {fip.spec.pool} is not an external network")
+    address = _addresses(txn, fip, pool, [fip.spec.address] if fip.spec.address else [])[0]
+    return fip.model_copy(update={"spec": fip.spec.model_copy(update={"address": address})})
+
+
+_ADMIT: dict[type, Callable[[Txn, object, Object | None], Object]] = {
+    Node: _node,  # type: ignore[dict-item]
+    VirtualNetwork: _network,  # type: ignore[dict-item]
+    Subnet: _subnet,  # type: ignore[dict-item]
+    Endpoint: _endpoint,  # type: ignore[dict-item]
+    ServiceVIP: _service,  # type: ignore[dict-item]
+    FloatingIP: _floating,  # type: ignore[dict-item]
+}

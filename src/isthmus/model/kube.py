@@ -1,0 +1,37 @@
+"""Kubernetes objects, kept exactly as declared; the Kubernetes translator gives them meaning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from isthmus.model.meta import ObjectMeta
+
+
+class KubeObjectMeta(ObjectMeta):
+    model_config = ConfigDict(extra="allow")
+
+    @field_validator("resource_version", mode="before")
+    @classmethod
+    def _server_assigned(cls, value: Any) -> None:
+        """The API server's resourceVersion means nothing to the ledger; the ledger sets its own."""
+        return None
+
+
+class KubeObject(BaseModel):
+    """Any Kubernetes kind: apiVersion, kind and metadata are checked, every other field is kept as is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: KubeObjectMeta
+
+    def refs(self) -> list[tuple[str, str | None, str]]:
+        return []
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The declared fields other than apiVersion, kind and metadata (spec, status, data...)."""
+        return dict(self.model_extra or {})

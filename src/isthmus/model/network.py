@@ -1,0 +1,151 @@
+"""Tenants, nodes, virtual networks and their subnets."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from isthmus.model.meta import Cidr, IPAddress, Model, Ref, Resource, split_ref
+
+VNI_MAX = 2**24 - 1
+_RT = re.compile(r"^(?:(\d+)|(\d+\.\d+\.\d+\.\d+)):(\d+)$")
+
+
+def _route_target(value: str) -> str:
+    """ASN:N (2- or 4-byte ASN) or IPv4:N, as BGP extended communities carry them."""
+    match = _RT.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a route target (ASN:N or IPv4:N)")
+    asn, ip, number = match.groups()
+    if asn is not None:
+        limit = 2**16 - 1 if int(asn) > 2**16 - 1 else 2**32 - 1
+        if int(asn) > 2**32 - 1 or int(number) > limit:
+            raise ValueError(f"route target {value!r} is out of range")
+    else:
+        ipaddress.IPv4Address(ip)
+        if int(number) > 2**16 - 1:
+            raise ValueError(f"route target {value!r} is out of range")
+    return value
+
+
+RouteTarget = Annotated[str, AfterValidator(_route_target)]
+
+
+class TenantSpec(Model):
+    description: str = ""
+
+
+class Tenant(Resource):
+    """An isolation domain: a Kubernetes namespace or an OpenStack project. Cluster-scoped."""
+
+    KIND: ClassVar[str] = "Tenant"
+    NAMESPACED: ClassVar[bool] = False
+    PLURAL: ClassVar[str] = "tenants"
+    kind: Literal["Tenant"] = "Tenant"
+    spec: TenantSpec = TenantSpec()
+
+
+class NodeSpec(Model):
+    address: IPAddress = Field(description="underlay address, also the VXLAN tunnel endpoint")
+
+
+class Node(Resource):
+    """A machine that runs the agent. Cluster-scoped."""
+
+    KIND: ClassVar[str] = "Node"
+    NAMESPACED: ClassVar[bool] = False
+    PLURAL: ClassVar[str] = "nodes"
+    SHORT: ClassVar[tuple[str, ...]] = ("no",)
+    kind: Literal["Node"] = "Node"
+    spec: NodeSpec
+
+
+class VirtualNetworkSpec(Model):
+    mode: Literal["overlay", "routed"] = "overlay"
+    vni: Annotated[int, Field(ge=1, le=VNI_MAX)] | None = Field(None, description="allocated when absent")
+    import_targets: list[RouteTarget] = []
+    export_targets: list[RouteTarget] = []
+    external: bool = Field(False, description="a pool of public floating IPs, usable by every tenant")
+    shared: bool = Field(False, description="other tenants may attach endpoints and VIPs to it")
+
+
+class VirtualNetwork(Resource):
+    KIND: ClassVar[str] = "VirtualNetwork"
+    PLURAL: ClassVar[str] = "virtualnetworks"
+    SHORT: ClassVar[tuple[str, ...]] = ("vn", "network", "networks")
+    kind: Literal["VirtualNetwork"] = "VirtualNetwork"
+    spec: VirtualNetworkSpec = VirtualNetworkSpec()
+
+
+class AllocationPool(Model):
+    start: IPAddress
+    end: IPAddress
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AllocationPool:
+        if self.start.version != self.end.version or int(self.start) > int(self.end):
+            raise ValueError(f"allocation pool {self.start}-{self.end} is not an ascending range")
+        return self
+
+
+class SubnetSpec(Model):
+    network: Ref
+    cidr: Cidr
+    gateway: IPAddress | None = Field(None, description="defaults to the first address of the CIDR")
+    allocation_pools: list[AllocationPool] = Field([], description="default: every usable address")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubnetSpec:
+        if self.gateway is not None and self.gateway not in self.cidr:
+            raise ValueError(f"gateway {self.gateway} is outside {self.cidr}")
+        pools = sorted(self.allocation_pools, key=lambda p: int(p.start))
+        for pool in pools:
+            if pool.start not in self.cidr or pool.end not in self.cidr:
+                raise ValueError(f"allocation pool {pool.start}-{pool.end} is outside {self.cidr}")
+            if self.gateway is not None and int(pool.start) <= int(self.gateway) <= int(pool.end):
+                raise ValueError(
+                    f"allocation pool {pool.start}-{pool.end} contains the gateway {self.gateway}"
+                )
+        for a, b in itertools.pairwise(pools):
+            if int(b.start) <= int(a.end):
+                raise ValueError(f"allocation pools {a.start}-{a.end} and {b.start}-{b.end} overlap")
+        return self
+
+    def effective_gateway(self) -> IPAddress | None:
+        if self.gateway is not None:
+            return self.gateway
+        return self.cidr[1] if self.cidr.num_addresses > 2 else None
+
+    def offset_ranges(self) -> list[tuple[int, int]]:
+        """Allocatable addresses as inclusive offsets from the network address."""
+        base = int(self.cidr.network_address)
+        if self.allocation_pools:
+            return [
+                (int(p.start) - base, int(p.end) - base)
+                for p in sorted(self.allocation_pools, key=lambda p: p.start)
+            ]
+        size = self.cidr.num_addresses
+        if size <= 2:
+            return [(0, size - 1)]
+        last = size - 2 if self.cidr.version == 4 else size - 1
+        gateway = self.effective_gateway()
+        if gateway is None:
+            return [(1, last)]
+        g = int(gateway) - base
+        return [r for r in ((1, g - 1), (g + 1, last)) if r[0] <= r[1]]
+
+
+class Subnet(Resource):
+    KIND: ClassVar[str] = "Subnet"
+    PLURAL: ClassVar[str] = "subnets"
+    SHORT: ClassVar[tuple[str, ...]] = ("sn",)
+    kind: Literal["Subnet"] = "Subnet"
+    spec: SubnetSpec
+
+    def refs(self) -> list[tuple[str, str | None, str]]:
+        ns, name = split_ref(self.spec.network, self.metadata.namespace)
+        return [("VirtualNetwork", ns, name)]

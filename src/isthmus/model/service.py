@@ -1,0 +1,88 @@
+"""Service VIPs and floating IPs."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, Resource, split_ref
+
+
+class ServicePort(Model):
+    name: str = ""
+    protocol: Protocol = "TCP"
+    port: Port
+    target_port: Port | str | None = Field(None, description="number, or a port name resolved per backend")
+
+    def target_for(self, named: dict[str, int]) -> int | None:
+        """The backend port: numeric, the service port by default, or the backend's port of that name."""
+        if self.target_port is None:
+            return self.port
+        if isinstance(self.target_port, int):
+            return self.target_port
+        return named.get(self.target_port)
+
+
+class Backend(Model):
+    address: IPAddress
+    endpoint: Ref | None = None
+    node: Name | None = None
+    ready: bool = True
+    ports: dict[str, Port] = Field({}, description="the backend's named ports")
+
+
+class ServiceVIPSpec(Model):
+    network: Ref = Field(description="the virtual network whose subnet provides the VIP")
+    vip: IPAddress | None = Field(None, description="allocated when absent")
+    ports: list[ServicePort]
+    backends: list[Backend] = []
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    affinity_timeout: Annotated[int, Field(ge=1, le=86400)] = 10800
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> ServiceVIPSpec:
+        seen: set[tuple[str, int]] = set()
+        for port in self.ports:
+            if (port.protocol, port.port) in seen:
+                raise ValueError(f"port {port.port}/{port.protocol} is listed twice")
+            seen.add((port.protocol, port.port))
+        names = [p.name for p in self.ports]
+        if len(self.ports) > 1 and (not all(names) or len(set(names)) != len(names)):
+            raise ValueError("ports of a multi-port service need unique names")
+        return self
+
+
+class ServiceVIP(Resource):
+    KIND: ClassVar[str] = "ServiceVIP"
+    PLURAL: ClassVar[str] = "servicevips"
+    SHORT: ClassVar[tuple[str, ...]] = ("vip", "vips")
+    kind: Literal["ServiceVIP"] = "ServiceVIP"
+    spec: ServiceVIPSpec
+
+    def refs(self) -> list[tuple[str, str | None, str]]:
+        ns, name = split_ref(self.spec.network, self.metadata.namespace)
+        return [("VirtualNetwork", ns, name)]
+
+
+class FloatingIPSpec(Model):
+    pool: Ref = Field(description="an external virtual network, usually NAMESPACE/NAME of the admin's pool")
+    address: IPAddress | None = Field(None, description="allocated when absent")
+    endpoints: list[Ref] = Field([], description="endpoints the address maps to; ECMP when several")
+    service: Ref | None = Field(None, description="a ServiceVIP whose backends the address follows")
+
+
+class FloatingIP(Resource):
+    KIND: ClassVar[str] = "FloatingIP"
+    PLURAL: ClassVar[str] = "floatingips"
+    SHORT: ClassVar[tuple[str, ...]] = ("fip", "fips")
+    kind: Literal["FloatingIP"] = "FloatingIP"
+    spec: FloatingIPSpec
+
+    def refs(self) -> list[tuple[str, str | None, str]]:
+        ns = self.metadata.namespace
+        found: list[tuple[str, str | None, str]] = [("VirtualNetwork", *split_ref(self.spec.pool, ns))]
+        found += [("Endpoint", *split_ref(ref, ns)) for ref in self.spec.endpoints]
+        if self.spec.service is not None:
+            found.append(("ServiceVIP", *split_ref(self.spec.service, ns)))
+        return found

@@ -1,0 +1,105 @@
+"""Objects in the ledger: their keys, their encoding, typed reads and writes, and the reference index.
+
+Keys: /objects/GROUP/KIND/NAMESPACE/NAME (or /objects/GROUP/KIND/NAME for cluster-scoped kinds).
+Every reference an object makes is indexed as /refs<target key>|<referrer key>, so "is this in use?" is one
+bounded range read. metadata.resourceVersion is the key's mod revision and is never stored.
+"""
+
+from __future__ import annotations
+
+import json
+
+from isthmus.model.kinds import ISTHMUS, KINDS, KindInfo, Object, kind_of, parse_object
+from isthmus.store.ledger import KeyValue, Ledger, prefix_end
+from isthmus.store.txn import Txn
+
+OBJECTS = "/objects/"
+REFS = "/refs"
+_BY_PATH = {(k.group, k.kind): k for k in KINDS}
+
+
+def kind_prefix(info: KindInfo, namespace: str | None = None) -> str:
+    base = f"{OBJECTS}{info.group}/{info.kind}/"
+    return base + f"{namespace}/" if namespace and info.namespaced else base
+
+
+def key_of(info: KindInfo, namespace: str | None, name: str) -> str:
+    return kind_prefix(info, namespace) + name
+
+
+def object_key(obj: Object) -> str:
+    return key_of(kind_of(obj), obj.metadata.namespace, obj.metadata.name)
+
+
+def parse_key(key: str) -> tuple[KindInfo, str | None, str]:
+    """The kind, namespace and name a key stands for."""
+    group, kind, *rest = key.removeprefix(OBJECTS).split("/")
+    info = _BY_PATH[(group, kind)]
+    return (info, rest[0], rest[1]) if info.namespaced else (info, None, rest[0])
+
+
+def encode(obj: Object) -> bytes:
+    return obj.model_dump_json(
+        by_alias=True, exclude_none=True, exclude={"metadata": {"resource_version"}}
+    ).encode()
+
+
+def decode(kv: KeyValue) -> Object:
+    return _decode(kv.value, kv.mod_revision)
+
+
+def _decode(value: bytes, revision: int | None) -> Object:
+    data = json.loads(value)
+    if revision is not None:
+        data["metadata"]["resourceVersion"] = revision
+    return parse_object(data)
+
+
+def get(txn: Txn, info: KindInfo, namespace: str | None, name: str) -> Object | None:
+    """The stored object, recording a check on it (a concurrent change makes the commit conflict)."""
+    key = key_of(info, namespace, name)
+    value = txn.get(key)
+    if value is None:
+        return None
+    return _decode(value, None if key in txn.writes else txn.checks[key])
+
+
+def put(txn: Txn, obj: Object, old: Object | None) -> None:
+    """Store `obj` (replacing `old`, as read in this transaction) and re-index its references."""
+    key = object_key(obj)
+    txn.put(key, encode(obj))
+    new_refs = set(_ref_keys(obj, key))
+    old_refs = set(_ref_keys(old, key)) if old is not None else set()
+    for ref in old_refs - new_refs:
+        txn.delete(ref)
+    for ref in new_refs - old_refs:
+        txn.put(ref, b"")
+
+
+def delete(txn: Txn, obj: Object) -> None:
+    key = object_key(obj)
+    txn.delete(key)
+    for ref in _ref_keys(obj, key):
+        txn.delete(ref)
+
+
+def referrers(txn: Txn, info: KindInfo, namespace: str | None, name: str, limit: int = 5) -> list[str]:
+    """Keys of the objects (after this transaction's writes) that name this one."""
+    prefix = f"{REFS}{key_of(info, namespace, name)}|"
+    return [key.removeprefix(prefix) for key, _ in txn.range(prefix, prefix_end(prefix), limit)]
+
+
+def _ref_keys(obj: Object, key: str) -> list[str]:
+    return [f"{REFS}{key_of(_BY_PATH[(ISTHMUS, kind)], ns, name)}|{key}" for kind, ns, name in obj.refs()]
+
+
+def list_objects(ledger: Ledger, info: KindInfo, namespace: str | None = None) -> tuple[list[Object], int]:
+    """Every object of a kind (in one namespace, or all), and the revision of the read."""
+    items, revision = ledger.list(kind_prefix(info, namespace))
+    return [decode(kv) for kv in items], revision
+
+
+def scan(txn: Txn, info: KindInfo, namespace: str | None = None) -> list[Object]:
+    """Objects of a kind as this transaction sees them (no checks recorded)."""
+    prefix = kind_prefix(info, namespace)
+    return [_decode(v, None) for _, v in txn.range(prefix, prefix_end(prefix))]

@@ -1,0 +1,73 @@
+"""Optimistic transactions over a ledger: read, decide, then commit only if nothing read has changed.
+
+Every `get` records the key's mod revision as a check, so a committed transaction is serialisable for the
+keys it read. `range` and `peek` record nothing: use them for hints, and `get` the keys a decision rests on.
+A transaction sees its own writes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from isthmus.store.ledger import Conflict, KeyValue, Ledger, Op
+
+T = TypeVar("T")
+
+
+class Txn:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.checks: dict[str, int] = {}
+        self.writes: dict[str, bytes | None] = {}
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        kv = self.ledger.get(key)
+        self.checks.setdefault(key, kv.mod_revision if kv else 0)
+        return kv.value if kv else None
+
+    def peek(self, key: str) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        kv = self.ledger.get(key)
+        return kv.value if kv else None
+
+    def range(self, start: str, end: str, limit: int | None = None) -> list[tuple[str, bytes]]:
+        pending = {k: v for k, v in self.writes.items() if start <= k < end}
+        deleted = sum(1 for v in pending.values() if v is None)
+        stored: list[KeyValue] = self.ledger.range(start, end, None if limit is None else limit + deleted)
+        merged = {kv.key: kv.value for kv in stored} | pending
+        items = sorted((k, v) for k, v in merged.items() if v is not None)
+        return items if limit is None else items[:limit]
+
+    def put(self, key: str, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: str) -> None:
+        self.writes[key] = None
+
+    def ops(self) -> list[Op]:
+        return list(self.writes.items())
+
+
+def transact(ledger: Ledger, work: Callable[[Txn], T], attempts: int = 100) -> tuple[T, int]:
+    """Run `work` in a fresh transaction and commit it, again from the start on Conflict.
+
+    Returns what `work` returned and the revision the commit made (the current one if it wrote nothing).
+    """
+    attempt = 0
+    while True:
+        txn = Txn(ledger)
+        result = work(txn)
+        try:
+            revision = ledger.commit(txn.checks, txn.ops()) if txn.writes else ledger.revision()
+            return result, revision
+        except Conflict:
+            attempt += 1
+            if attempt >= attempts:
+                raise
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
