@@ -17,7 +17,8 @@ class ManifestError(ValueError):
     """A manifest that cannot become objects; the message names the file, document and field."""
 
 
-def _describe(error: ValidationError) -> str:
+def describe(error: ValidationError) -> str:
+    """One line naming each bad field, its problem and the value given."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
@@ -55,7 +56,7 @@ def parse_manifests(text: str, source: str = "<stdin>", namespace: str = "defaul
         try:
             objects.append(parse_object(doc))
         except ValidationError as exc:
-            raise ManifestError(f"{where}: {_describe(exc)}") from None
+            raise ManifestError(f"{where}: {describe(exc)}") from None
     return objects
 
 

@@ -103,3 +103,8 @@ def scan(txn: Txn, info: KindInfo, namespace: str | None = None) -> list[Object]
     """Objects of a kind as this transaction sees them (no checks recorded)."""
     prefix = kind_prefix(info, namespace)
     return [_decode(v, None) for _, v in txn.range(prefix, prefix_end(prefix))]
+
+
+def list_one(ledger: Ledger, info: KindInfo, namespace: str | None, name: str) -> Object | None:
+    kv = ledger.get(key_of(info, namespace, name))
+    return decode(kv) if kv else None

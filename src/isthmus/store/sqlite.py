@@ -35,8 +35,7 @@ class SqliteLedger(Ledger):
         self._local = threading.local()
         self._changed = threading.Condition()
         self._connections: list[sqlite3.Connection] = []
-        with self._write() as db:
-            db.executescript("COMMIT;" + _SCHEMA + "BEGIN IMMEDIATE;")
+        self._db().executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -1,0 +1,55 @@
+"""The FastAPI application: errors as Kubernetes-style Status JSON, auth on every route but /healthz."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from isthmus import __version__
+from isthmus.api.routes import ApiError, kind_routes, token_routes
+from isthmus.intent import IntentError
+from isthmus.store import Conflict, Ledger
+
+
+def status(code: int, reason: str, message: str) -> JSONResponse:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+    return JSONResponse(body, status_code=code)
+
+
+def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
+    app = FastAPI(title="Isthmus", version=__version__, description="One SDN control plane: the intent API")
+    app.state.ledger, app.state.admin_token = ledger, admin_token
+
+    @app.exception_handler(ApiError)
+    def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return status(exc.code, exc.reason, str(exc))
+
+    @app.exception_handler(IntentError)
+    def _intent_error(request: Request, exc: IntentError) -> JSONResponse:
+        return status(exc.status, exc.reason, str(exc))
+
+    @app.exception_handler(Conflict)
+    def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return status(409, "Conflict", "the ledger was busy with conflicting changes; try again")
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return status(400, "BadRequest", "; ".join(parts))
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "revision": ledger.revision()}
+
+    app.include_router(kind_routes())
+    app.include_router(token_routes())
+    return app

@@ -1,0 +1,219 @@
+"""Routes: one set per Isthmus kind on Kubernetes-style paths; thin handlers over isthmus.intent.
+
+A tenant token works only inside its own namespace: it cannot list or change other namespaces (403) and
+other tenants' objects do not exist for it (404).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from isthmus import intent
+from isthmus.api.auth import Principal, authenticate, issue, revoke, tokens_of
+from isthmus.model import KINDS, KindInfo, Object, parse_object
+from isthmus.model.manifest import describe
+from isthmus.store import Ledger, objects
+
+PREFIX = "/apis/isthmus.io/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason = code, reason
+
+
+def _ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "Unauthorized", "send 'Authorization: Bearer TOKEN'")
+    found = authenticate(_ledger(request), request.app.state.admin_token, token.strip())
+    if found is None:
+        raise ApiError(401, "Unauthorized", "the token is not valid")
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def _not_found(info: KindInfo, namespace: str | None, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f"{info.kind} {f'{namespace}/' if namespace else ''}{name} not found")
+
+
+def _authorize(who: Principal, info: KindInfo, namespace: str | None, name: str | None, write: bool) -> None:
+    """Admins may do anything; a tenant only what lies in its namespace, and read its own Tenant."""
+    if who.admin or (info.namespaced and namespace == who.tenant):
+        return
+    own_tenant = info.kind == "Tenant" and not write
+    if name is not None and not write and (info.namespaced or own_tenant):
+        if own_tenant and name == who.tenant:
+            return
+        raise _not_found(info, namespace, name)
+    if own_tenant and name is None:
+        return  # the list is filtered to the tenant itself
+    verb = "change" if write else "list"
+    where = f" in namespace {namespace}" if info.namespaced else ""
+    raise ApiError(403, "Forbidden", f"tenant {who.tenant} may not {verb} {info.plural}{where}")
+
+
+def _dump(obj: Object) -> dict[str, Any]:
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _parse(info: KindInfo, body: dict[str, Any], namespace: str | None, name: str | None) -> Object:
+    if not isinstance(body.get("metadata"), dict):
+        raise ApiError(422, "Invalid", "metadata: a mapping with at least a name is required")
+    meta = dict(body["metadata"])
+    for field, wanted in (("namespace", namespace), ("name", name)):
+        if wanted is not None and meta.setdefault(field, wanted) != wanted:
+            raise ApiError(
+                400, "BadRequest", f"metadata.{field} {meta[field]!r} does not match the URL's {wanted!r}"
+            )
+    if body.setdefault("kind", info.kind) != info.kind:
+        raise ApiError(400, "BadRequest", f"kind {body['kind']!r} does not match the URL's {info.kind}")
+    try:
+        return parse_object(
+            {**body, "apiVersion": body.get("apiVersion", info.api_version()), "metadata": meta}
+        )
+    except (ValidationError, KeyError) as exc:
+        message = describe(exc) if isinstance(exc, ValidationError) else str(exc.args[0])
+        raise ApiError(422, "Invalid", f"{info.kind} {meta.get('name', '?')}: {message}") from None
+
+
+def _add_kind(router: APIRouter, info: KindInfo) -> None:
+    assert info.model is not None
+    schema = {"$ref": f"#/components/schemas/{info.model.__name__}"}
+    body_doc: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+    }
+    one: dict[int | str, dict[str, Any]] = {200: {"model": info.model}}
+    base = (
+        f"{PREFIX}/namespaces/{{namespace}}/{info.plural}" if info.namespaced else f"{PREFIX}/{info.plural}"
+    )
+    tags: list[str | Enum] = [info.kind]
+
+    def list_(request: Request, who: Caller, namespace: str | None = None) -> dict[str, Any]:
+        _authorize(who, info, namespace, None, write=False)
+        scope = namespace if namespace is not None else who.tenant if info.namespaced else None
+        items, revision = objects.list_objects(_ledger(request), info, scope)
+        if not who.admin and not info.namespaced:
+            items = [o for o in items if o.metadata.name == who.tenant]
+        return {
+            "apiVersion": info.api_version(),
+            "kind": f"{info.kind}List",
+            "metadata": {"resourceVersion": revision},
+            "items": [_dump(o) for o in items],
+        }
+
+    def get(request: Request, who: Caller, name: str, namespace: str | None = None) -> dict[str, Any]:
+        _authorize(who, info, namespace, name, write=False)
+        found = objects.list_one(_ledger(request), info, namespace, name)
+        if found is None:
+            raise _not_found(info, namespace, name)
+        return _dump(found)
+
+    def create(
+        request: Request, who: Caller, body: Annotated[dict[str, Any], Body()], namespace: str | None = None
+    ) -> JSONResponse:
+        _authorize(who, info, namespace, None, write=True)
+        applied = intent.apply(_ledger(request), [_parse(info, body, namespace, None)], create_only=True)
+        return JSONResponse(_dump(applied[0].object), status_code=201)
+
+    def replace(
+        request: Request,
+        who: Caller,
+        name: str,
+        body: Annotated[dict[str, Any], Body()],
+        namespace: str | None = None,
+    ) -> JSONResponse:
+        _authorize(who, info, namespace, name, write=True)
+        obj = _parse(info, body, namespace, name)
+        applied = intent.apply(_ledger(request), [obj], check_version=True)[0]
+        return JSONResponse(_dump(applied.object), status_code=201 if applied.action == "created" else 200)
+
+    def delete(request: Request, who: Caller, name: str, namespace: str | None = None) -> dict[str, Any]:
+        _authorize(who, info, namespace, name, write=True)
+        return _dump(intent.delete(_ledger(request), [(info, namespace, name)])[0].object)
+
+    router.add_api_route(base, list_, methods=["GET"], tags=tags, name=f"list {info.plural}")
+    router.add_api_route(
+        base,
+        create,
+        methods=["POST"],
+        tags=tags,
+        status_code=201,
+        openapi_extra=body_doc,
+        name=f"create {info.kind}",
+    )
+    router.add_api_route(
+        f"{base}/{{name}}", get, methods=["GET"], tags=tags, responses=one, name=f"read {info.kind}"
+    )
+    router.add_api_route(
+        f"{base}/{{name}}",
+        replace,
+        methods=["PUT"],
+        tags=tags,
+        openapi_extra=body_doc,
+        name=f"create or replace {info.kind}",
+    )
+    router.add_api_route(
+        f"{base}/{{name}}", delete, methods=["DELETE"], tags=tags, name=f"delete {info.kind}"
+    )
+    if info.namespaced:
+        router.add_api_route(
+            f"{PREFIX}/{info.plural}",
+            list_,
+            methods=["GET"],
+            tags=tags,
+            name=f"list {info.plural} of every namespace",
+        )
+
+
+def kind_routes() -> APIRouter:
+    router = APIRouter()
+    for info in KINDS:
+        if info.model is not None:
+            _add_kind(router, info)
+    return router
+
+
+def token_routes() -> APIRouter:
+    router = APIRouter(prefix=f"{PREFIX}/tenants/{{tenant}}/tokens", tags=["Token"])
+
+    def admin_only(who: Principal) -> None:
+        if not who.admin:
+            raise ApiError(403, "Forbidden", "only the admin manages tokens")
+
+    @router.post("", status_code=201)
+    def create(
+        request: Request, who: Caller, tenant: str, description: Annotated[str, Body(embed=True)] = ""
+    ) -> dict[str, str]:
+        admin_only(who)
+        made = issue(_ledger(request), tenant, description)
+        if made is None:
+            raise ApiError(404, "NotFound", f"Tenant {tenant} not found")
+        return {"id": made[0], "token": made[1], "tenant": tenant}
+
+    @router.get("")
+    def list_(request: Request, who: Caller, tenant: str) -> list[dict[str, str]]:
+        admin_only(who)
+        return tokens_of(_ledger(request), tenant)
+
+    @router.delete("/{token_id}")
+    def delete(request: Request, who: Caller, tenant: str, token_id: str) -> dict[str, str]:
+        admin_only(who)
+        if not revoke(_ledger(request), tenant, token_id):
+            raise ApiError(404, "NotFound", f"token {token_id} of tenant {tenant} not found")
+        return {"id": token_id, "status": "revoked"}
+
+    return router

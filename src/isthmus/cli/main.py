@@ -1,0 +1,198 @@
+"""The `isthmus` command, kubectl-like and scriptable: exit 0 on success, else 1 and one line on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from isthmus import __version__, intent
+from isthmus.cli.output import document, table
+from isthmus.model import KINDS, KindInfo, ManifestError, Object, kind_of, load_manifests, lookup_kind
+from isthmus.store import Ledger, LedgerError, objects, open_ledger
+
+
+def default_state() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "isthmus")
+
+
+class Context:
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self._ledger: Ledger | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = open_ledger(self.state)
+        return self._ledger
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every expected failure into one line and exit code 1."""
+    try:
+        yield
+    except (intent.IntentError, ManifestError, LedgerError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="isthmus")
+@click.option(
+    "--state",
+    envvar="ISTHMUS_STATE",
+    default=default_state,
+    show_default="~/.local/state/isthmus",
+    help="State directory holding the ledger ($ISTHMUS_STATE); 'memory:' for a throw-away one.",
+)
+@click.pass_context
+def cli(ctx: click.Context, state: str) -> None:
+    """Isthmus: one SDN control plane for Kubernetes pods, OpenStack VMs and bare-metal hosts."""
+    ctx.obj = Context(state)
+
+
+def _report(applied: list[intent.Applied]) -> None:
+    for item in applied:
+        obj = item.object
+        click.echo(f"{kind_of(obj).kind.lower()}/{obj.metadata.name} {item.action}")
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--filename",
+    "paths",
+    multiple=True,
+    required=True,
+    help="A file, a directory of manifests, or - for stdin; may repeat.",
+)
+@click.option("-n", "--namespace", default="default", show_default=True, help="For objects that name none.")
+@pass_context
+def apply(ctx: Context, paths: tuple[str, ...], namespace: str) -> None:
+    """Create or replace objects from manifests, all of them or none."""
+    with _errors():
+        items = load_manifests(paths, namespace)
+        if not items:
+            raise click.ClickException(f"no objects in {', '.join(paths)}")
+        _report(intent.apply(ctx.ledger, items))
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True, help="List across every namespace.")
+@click.option("-o", "--output", type=click.Choice(["json", "yaml", "wide"]), help="Output format.")
+@pass_context
+def get(
+    ctx: Context, kind: str, name: str | None, namespace: str, all_namespaces: bool, output: str | None
+) -> None:
+    """Show objects of a KIND (or `all`), or one by NAME."""
+    with _errors():
+        kinds = [k for k in KINDS if k.model is not None] + [k for k in KINDS if k.model is None]
+        infos = kinds if kind == "all" else [lookup_kind(kind)]
+        shown: list[tuple[KindInfo, list[Object]]] = []
+        for info in infos:
+            scope = None if all_namespaces or not info.namespaced else namespace
+            if name is not None:
+                found = objects.list_one(ctx.ledger, info, scope, name)
+                if found is None:
+                    raise KeyError(f"{info.kind} {f'{scope}/' if scope else ''}{name} not found")
+                items = [found]
+            else:
+                items = sorted(objects.list_objects(ctx.ledger, info, scope)[0], key=_order)
+            if items or kind != "all":
+                shown.append((info, items))
+        if output in ("json", "yaml"):
+            everything = [o for _, items in shown for o in items]
+            click.echo(document(everything, name is not None, output))
+            return
+        if not any(items for _, items in shown):
+            where = "" if all_namespaces else f" in namespace {namespace}"
+            click.echo(f"No resources found{where}.", err=True)
+            return
+        blocks = [
+            (f"# {info.plural}\n" if len(shown) > 1 else "")
+            + table(info, items, all_namespaces, output == "wide")
+            for info, items in shown
+        ]
+        click.echo("\n\n".join(blocks))
+
+
+def _order(obj: Object) -> tuple[str, str]:
+    return obj.metadata.namespace or "", obj.metadata.name
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@click.option("-f", "--filename", "paths", multiple=True, help="Delete the objects these manifests name.")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--ignore-not-found", is_flag=True, help="Succeed when an object is already gone.")
+@pass_context
+def delete(
+    ctx: Context,
+    kind: str | None,
+    names: tuple[str, ...],
+    paths: tuple[str, ...],
+    namespace: str,
+    ignore_not_found: bool,
+) -> None:
+    """Delete objects by KIND NAME... or by manifests (-f), all of them or none."""
+    with _errors():
+        if paths and kind:
+            raise click.UsageError("give either KIND NAME... or -f, not both")
+        if paths:
+            targets = [
+                (kind_of(o), o.metadata.namespace, o.metadata.name) for o in load_manifests(paths, namespace)
+            ]
+        elif kind and names:
+            info = lookup_kind(kind)
+            targets = [(info, namespace if info.namespaced else None, n) for n in names]
+        else:
+            raise click.UsageError("name what to delete: KIND NAME... or -f PATH")
+        _report(intent.delete(ctx.ledger, targets, missing_ok=ignore_not_found))
+
+
+@cli.group()
+def api() -> None:
+    """The Isthmus REST API."""
+
+
+@api.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--admin-token", envvar="ISTHMUS_ADMIN_TOKEN", help="The admin's bearer token ($ISTHMUS_ADMIN_TOKEN)."
+)
+@pass_context
+def serve(ctx: Context, listen: str, admin_token: str | None) -> None:
+    """Serve the API until interrupted."""
+    import uvicorn
+
+    from isthmus.api import create_app
+
+    if not admin_token:
+        raise click.ClickException("no admin token: pass --admin-token or set ISTHMUS_ADMIN_TOKEN")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.ClickException(f"--listen {listen!r} is not HOST:PORT")
+    uvicorn.run(create_app(ctx.ledger, admin_token), host=host.strip("[]"), port=int(port), log_level="info")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="isthmus")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

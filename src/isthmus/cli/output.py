@@ -1,0 +1,94 @@
+"""How `isthmus get` shows objects: kubectl-like tables, or the objects as JSON or YAML."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    KindInfo,
+    Node,
+    Object,
+    Policy,
+    ServiceVIP,
+    Subnet,
+    VirtualNetwork,
+)
+
+Column = tuple[str, Callable[[Any], str], bool]  # header, cell, wide only
+
+
+def _ports(svc: ServiceVIP) -> str:
+    return ",".join(f"{p.port}/{p.protocol}" for p in svc.spec.ports)
+
+
+def _join(items: Sequence[object]) -> str:
+    return ",".join(str(i) for i in items) or "<none>"
+
+
+COLUMNS: dict[type, list[Column]] = {
+    Node: [("ADDRESS", lambda o: str(o.spec.address), False)],
+    VirtualNetwork: [
+        ("MODE", lambda o: o.spec.mode, False),
+        ("VNI", lambda o: str(o.spec.vni), False),
+        ("EXTERNAL", lambda o: str(o.spec.external).lower(), False),
+        ("SHARED", lambda o: str(o.spec.shared).lower(), True),
+        ("IMPORT", lambda o: _join(o.spec.import_targets), True),
+        ("EXPORT", lambda o: _join(o.spec.export_targets), True),
+    ],
+    Subnet: [
+        ("NETWORK", lambda o: o.spec.network, False),
+        ("CIDR", lambda o: str(o.spec.cidr), False),
+        ("GATEWAY", lambda o: str(o.spec.effective_gateway() or "<none>"), False),
+    ],
+    Endpoint: [
+        ("KIND", lambda o: o.spec.kind, False),
+        ("NETWORK", lambda o: o.spec.network, False),
+        ("ADDRESSES", lambda o: _join(o.spec.addresses), False),
+        ("NODE", lambda o: o.spec.node or "<none>", False),
+        ("MAC", lambda o: o.spec.mac or "<none>", True),
+        ("LABELS", lambda o: _join([f"{k}={v}" for k, v in sorted(o.metadata.labels.items())]), True),
+    ],
+    ServiceVIP: [
+        ("VIP", lambda o: str(o.spec.vip), False),
+        ("PORT(S)", _ports, False),
+        ("BACKENDS", lambda o: _join([b.address for b in o.spec.backends]), False),
+        ("AFFINITY", lambda o: o.spec.session_affinity, True),
+    ],
+    FloatingIP: [
+        ("ADDRESS", lambda o: str(o.spec.address), False),
+        ("POOL", lambda o: o.spec.pool, False),
+        (
+            "TARGETS",
+            lambda o: _join([*o.spec.endpoints, *([f"svc/{o.spec.service}"] if o.spec.service else [])]),
+            False,
+        ),
+    ],
+    Policy: [
+        ("PRIORITY", lambda o: str(o.spec.priority), False),
+        ("RULES", lambda o: str(len(o.spec.rules)), False),
+    ],
+}
+
+
+def table(info: KindInfo, items: Sequence[Object], all_namespaces: bool, wide: bool) -> str:
+    columns: list[Column] = [("NAME", lambda o: o.metadata.name, False)]
+    if all_namespaces and info.namespaced:
+        columns.insert(0, ("NAMESPACE", lambda o: o.metadata.namespace or "", False))
+    columns += [c for c in COLUMNS.get(info.model or object, []) if wide or not c[2]]
+    rows = [[h for h, _, _ in columns]] + [[cell(o) for _, cell, _ in columns] for o in items]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def document(items: Sequence[Object], single: bool, fmt: str) -> str:
+    dumped = [o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in items]
+    data: dict[str, Any] = dumped[0] if single else {"apiVersion": "v1", "kind": "List", "items": dumped}
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
