@@ -54,6 +54,8 @@ def _authorize(who: Principal, info: KindInfo, namespace: str | None, name: str 
     """Admins may do anything; a tenant only what lies in its namespace, and read its own Tenant."""
     if who.admin or (info.namespaced and namespace == who.tenant):
         return
+    if info.namespaced and namespace is None and name is None and not write:
+        return  # a list across namespaces, filtered to the tenant's own
     own_tenant = info.kind == "Tenant" and not write
     if name is not None and not write and (info.namespaced or own_tenant):
         if own_tenant and name == who.tenant:

@@ -64,8 +64,11 @@ def apply(
         return done
 
     done, revision = transact(ledger, work)
+    by_key = {objects.object_key(a.object): a for a in done}
+    ordered_back = [by_key[objects.object_key(o)] for o in items]  # in the caller's order
     return [
-        a if a.action == "unchanged" else Applied(_with_version(a.object, revision), a.action) for a in done
+        a if a.action == "unchanged" else Applied(_with_version(a.object, revision), a.action)
+        for a in ordered_back
     ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from isthmus.store.ledger import prefix_end
+from isthmus.store.ledger import Conflict, prefix_end
 from isthmus.store.txn import Txn
 
 _BATCH = 256
@@ -87,7 +87,10 @@ def allocate(txn: Txn, pool: Pool, owner: str, requested: int | None = None) -> 
         if found is None:
             raise Exhausted(f"{pool.label} is exhausted: nothing left for {owner}")
         value = found
-        txn.get(pool.value_key(value))  # the commit checks it is still free
+        if (
+            txn.get(pool.value_key(value)) is not None
+        ):  # taken since the scan; the commit checks it stays free
+            raise Conflict(pool.value_key(value), 0, -1)
         txn.put(f"{pool._root()}hint", str(value + 1).encode())
     txn.put(pool.value_key(value), owner.encode())
     txn.put(pool.owner_key(owner), str(value).encode())

@@ -14,9 +14,9 @@ class KubeObjectMeta(ObjectMeta):
 
     @field_validator("resource_version", mode="before")
     @classmethod
-    def _server_assigned(cls, value: Any) -> None:
-        """The API server's resourceVersion means nothing to the ledger; the ledger sets its own."""
-        return None
+    def _lenient(cls, value: Any) -> int | None:
+        """Another server's resourceVersion is opaque; the ledger replaces it with its own on every read."""
+        return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else None
 
 
 class KubeObject(BaseModel):

@@ -32,8 +32,12 @@ def parse_manifests(text: str, source: str = "<stdin>", namespace: str = "defaul
     """Every document of a YAML stream; namespaced objects without a namespace get `namespace`."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ManifestError(f"{source}: malformed YAML{where}: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: malformed YAML: {' '.join(str(exc).split())}") from None
+        raise ManifestError(f"{source}: malformed YAML: {exc}") from None
     objects: list[Object] = []
     for index, raw in enumerate(_flatten(documents), start=1):
         doc = raw

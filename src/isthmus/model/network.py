@@ -103,13 +103,12 @@ class SubnetSpec(Model):
         if self.gateway is not None and self.gateway not in self.cidr:
             raise ValueError(f"gateway {self.gateway} is outside {self.cidr}")
         pools = sorted(self.allocation_pools, key=lambda p: int(p.start))
+        gateway = self.effective_gateway()
         for pool in pools:
             if pool.start not in self.cidr or pool.end not in self.cidr:
                 raise ValueError(f"allocation pool {pool.start}-{pool.end} is outside {self.cidr}")
-            if self.gateway is not None and int(pool.start) <= int(self.gateway) <= int(pool.end):
-                raise ValueError(
-                    f"allocation pool {pool.start}-{pool.end} contains the gateway {self.gateway}"
-                )
+            if gateway is not None and int(pool.start) <= int(gateway) <= int(pool.end):
+                raise ValueError(f"allocation pool {pool.start}-{pool.end} contains the gateway {gateway}")
         for a, b in itertools.pairwise(pools):
             if int(b.start) <= int(a.end):
                 raise ValueError(f"allocation pools {a.start}-{a.end} and {b.start}-{b.end} overlap")

@@ -57,13 +57,14 @@ class Txn:
 def transact(ledger: Ledger, work: Callable[[Txn], T], attempts: int = 100) -> tuple[T, int]:
     """Run `work` in a fresh transaction and commit it, again from the start on Conflict.
 
+    `work` may raise Conflict itself when what it read is already stale.
     Returns what `work` returned and the revision the commit made (the current one if it wrote nothing).
     """
     attempt = 0
     while True:
         txn = Txn(ledger)
-        result = work(txn)
         try:
+            result = work(txn)
             revision = ledger.commit(txn.checks, txn.ops()) if txn.writes else ledger.revision()
             return result, revision
         except Conflict:

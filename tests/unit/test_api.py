@@ -1,0 +1,178 @@
+"""The REST API: auth, tenant isolation, CRUD answers, and errors as Status JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from isthmus.api import create_app
+from isthmus.store import Ledger, MemoryLedger
+from tests.conftest import obj
+
+ADMIN = "admin-secret"
+V1 = "/apis/isthmus.io/v1"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def store() -> Ledger:
+    return MemoryLedger()
+
+
+@pytest.fixture
+def client(store: Ledger) -> TestClient:
+    return TestClient(create_app(store, ADMIN))
+
+
+def admin_setup(client: TestClient, tenant: str) -> str:
+    """Create a tenant with network red and subnet; return a token of that tenant."""
+    h = bearer(ADMIN)
+    assert client.post(f"{V1}/tenants", json=obj("Tenant", tenant), headers=h).status_code == 201
+    assert (
+        client.post(
+            f"{V1}/namespaces/{tenant}/virtualnetworks", json=obj("VirtualNetwork", "red"), headers=h
+        ).status_code
+        == 201
+    )
+    made = client.post(
+        f"{V1}/namespaces/{tenant}/subnets",
+        json=obj("Subnet", "red-v4", spec={"network": "red", "cidr": "10.1.0.0/24"}),
+        headers=h,
+    )
+    assert made.status_code == 201, made.text
+    token = client.post(f"{V1}/tenants/{tenant}/tokens", json={"description": "ci"}, headers=h)
+    assert token.status_code == 201
+    body: dict[str, str] = token.json()
+    return body["token"]
+
+
+def test_no_or_bad_token_is_401(client: TestClient) -> None:
+    assert client.get(f"{V1}/tenants").status_code == 401
+    answer = client.get(f"{V1}/tenants", headers=bearer("wrong"))
+    assert answer.status_code == 401
+    assert answer.json() == {
+        "kind": "Status",
+        "status": "Failure",
+        "code": 401,
+        "reason": "Unauthorized",
+        "message": "the token is not valid",
+    }
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_tenant_sees_and_changes_only_its_own_objects(client: TestClient) -> None:
+    acme, umbrella = admin_setup(client, "acme"), admin_setup(client, "umbrella")
+    a = bearer(acme)
+    # its own network: readable and changeable
+    mine = client.get(f"{V1}/namespaces/acme/virtualnetworks/red", headers=a)
+    assert mine.status_code == 200 and mine.json()["spec"]["vni"] == 4096
+    # another tenant's network: does not exist for it
+    theirs = client.get(f"{V1}/namespaces/umbrella/virtualnetworks/red", headers=a)
+    assert theirs.status_code == 404
+    assert theirs.json()["message"] == "VirtualNetwork umbrella/red not found"
+    # and cannot be changed, listed or deleted
+    assert (
+        client.put(
+            f"{V1}/namespaces/umbrella/virtualnetworks/red", json=obj("VirtualNetwork", "red"), headers=a
+        ).status_code
+        == 403
+    )
+    assert client.delete(f"{V1}/namespaces/umbrella/virtualnetworks/red", headers=a).status_code == 403
+    listed = client.get(f"{V1}/namespaces/umbrella/virtualnetworks", headers=a)
+    assert (
+        listed.status_code == 403
+        and "tenant acme may not list virtualnetworks in namespace umbrella" in listed.text
+    )
+    # listing across namespaces shows only its own
+    everything = client.get(f"{V1}/virtualnetworks", headers=a).json()["items"]
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everything] == [("acme", "red")]
+    tenants = client.get(f"{V1}/tenants", headers=a).json()["items"]
+    assert [t["metadata"]["name"] for t in tenants] == ["acme"]
+    assert client.get(f"{V1}/tenants/umbrella", headers=a).status_code == 404
+    # nor can it reach in through a reference
+    spy = client.post(
+        f"{V1}/namespaces/acme/endpoints",
+        json=obj("Endpoint", "spy", spec={"network": "umbrella/red"}),
+        headers=a,
+    )
+    assert spy.status_code == 404
+    # cluster-scoped administration is the admin's
+    assert (
+        client.post(
+            f"{V1}/nodes", json=obj("Node", "n1", spec={"address": "192.0.2.1"}), headers=a
+        ).status_code
+        == 403
+    )
+    assert client.post(f"{V1}/tenants/acme/tokens", json={}, headers=bearer(umbrella)).status_code == 403
+    # the admin sees everything
+    assert len(client.get(f"{V1}/virtualnetworks", headers=bearer(ADMIN)).json()["items"]) == 2
+
+
+def test_crud_round_trip_and_errors(client: TestClient) -> None:
+    token = admin_setup(client, "acme")
+    h = bearer(token)
+    base = f"{V1}/namespaces/acme/endpoints"
+    made = client.post(base, json=obj("Endpoint", "web", spec={"network": "red"}), headers=h)
+    assert made.status_code == 201
+    body: dict[str, Any] = made.json()
+    assert body["spec"]["addresses"] == ["10.1.0.2"] and body["metadata"]["namespace"] == "acme"
+    again = client.post(base, json=obj("Endpoint", "web", spec={"network": "red"}), headers=h)
+    assert again.status_code == 409 and again.json()["reason"] == "AlreadyExists"
+    version = body["metadata"]["resourceVersion"]
+    body["metadata"]["labels"] = {"app": "web"}
+    replaced = client.put(f"{base}/web", json=body, headers=h)
+    assert replaced.status_code == 200 and replaced.json()["metadata"]["labels"] == {"app": "web"}
+    stale = client.put(
+        f"{base}/web", json={**body, "metadata": {**body["metadata"], "resourceVersion": version}}, headers=h
+    )
+    assert stale.status_code == 409 and "has changed since version" in stale.json()["message"]
+    bad = client.post(
+        base, json=obj("Endpoint", "x", spec={"network": "red", "addresses": ["10.1.0.999"]}), headers=h
+    )
+    assert bad.status_code == 422 and "spec.addresses.0" in bad.json()["message"]
+    wrong_ns = client.post(base, json=obj("Endpoint", "x", "other", {"network": "red"}), headers=h)
+    assert wrong_ns.status_code == 400 and "does not match the URL's 'acme'" in wrong_ns.json()["message"]
+    in_use = client.delete(f"{V1}/namespaces/acme/virtualnetworks/red", headers=h)
+    assert in_use.status_code == 409 and in_use.json()["reason"] == "InUse"
+    assert client.delete(f"{base}/web", headers=h).status_code == 200
+    assert client.get(f"{base}/web", headers=h).status_code == 404
+
+
+def test_tokens_are_hashed_revocable_and_die_with_their_tenant(client: TestClient, store: Ledger) -> None:
+    token = admin_setup(client, "acme")
+    stored = b"".join(kv.value + kv.key.encode() for kv in store.list("/")[0])
+    assert token.encode() not in stored
+    (listed,) = client.get(f"{V1}/tenants/acme/tokens", headers=bearer(ADMIN)).json()
+    assert listed["description"] == "ci" and "token" not in listed
+    assert client.delete(f"{V1}/tenants/acme/tokens/{listed['id']}", headers=bearer(ADMIN)).status_code == 200
+    assert client.get(f"{V1}/tenants/acme", headers=bearer(token)).status_code == 401
+    second = admin_setup(client, "solo")
+    admin = bearer(ADMIN)
+    for path in ("subnets/red-v4", "virtualnetworks/red"):
+        assert client.delete(f"{V1}/namespaces/solo/{path}", headers=admin).status_code == 200
+    assert client.delete(f"{V1}/tenants/solo", headers=admin).status_code == 200
+    assert client.post(f"{V1}/tenants", json=obj("Tenant", "solo"), headers=admin).status_code == 201
+    assert (
+        client.get(f"{V1}/tenants/solo", headers=bearer(second)).status_code == 401
+    )  # a new tenant, not the old one
+
+
+def test_openapi_documents_every_kind(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    for kind in (
+        "Tenant",
+        "Node",
+        "VirtualNetwork",
+        "Subnet",
+        "Endpoint",
+        "ServiceVIP",
+        "FloatingIP",
+        "Policy",
+    ):
+        assert kind in doc["components"]["schemas"]
+    assert f"{V1}/namespaces/{{namespace}}/subnets/{{name}}" in doc["paths"]

@@ -1,0 +1,214 @@
+"""Apply and delete against the ledger: references, overlaps, allocation, and all-or-nothing commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from isthmus import intent
+from isthmus.model import Endpoint, FloatingIP, ServiceVIP, VirtualNetwork, lookup_kind, parse_manifests
+from isthmus.store import Ledger, objects
+from tests.conftest import manifest, obj, tenant_net
+
+
+def apply(ledger: Ledger, *docs: dict[str, Any]) -> list[intent.Applied]:
+    return intent.apply(ledger, parse_manifests(manifest(*docs)))
+
+
+def snapshot(ledger: Ledger) -> list[tuple[str, bytes]]:
+    items, _ = ledger.list("/")
+    return [(kv.key, kv.value) for kv in items]
+
+
+def failing(ledger: Ledger, error: type[Exception], match: str, *docs: dict[str, Any]) -> None:
+    """Applying `docs` fails with `error`, and the ledger is exactly as it was."""
+    before, revision = snapshot(ledger), ledger.revision()
+    with pytest.raises(error, match=match):
+        apply(ledger, *docs)
+    assert snapshot(ledger) == before and ledger.revision() == revision
+
+
+def endpoint(name: str, tenant: str = "acme", **spec: Any) -> dict[str, Any]:
+    return obj("Endpoint", name, tenant, {"network": "red", **spec})
+
+
+def test_apply_allocates_and_reapply_is_unchanged(ledger: Ledger) -> None:
+    done = apply(ledger, *tenant_net(), endpoint("a"), endpoint("b"))
+    assert [d.action for d in done] == ["created"] * 5
+    a, b = (d.object for d in done[3:])
+    assert isinstance(a, Endpoint) and isinstance(b, Endpoint)
+    assert [str(x) for x in a.spec.addresses + b.spec.addresses] == ["10.1.0.2", "10.1.0.3"]
+    assert a.metadata.uid and a.spec.mac and a.metadata.resource_version == ledger.revision()
+    network = done[1].object
+    assert isinstance(network, VirtualNetwork) and network.spec.vni == 4096
+    revision = ledger.revision()
+    assert [d.action for d in apply(ledger, *tenant_net(), endpoint("a"), endpoint("b"))] == ["unchanged"] * 5
+    assert ledger.revision() == revision
+
+
+def test_replace_keeps_identity_and_address(ledger: Ledger) -> None:
+    first = apply(ledger, *tenant_net(), endpoint("a"))[-1].object
+    again = apply(ledger, endpoint("a", node=None, ports=[{"name": "http", "port": 80}]))[0]
+    assert again.action == "configured"
+    assert again.object.metadata.uid == first.metadata.uid
+    assert isinstance(again.object, Endpoint) and isinstance(first, Endpoint)
+    assert again.object.spec.addresses == first.spec.addresses
+
+
+def test_requested_address_moves_and_frees_the_old_one(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net(), endpoint("a"))
+    moved = apply(ledger, endpoint("a", addresses=["10.1.0.50"]))[0].object
+    assert isinstance(moved, Endpoint) and [str(x) for x in moved.spec.addresses] == ["10.1.0.50"]
+    failing(
+        ledger,
+        intent.Invalid,
+        "10.1.0.50 in subnet acme/red-v4 .* is already held by Endpoint/acme/a",
+        endpoint("b", addresses=["10.1.0.50"]),
+    )
+    failing(
+        ledger,
+        intent.Invalid,
+        "10.9.0.1 is in no subnet of network acme/red",
+        endpoint("b", addresses=["10.9.0.1"]),
+    )
+
+
+def test_overlapping_subnet_is_refused_and_nothing_changes(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net())
+    failing(
+        ledger,
+        intent.Invalid,
+        r"10.1.0.128/25 overlaps Subnet/acme/red-v4 \(10.1.0.0/24\) in network acme/red",
+        obj("VirtualNetwork", "blue", "acme"),
+        obj("Subnet", "more", "acme", {"network": "red", "cidr": "10.1.0.128/25"}),
+    )
+    # the same CIDR on another network (or tenant) is fine: address spaces may overlap across networks
+    apply(
+        ledger,
+        obj("VirtualNetwork", "blue", "acme"),
+        obj("Subnet", "blue-v4", "acme", {"network": "blue", "cidr": "10.1.0.0/24"}),
+    )
+
+
+def test_exhausted_pool_fails_the_whole_apply(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net(cidr="10.1.0.0/30"), endpoint("a"))  # a /30 has one address past the gateway
+    failing(
+        ledger,
+        intent.Invalid,
+        r"every subnet of network acme/red is exhausted \(10.1.0.0/30\)",
+        obj("VirtualNetwork", "green", "acme"),
+        endpoint("b"),
+    )
+
+
+def test_references_must_exist(ledger: Ledger) -> None:
+    failing(ledger, intent.NotFound, "tenant 'acme' does not exist", obj("VirtualNetwork", "red", "acme"))
+    apply(ledger, *tenant_net())
+    failing(
+        ledger,
+        intent.NotFound,
+        "virtual network acme/nope not found",
+        obj("Endpoint", "e", "acme", {"network": "nope"}),
+    )
+    failing(ledger, intent.NotFound, "names Node n9, which does not exist", endpoint("e", node="n9"))
+    failing(
+        ledger,
+        intent.Invalid,
+        "spec.cidr is immutable",
+        obj("Subnet", "red-v4", "acme", {"network": "red", "cidr": "10.2.0.0/24"}),
+    )
+
+
+def test_other_tenants_networks_are_invisible_unless_shared_or_external(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net("acme"), *tenant_net("umbrella", "blue"))
+    failing(
+        ledger,
+        intent.NotFound,
+        "virtual network umbrella/blue not found",
+        obj("Endpoint", "spy", "acme", {"network": "umbrella/blue"}),
+    )
+    failing(
+        ledger,
+        intent.Invalid,
+        "pool red is not an external network",
+        obj("FloatingIP", "f", "acme", {"pool": "red"}),
+    )
+    apply(
+        ledger,
+        obj("Tenant", "admin"),
+        obj("VirtualNetwork", "public", "admin", {"external": True}),
+        obj("Subnet", "public-v4", "admin", {"network": "public", "cidr": "203.0.113.0/24"}),
+    )
+    done = apply(
+        ledger,
+        endpoint("web"),
+        obj("FloatingIP", "web", "acme", {"pool": "admin/public", "endpoints": ["web"]}),
+        obj("ServiceVIP", "web", "acme", {"network": "red", "ports": [{"port": 80}]}),
+    )
+    fip, vip = done[1].object, done[2].object
+    assert isinstance(fip, FloatingIP) and str(fip.spec.address) == "203.0.113.2"
+    assert isinstance(vip, ServiceVIP) and str(vip.spec.vip) == "10.1.0.3"
+
+
+def test_delete_refuses_what_is_in_use_and_frees_allocations(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net(), endpoint("a"))
+    network = lookup_kind("VirtualNetwork")
+    with pytest.raises(
+        intent.InUse, match="VirtualNetwork/acme/red is in use by Endpoint/acme/a, Subnet/acme/red-v4"
+    ):
+        intent.delete(ledger, [(network, "acme", "red")])
+    with pytest.raises(
+        intent.InUse, match="Subnet/acme/red-v4 still has addresses allocated to Endpoint/acme/a"
+    ):
+        intent.delete(ledger, [(lookup_kind("Subnet"), "acme", "red-v4")])
+    with pytest.raises(intent.InUse, match="tenant acme still holds"):
+        intent.delete(ledger, [(lookup_kind("Tenant"), None, "acme")])
+    everything = [(objects.parse_key(kv.key)) for kv in ledger.list("/objects/")[0]]
+    assert len(intent.delete(ledger, everything)) == 4
+    left = [kv.key for kv in ledger.list("/")[0]]
+    assert left == ["/ipam/vni/hint"]  # objects, reference index and allocations all gone
+    with pytest.raises(intent.NotFound):
+        intent.delete(ledger, [(network, "acme", "red")])
+    assert intent.delete(ledger, [(network, "acme", "red")], missing_ok=True) == []
+
+
+def test_create_only_and_stale_versions(ledger: Ledger) -> None:
+    (tenant,) = parse_manifests(manifest(obj("Tenant", "acme")))
+    created = intent.apply(ledger, [tenant], create_only=True)[0].object
+    with pytest.raises(intent.AlreadyExists, match="Tenant/acme already exists"):
+        intent.apply(ledger, [tenant], create_only=True)
+    stale = created.model_copy(
+        update={"metadata": created.metadata.model_copy(update={"resource_version": 999})}
+    )
+    with pytest.raises(intent.Stale, match="Tenant/acme has changed since version 999"):
+        intent.apply(ledger, [stale], check_version=True)
+
+
+def test_vni_requests_and_conflicts(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net(), obj("VirtualNetwork", "blue", "acme", {"vni": 100}))
+    failing(
+        ledger,
+        intent.Invalid,
+        "VNI 100 in the VNI range is already held by VirtualNetwork/acme/blue",
+        obj("VirtualNetwork", "green", "acme", {"vni": 100}),
+    )
+
+
+def test_duplicates_in_one_apply_are_refused(ledger: Ledger) -> None:
+    failing(
+        ledger, intent.Invalid, "Tenant/acme is given twice", obj("Tenant", "acme"), obj("Tenant", "acme")
+    )
+
+
+def test_kubernetes_objects_are_stored_as_declared(ledger: Ledger) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80}]}]},
+    }
+    stored = apply(ledger, pod)[0].object
+    got = objects.list_one(ledger, lookup_kind("pods"), "default", "web")
+    assert got == stored
+    assert got.model_dump(by_alias=True, exclude_none=True)["spec"] == pod["spec"]

@@ -1,0 +1,155 @@
+"""The ledger contract, on every backend: revisions, CAS commits, ordered watches, compaction."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from isthmus.store import Compacted, Conflict, EventType, Ledger, SqliteLedger, transact
+from isthmus.store.txn import Txn
+
+
+def test_revisions_and_key_metadata(ledger: Ledger) -> None:
+    assert ledger.revision() == 0
+    r1 = ledger.commit({}, [("/a", b"1"), ("/b", b"2")])
+    r2 = ledger.commit({}, [("/a", b"3")])
+    assert (r1, r2) == (1, 2)
+    a = ledger.get("/a")
+    assert a is not None and (a.value, a.create_revision, a.mod_revision, a.version) == (b"3", 1, 2, 2)
+    assert ledger.get("/missing") is None
+
+
+def test_commit_without_change_keeps_revision(ledger: Ledger) -> None:
+    ledger.commit({}, [("/a", b"1")])
+    assert ledger.commit({}, [("/absent", None)]) == 1
+    assert ledger.revision() == 1
+
+
+def test_range_is_ordered_bounded_and_prefix_exact(ledger: Ledger) -> None:
+    ledger.commit({}, [(f"/k/{i:02d}", b"x") for i in (5, 1, 3)] + [("/k0", b"y"), ("/j", b"z")])
+    items, revision = ledger.list("/k/")
+    assert [kv.key for kv in items] == ["/k/01", "/k/03", "/k/05"]
+    assert revision == 1
+    assert [kv.key for kv in ledger.range("/k/02", "/k/99", limit=1)] == ["/k/03"]
+
+
+def test_conflicting_commit_changes_nothing(ledger: Ledger) -> None:
+    ledger.commit({}, [("/a", b"1")])
+    stale = ledger.get("/a")
+    assert stale is not None
+    ledger.commit({"/a": stale.mod_revision}, [("/a", b"2")])
+    with pytest.raises(Conflict) as caught:
+        ledger.commit({"/a": stale.mod_revision}, [("/a", b"lost"), ("/b", b"half")])
+    assert "conflict on /a" in str(caught.value)
+    assert ledger.get("/b") is None
+    got = ledger.get("/a")
+    assert got is not None and got.value == b"2"
+    with pytest.raises(Conflict):
+        ledger.commit({"/new": 5}, [("/new", b"x")])  # 0 means "must be absent"; 5 never matches
+
+
+def test_watch_replays_history_then_follows_live_changes(ledger: Ledger) -> None:
+    ledger.commit({}, [("/w/a", b"1")])
+    ledger.commit({}, [("/other", b"x")])
+    ledger.commit({}, [("/w/a", None), ("/w/b", b"2")])
+    watch = ledger.watch("/w/", after=0)
+    events = watch.poll()
+    assert [(e.type, e.key, e.value, e.revision) for e in events] == [
+        (EventType.PUT, "/w/a", b"1", 1),
+        (EventType.DELETE, "/w/a", b"", 3),
+        (EventType.PUT, "/w/b", b"2", 3),
+    ]
+    assert watch.poll() == []
+
+    def later() -> None:
+        ledger.commit({}, [("/w/c", b"3")])
+
+    timer = threading.Timer(0.1, later)
+    timer.start()
+    live = watch.poll(timeout=5)
+    timer.join()
+    assert [(e.key, e.revision) for e in live] == [("/w/c", 4)]
+    assert watch.revision == 4
+
+
+def test_watch_from_a_revision_sees_only_later_changes(ledger: Ledger) -> None:
+    for i in range(5):
+        ledger.commit({}, [(f"/w/{i}", b"x")])
+    assert [e.key for e in ledger.watch("/w/", after=3).poll()] == ["/w/3", "/w/4"]
+
+
+def test_watch_batches_never_split_a_revision(ledger: Ledger) -> None:
+    ledger.commit({}, [(f"/w/{i:04d}", b"x") for i in range(1500)])
+    ledger.commit({}, [("/w/last", b"y")])
+    watch = ledger.watch("/w/", after=0)
+    first = watch.poll()
+    assert len(first) == 1500 and {e.revision for e in first} == {1}
+    assert [e.key for e in watch.poll()] == ["/w/last"]
+
+
+def test_compacted_revision_is_a_clear_error(ledger: Ledger) -> None:
+    for i in range(10):
+        ledger.commit({}, [("/c", str(i).encode())])
+    ledger.compact(6)
+    with pytest.raises(Compacted, match=r"revision 2 is compacted.*relist"):
+        ledger.watch("/c", after=2)
+    watch = ledger.watch("/c", after=6)
+    assert [e.revision for e in watch.poll()] == [7, 8, 9, 10]
+    old = ledger.watch("/", after=7)
+    ledger.compact(9)
+    with pytest.raises(Compacted):
+        old.poll()
+
+
+def test_transact_retries_on_conflict_and_sees_its_own_writes(ledger: Ledger) -> None:
+    ledger.commit({}, [("/n", b"0")])
+    interfered = False
+
+    def increment(txn: Txn) -> int:
+        nonlocal interfered
+        value = int(txn.get("/n") or b"0")
+        if not interfered:  # a concurrent writer slips in once
+            interfered = True
+            ledger.commit({}, [("/n", b"10")])
+        txn.put("/n", str(value + 1).encode())
+        assert txn.get("/n") == str(value + 1).encode()
+        return value + 1
+
+    result, revision = transact(ledger, increment)
+    assert result == 11 and revision == 3
+    got = ledger.get("/n")
+    assert got is not None and got.value == b"11"
+
+
+def test_txn_range_overlays_pending_writes(ledger: Ledger) -> None:
+    ledger.commit({}, [("/r/1", b"a"), ("/r/2", b"b"), ("/r/3", b"c")])
+    txn = Txn(ledger)
+    txn.delete("/r/1")
+    txn.put("/r/25", b"new")
+    assert [k for k, _ in txn.range("/r/", "/r0", limit=2)] == ["/r/2", "/r/25"]
+    assert [k for k, _ in txn.range("/r/", "/r0")] == ["/r/2", "/r/25", "/r/3"]
+
+
+def test_sqlite_resumes_watches_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    first = SqliteLedger(path)
+    first.commit({}, [("/x/1", b"a")])
+    seen = first.watch("/x/", after=0).poll()[-1].revision
+    first.commit({}, [("/x/2", b"b")])
+    first.close()
+    again = SqliteLedger(path)  # as a restarted process would
+    assert again.revision() == 2
+    assert [e.key for e in again.watch("/x/", after=seen).poll()] == ["/x/2"]
+    again.close()
+
+
+def test_sqlite_watch_sees_commits_of_another_connection(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    reader, writer = SqliteLedger(path, poll=0.01), SqliteLedger(path)
+    watch = reader.watch("/p/", after=0)
+    threading.Timer(0.05, lambda: writer.commit({}, [("/p/x", b"1")])).start()
+    assert [e.key for e in watch.poll(timeout=5)] == ["/p/x"]
+    reader.close()
+    writer.close()
