@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from sortedcontainers import SortedDict
+
 from isthmus.store.ledger import Conflict, KeyValue, Ledger, Op
 
 T = TypeVar("T")
@@ -21,23 +23,25 @@ class Txn:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.checks: dict[str, int] = {}
-        self.writes: dict[str, bytes | None] = {}
+        self.writes: SortedDict = SortedDict()  # key -> value, None for a delete
 
     def get(self, key: str) -> bytes | None:
         if key in self.writes:
-            return self.writes[key]
+            value: bytes | None = self.writes[key]
+            return value
         kv = self.ledger.get(key)
         self.checks.setdefault(key, kv.mod_revision if kv else 0)
         return kv.value if kv else None
 
     def peek(self, key: str) -> bytes | None:
         if key in self.writes:
-            return self.writes[key]
+            value: bytes | None = self.writes[key]
+            return value
         kv = self.ledger.get(key)
         return kv.value if kv else None
 
     def range(self, start: str, end: str, limit: int | None = None) -> list[tuple[str, bytes]]:
-        pending = {k: v for k, v in self.writes.items() if start <= k < end}
+        pending = {k: self.writes[k] for k in self.writes.irange(start, end, inclusive=(True, False))}
         deleted = sum(1 for v in pending.values() if v is None)
         stored: list[KeyValue] = self.ledger.range(start, end, None if limit is None else limit + deleted)
         merged = {kv.key: kv.value for kv in stored} | pending
