@@ -1,1 +1,1 @@
-"""Isthmus benchmarks: `python -m bench [NAME ...] [--repeat N]` prints a table and writes JSON and markdown."""
+"""Isthmus benchmarks: `python -m bench [NAME ...] [--repeat N]` prints a table, writes JSON and markdown."""

@@ -24,8 +24,12 @@ class Goal:
     limit: float
 
     def met(self, value: float) -> bool:
-        ops: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le,
-                                                          ">": operator.gt, ">=": operator.ge}
+        ops: dict[str, Callable[[float, float], bool]] = {
+            "<": operator.lt,
+            "<=": operator.le,
+            ">": operator.gt,
+            ">=": operator.ge,
+        }
         return ops[self.op](value, self.limit)
 
 
@@ -42,8 +46,12 @@ class Benchmark:
 REGISTRY: dict[str, Benchmark] = {}
 
 
-def benchmark(name: str, units: dict[str, str], ratios: dict[str, tuple[str, str]] | None = None,
-              goals: tuple[Goal, ...] = ()) -> Callable[[Callable[[], Figures]], Callable[[], Figures]]:
+def benchmark(
+    name: str,
+    units: dict[str, str],
+    ratios: dict[str, tuple[str, str]] | None = None,
+    goals: tuple[Goal, ...] = (),
+) -> Callable[[Callable[[], Figures]], Callable[[], Figures]]:
     def register(fn: Callable[[], Figures]) -> Callable[[], Figures]:
         REGISTRY[name] = Benchmark(name, fn, units, ratios or {}, goals, (fn.__doc__ or "").strip())
         return fn
@@ -72,12 +80,21 @@ def run(names: list[str], repeat: int, out: Path) -> bool:
         goals = []
         for goal in bench.goals:
             value = figures[goal.figure]["median"]
-            goals.append({"figure": goal.figure, "goal": f"{goal.op} {goal.limit:g}", "median": value,
-                          "met": goal.met(value)})
+            goals.append(
+                {
+                    "figure": goal.figure,
+                    "goal": f"{goal.op} {goal.limit:g}",
+                    "median": value,
+                    "met": goal.met(value),
+                }
+            )
             all_met &= goal.met(value)
         results[name] = {"doc": bench.doc, "figures": figures, "goals": goals}
-    report = {"machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
-              "repeat": repeat, "benchmarks": results}
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
+        "repeat": repeat,
+        "benchmarks": results,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
@@ -93,14 +110,20 @@ def _cpus() -> int:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Benchmarks ({report['repeat']} runs each; {report['machine']['cpus']} CPUs, "
-             f"Python {report['machine']['python']})", "",
-             "| benchmark | figure | min | median | max | unit | goal |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Benchmarks ({report['repeat']} runs each; {report['machine']['cpus']} CPUs, "
+        f"Python {report['machine']['python']})",
+        "",
+        "| benchmark | figure | min | median | max | unit | goal |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, result in report["benchmarks"].items():
         goals = {g["figure"]: g for g in result["goals"]}
         for figure, s in result["figures"].items():
             goal = goals.get(figure)
             verdict = f"{goal['goal']} {'met' if goal['met'] else 'MISSED'}" if goal else ""
-            lines.append(f"| {name} | {figure} | {s['min']:.4g} | {s['median']:.4g} | {s['max']:.4g} | "
-                         f"{s['unit']} | {verdict} |")
+            lines.append(
+                f"| {name} | {figure} | {s['min']:.4g} | {s['median']:.4g} | {s['max']:.4g} | "
+                f"{s['unit']} | {verdict} |"
+            )
     return "\n".join(lines)
