@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, Resource, split_ref
+from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -63,9 +63,6 @@ class Endpoint(Resource):
     kind: Literal["Endpoint"] = "Endpoint"
     spec: EndpointSpec
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
-        ns, name = split_ref(self.spec.network, self.metadata.namespace)
-        found: list[tuple[str, str | None, str]] = [("VirtualNetwork", ns, name)]
-        if self.spec.node is not None:
-            found.append(("Node", None, self.spec.node))
-        return found
+    def refs(self) -> list[RefTo]:
+        network = ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)
+        return [network] if self.spec.node is None else [network, ("Node", None, self.spec.node)]

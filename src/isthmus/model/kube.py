@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from isthmus.model.meta import ObjectMeta
+from isthmus.model.meta import ObjectMeta, RefTo
 
 
 class KubeObjectMeta(ObjectMeta):
@@ -28,7 +28,7 @@ class KubeObject(BaseModel):
     kind: str
     metadata: KubeObjectMeta
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
+    def refs(self) -> list[RefTo]:
         return []
 
     @property

@@ -65,10 +65,17 @@ Protocol = Literal["TCP", "UDP", "SCTP"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+RefTo = tuple[str, str | None, str]  # (kind, namespace, name) of a referenced object
+
+
 def split_ref(ref: str, namespace: str | None) -> tuple[str | None, str]:
     """A reference is NAME (in the referrer's namespace) or NAMESPACE/NAME."""
     ns, _, name = ref.rpartition("/")
     return (ns or namespace), name
+
+
+def ref_to(kind: str, ref: str, namespace: str | None) -> RefTo:
+    return (kind, *split_ref(ref, namespace))
 
 
 class Model(BaseModel):
@@ -98,6 +105,6 @@ class Resource(Model):
     kind: str
     metadata: ObjectMeta
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
+    def refs(self) -> list[RefTo]:
         """The objects this one names: (kind, namespace, name); they must exist while it does."""
         return []

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from isthmus.model.meta import Cidr, IPAddress, Model, Ref, Resource, split_ref
+from isthmus.model.meta import Cidr, IPAddress, Model, Ref, RefTo, Resource, ref_to
 
 VNI_MAX = 2**24 - 1
 _RT = re.compile(r"^(?:(\d+)|(\d+\.\d+\.\d+\.\d+)):(\d+)$")
@@ -145,6 +145,5 @@ class Subnet(Resource):
     kind: Literal["Subnet"] = "Subnet"
     spec: SubnetSpec
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
-        ns, name = split_ref(self.spec.network, self.metadata.namespace)
-        return [("VirtualNetwork", ns, name)]
+    def refs(self) -> list[RefTo]:
+        return [ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)]

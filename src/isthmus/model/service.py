@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, Resource, split_ref
+from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to
 
 
 class ServicePort(Model):
@@ -60,9 +60,8 @@ class ServiceVIP(Resource):
     kind: Literal["ServiceVIP"] = "ServiceVIP"
     spec: ServiceVIPSpec
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
-        ns, name = split_ref(self.spec.network, self.metadata.namespace)
-        return [("VirtualNetwork", ns, name)]
+    def refs(self) -> list[RefTo]:
+        return [ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)]
 
 
 class FloatingIPSpec(Model):
@@ -79,10 +78,8 @@ class FloatingIP(Resource):
     kind: Literal["FloatingIP"] = "FloatingIP"
     spec: FloatingIPSpec
 
-    def refs(self) -> list[tuple[str, str | None, str]]:
+    def refs(self) -> list[RefTo]:
         ns = self.metadata.namespace
-        found: list[tuple[str, str | None, str]] = [("VirtualNetwork", *split_ref(self.spec.pool, ns))]
-        found += [("Endpoint", *split_ref(ref, ns)) for ref in self.spec.endpoints]
-        if self.spec.service is not None:
-            found.append(("ServiceVIP", *split_ref(self.spec.service, ns)))
-        return found
+        service = [] if self.spec.service is None else [ref_to("ServiceVIP", self.spec.service, ns)]
+        endpoints = [ref_to("Endpoint", ref, ns) for ref in self.spec.endpoints]
+        return [ref_to("VirtualNetwork", self.spec.pool, ns), *endpoints, *service]

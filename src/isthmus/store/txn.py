@@ -1,8 +1,8 @@
 """Optimistic transactions over a ledger: read, decide, then commit only if nothing read has changed.
 
-Every `get` records the key's mod revision as a check, so a committed transaction is serialisable for the
-keys it read. `range` and `peek` record nothing: use them for hints, and `get` the keys a decision rests on.
-A transaction sees its own writes.
+Every `get` records the key's mod revision as a check and reads it once (repeatable reads), so a committed
+transaction is serialisable for the keys it read. `range` and `peek` record nothing: use them for hints, and
+`get` the keys a decision rests on. A transaction sees its own writes.
 """
 
 from __future__ import annotations
@@ -23,15 +23,18 @@ class Txn:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.checks: dict[str, int] = {}
+        self._read: dict[str, bytes | None] = {}
         self.writes: SortedDict = SortedDict()  # key -> value, None for a delete
 
     def get(self, key: str) -> bytes | None:
         if key in self.writes:
             value: bytes | None = self.writes[key]
             return value
-        kv = self.ledger.get(key)
-        self.checks.setdefault(key, kv.mod_revision if kv else 0)
-        return kv.value if kv else None
+        if key not in self.checks:
+            kv = self.ledger.get(key)
+            self.checks[key] = kv.mod_revision if kv else 0
+            self._read[key] = kv.value if kv else None
+        return self._read[key]
 
     def peek(self, key: str) -> bytes | None:
         if key in self.writes:
