@@ -212,3 +212,58 @@ def test_kubernetes_objects_are_stored_as_declared(ledger: Ledger) -> None:
     got = objects.list_one(ledger, lookup_kind("pods"), "default", "web")
     assert got == stored
     assert got.model_dump(by_alias=True, exclude_none=True)["spec"] == pod["spec"]
+
+
+def test_networks_grow_by_blocks_of_their_subnet_pool(ledger: Ledger) -> None:
+    apply(
+        ledger,
+        obj("Tenant", "t"),
+        obj("SubnetPool", "pods", spec={"cidr": "10.32.0.0/26", "blockPrefixLength": 29}),
+        obj("VirtualNetwork", "red", "t", {"subnetPool": "pods"}),
+    )
+    made = apply(ledger, *[obj("Endpoint", f"e{i}", "t", {"network": "red"}) for i in range(12)])
+    addresses = [str(a.object.spec.addresses[0]) for a in made if isinstance(a.object, Endpoint)]
+    assert addresses[:6] == ["10.32.0.2", "10.32.0.3", "10.32.0.4", "10.32.0.5", "10.32.0.6", "10.32.0.10"]
+    assert len(set(addresses)) == 12
+    subnets = objects.list_objects(ledger, lookup_kind("Subnet"), "t")[0]
+    assert {s.metadata.name: str(s.spec.cidr) for s in subnets} == {  # type: ignore[attr-defined]
+        "red-0": "10.32.0.0/29",
+        "red-1": "10.32.0.8/29",
+        "red-2": "10.32.0.16/29",
+    }
+    failing(
+        ledger,
+        intent.Invalid,
+        r"subnet pool pods \(10.32.0.0/26\) is exhausted",
+        *[obj("Endpoint", f"x{i}", "t", {"network": "red"}) for i in range(30)],
+    )
+    intent.delete(ledger, [(lookup_kind("Endpoint"), "t", f"e{i}") for i in range(12)])
+    intent.delete(ledger, [(lookup_kind("VirtualNetwork"), "t", "red")])  # its blocks go with it
+    assert objects.list_objects(ledger, lookup_kind("Subnet"))[0] == []
+
+
+def test_service_backends_and_node_ports_come_from_the_ledger(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net(), obj("Node", "n1", spec={"address": "192.0.2.1"}), endpoint("web", node="n1"))
+    spec = {
+        "network": "red",
+        "type": "NodePort",
+        "ports": [
+            {"name": "http", "port": 80},
+            {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+        ],
+        "backends": [{"endpoint": "web"}],
+    }
+    vip = apply(ledger, obj("ServiceVIP", "web", "acme", spec))[0].object
+    assert isinstance(vip, ServiceVIP)
+    assert [(str(b.address), b.node) for b in vip.spec.backends] == [("10.1.0.2", "n1")]
+    assert [p.node_port for p in vip.spec.ports] == [30000, 30053]
+    failing(
+        ledger,
+        intent.Invalid,
+        "node port 30053 in the node port range 30000-32767 is already held",
+        obj("ServiceVIP", "other", "acme", {**spec, "backends": []}),
+    )
+    with pytest.raises(intent.InUse, match="Endpoint/acme/web is in use by ServiceVIP/acme/web"):
+        intent.delete(ledger, [(lookup_kind("Endpoint"), "acme", "web")])
+    clusterip = apply(ledger, obj("ServiceVIP", "web", "acme", {**spec, "type": "ClusterIP"}))[0].object
+    assert isinstance(clusterip, ServiceVIP) and [p.node_port for p in clusterip.spec.ports] == [None, None]

@@ -7,6 +7,7 @@ transaction. Functions of (transaction, object, stored object); they write nothi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
@@ -14,13 +15,16 @@ from typing import TypeVar
 from isthmus import ipam
 from isthmus.intent.errors import InUse, Invalid, NotFound
 from isthmus.model import (
+    Backend,
     Endpoint,
     FloatingIP,
     Node,
     Object,
     Resource,
+    ServicePort,
     ServiceVIP,
     Subnet,
+    SubnetPool,
     Tenant,
     VirtualNetwork,
     kind_of,
@@ -32,6 +36,7 @@ from isthmus.store import objects
 from isthmus.store.txn import Txn
 
 R = TypeVar("R", bound=Resource)
+NODE_PORTS = ipam.Pool("nodeport", ((30000, 32767),), "the node port range 30000-32767")
 _INFO = {k.model: k for k in KINDS if k.model is not None}
 
 
@@ -86,6 +91,11 @@ def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
 def release(txn: Txn, obj: Object) -> None:
     """Refuse to delete what is still named by others; free what the object holds."""
     info = kind_of(obj)
+    if isinstance(obj, VirtualNetwork) and obj.spec.subnet_pool is not None:
+        for grown in subnets_of(txn, obj):  # blocks it grew go with it, once empty
+            if grown.spec.pool == obj.spec.subnet_pool:
+                release(txn, grown)
+                objects.delete(txn, grown)
     using = objects.referrers(txn, info, obj.metadata.namespace, obj.metadata.name)
     if using:
         raise InUse(f"{ident(obj)} is in use by {', '.join(_key_ident(k) for k in using)}")
@@ -104,7 +114,19 @@ def release(txn: Txn, obj: Object) -> None:
         if owners:
             raise InUse(f"{ident(obj)} still has addresses allocated to {', '.join(owners)}")
         ipam.retire(txn, pool)
-    elif isinstance(obj, Endpoint | ServiceVIP | FloatingIP):
+        subnet_pool = _get(txn, SubnetPool, None, obj.spec.pool) if obj.spec.pool else None
+        if subnet_pool is not None:
+            ipam.release(txn, _block_pool(subnet_pool), ident(obj))
+    elif isinstance(obj, SubnetPool):
+        if ipam.in_use(txn, _block_pool(obj)):
+            raise InUse(
+                f"{ident(obj)} still has blocks allocated to {', '.join(ipam.in_use(txn, _block_pool(obj)))}"
+            )
+        ipam.retire(txn, _block_pool(obj))
+    if isinstance(obj, ServiceVIP):
+        for port in obj.spec.ports:
+            ipam.release(txn, NODE_PORTS, f"{ident(obj)}/{port.port}/{port.protocol}")
+    if isinstance(obj, Endpoint | ServiceVIP | FloatingIP):
         network_ref = obj.spec.pool if isinstance(obj, FloatingIP) else obj.spec.network
         ns, name = split_ref(network_ref, obj.metadata.namespace)
         network = _get(txn, VirtualNetwork, ns, name)
@@ -142,7 +164,37 @@ def _network(txn: Txn, network: VirtualNetwork, old: Object | None) -> VirtualNe
     return network.model_copy(update={"spec": network.spec.model_copy(update={"vni": vni})})
 
 
+def _block_pool(pool: SubnetPool) -> ipam.Pool:
+    return ipam.Pool(
+        f"subnetpool/{pool.metadata.uid}",
+        ((0, pool.spec.blocks() - 1),),
+        f"subnet pool {pool.metadata.name} ({pool.spec.cidr})",
+        lambda i: str(pool.spec.block(i)),
+    )
+
+
+def _with_block(txn: Txn, subnet: Subnet) -> Subnet:
+    """The subnet with its CIDR taken from (or checked against) its subnet pool."""
+    if subnet.spec.pool is None:
+        return subnet
+    pool = _pool(txn, subnet.spec.pool)
+    wanted = None
+    if subnet.spec.cidr is not None:
+        wanted = pool.spec.index_of(subnet.spec.cidr)
+        if wanted is None:
+            raise Invalid(
+                f"{ident(subnet)}: {subnet.spec.cidr} is not a /{pool.spec.block_prefix_length} "
+                f"block of subnet pool {pool.metadata.name} ({pool.spec.cidr})"
+            )
+    try:
+        index = ipam.allocate(txn, _block_pool(pool), ident(subnet), wanted)
+    except ipam.IpamError as exc:
+        raise Invalid(f"{ident(subnet)}: {exc}") from None
+    return subnet.model_copy(update={"spec": subnet.spec.model_copy(update={"cidr": pool.spec.block(index)})})
+
+
 def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
+    subnet = _with_block(txn, subnet)
     ns = subnet.metadata.namespace
     net_ns, _ = split_ref(subnet.spec.network, ns)
     if net_ns != ns:
@@ -165,7 +217,7 @@ def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IP
     """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds or a new one."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
     subnets = sorted(subnets_of(txn, network), key=lambda s: (s.spec.cidr.version, s.metadata.name))
-    if not subnets:
+    if not subnets and network.spec.subnet_pool is None:
         raise Invalid(f"{name}: network {net} has no subnet")
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
     if outside:
@@ -182,6 +234,9 @@ def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IP
                     return [cidr[ipam.allocate(txn, pool, name)]]
                 except ipam.Exhausted:
                     continue
+            if network.spec.subnet_pool is not None:
+                grown = _grow(txn, network)
+                return [grown.spec.cidr[ipam.allocate(txn, ipam.subnet_pool(grown), name)]]
             raise ipam.Exhausted(
                 f"every subnet of network {net} is exhausted ({', '.join(str(c) for _, c in pools)})"
             )
@@ -199,6 +254,29 @@ def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IP
         raise Invalid(f"{name}: {exc}") from None
 
 
+def _grow(txn: Txn, network: VirtualNetwork) -> Subnet:
+    """A new subnet for the network, NETWORK-N, a block of its subnet pool."""
+    ns, base = network.metadata.namespace, network.metadata.name
+    name = next(f"{base}-{i}" for i in itertools.count() if _get(txn, Subnet, ns, f"{base}-{i}") is None)
+    draft = Subnet.model_validate(
+        {
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"network": base, "pool": network.spec.subnet_pool},
+        }
+    )
+    subnet = admit(txn, draft, None)
+    assert isinstance(subnet, Subnet)
+    objects.put(txn, subnet, None)
+    return subnet
+
+
+def _pool(txn: Txn, name: str) -> SubnetPool:
+    pool = _get(txn, SubnetPool, None, name)
+    if pool is None:
+        raise NotFound(f"subnet pool {name} not found")
+    return pool
+
+
 def _mac(uid: str) -> str:
     """A locally administered unicast MAC derived from the uid."""
     digest = hashlib.sha256(uid.encode()).digest()
@@ -214,10 +292,40 @@ def _endpoint(txn: Txn, endpoint: Endpoint, old: Object | None) -> Endpoint:
     )
 
 
+def _backend(txn: Txn, backend: Backend, namespace: str | None) -> Backend:
+    """Address and node from the backend's endpoint (its first address), when it names one."""
+    if backend.endpoint is None:
+        return backend
+    ns, name = split_ref(backend.endpoint, namespace)
+    endpoint = _get(txn, Endpoint, ns, name)
+    assert endpoint is not None  # admit() checked the reference
+    return backend.model_copy(update={"address": endpoint.spec.addresses[0], "node": endpoint.spec.node})
+
+
+def _node_ports(txn: Txn, service: ServiceVIP) -> list[ServicePort]:
+    """Every port of a NodePort or LoadBalancer service gets a node port; others hold none."""
+    name, ports = ident(service), []
+    for port in service.spec.ports:
+        owner = f"{name}/{port.port}/{port.protocol}"
+        if service.spec.type == "ClusterIP":
+            ipam.release(txn, NODE_PORTS, owner)
+            ports.append(port.model_copy(update={"node_port": None}))
+            continue
+        try:
+            ports.append(
+                port.model_copy(update={"node_port": ipam.allocate(txn, NODE_PORTS, owner, port.node_port)})
+            )
+        except ipam.IpamError as exc:
+            raise Invalid(f"{name}: node port {exc}") from None
+    return ports
+
+
 def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
     network = network_of(txn, service.spec.network, service.metadata.namespace)
     vip = _addresses(txn, service, network, [service.spec.vip] if service.spec.vip else [])[0]
-    return service.model_copy(update={"spec": service.spec.model_copy(update={"vip": vip})})
+    backends = [_backend(txn, b, service.metadata.namespace) for b in service.spec.backends]
+    spec = {"vip": vip, "backends": backends, "ports": _node_ports(txn, service)}
+    return service.model_copy(update={"spec": service.spec.model_copy(update=spec)})
 
 
 def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:

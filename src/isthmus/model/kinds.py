@@ -8,7 +8,7 @@ from typing import Any
 from isthmus.model.endpoint import Endpoint
 from isthmus.model.kube import KubeObject
 from isthmus.model.meta import Resource
-from isthmus.model.network import Node, Subnet, Tenant, VirtualNetwork
+from isthmus.model.network import Node, Subnet, SubnetPool, Tenant, VirtualNetwork
 from isthmus.model.policy import Policy
 from isthmus.model.service import FloatingIP, ServiceVIP
 
@@ -40,7 +40,10 @@ def _isthmus(model: type[Resource]) -> KindInfo:
 
 # Dependency order: an object only names objects of kinds listed before its own.
 KINDS: tuple[KindInfo, ...] = (
-    *(_isthmus(m) for m in (Tenant, Node, VirtualNetwork, Subnet, Endpoint, ServiceVIP, FloatingIP, Policy)),
+    *(
+        _isthmus(m)
+        for m in (Tenant, Node, SubnetPool, VirtualNetwork, Subnet, Endpoint, ServiceVIP, FloatingIP, Policy)
+    ),
     KindInfo("core", "Namespace", "namespaces", False, ("v1",), ("ns",)),
     KindInfo("core", "Pod", "pods", True, ("v1",), ("po",)),
     KindInfo("core", "ReplicationController", "replicationcontrollers", True, ("v1",), ("rc",)),

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from isthmus.model.meta import Cidr, IPAddress, Model, Ref, RefTo, Resource, ref_to
+from isthmus.model.meta import Cidr, IPAddress, Model, Name, Ref, RefTo, Resource, ref_to
 
 VNI_MAX = 2**24 - 1
 _RT = re.compile(r"^(?:(\d+)|(\d+\.\d+\.\d+\.\d+)):(\d+)$")
@@ -71,6 +71,9 @@ class VirtualNetworkSpec(Model):
     export_targets: list[RouteTarget] = []
     external: bool = Field(False, description="a pool of public floating IPs, usable by every tenant")
     shared: bool = Field(False, description="other tenants may attach endpoints and VIPs to it")
+    subnet_pool: Name | None = Field(
+        None, description="grow by a block of this SubnetPool when subnets are full"
+    )
 
 
 class VirtualNetwork(Resource):
@@ -79,6 +82,47 @@ class VirtualNetwork(Resource):
     SHORT: ClassVar[tuple[str, ...]] = ("vn", "network", "networks")
     kind: Literal["VirtualNetwork"] = "VirtualNetwork"
     spec: VirtualNetworkSpec = VirtualNetworkSpec()
+
+    def refs(self) -> list[RefTo]:
+        return [] if self.spec.subnet_pool is None else [("SubnetPool", None, self.spec.subnet_pool)]
+
+
+class SubnetPoolSpec(Model):
+    cidr: Cidr
+    block_prefix_length: Annotated[int, Field(ge=1, le=128)] = Field(
+        description="size of the blocks handed out"
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> SubnetPoolSpec:
+        if not self.cidr.prefixlen <= self.block_prefix_length <= self.cidr.max_prefixlen:
+            raise ValueError(f"blockPrefixLength {self.block_prefix_length} does not fit in {self.cidr}")
+        return self
+
+    def block(self, index: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        size = 2 ** (self.cidr.max_prefixlen - self.block_prefix_length)
+        return ipaddress.ip_network((int(self.cidr.network_address) + index * size, self.block_prefix_length))
+
+    def index_of(self, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int | None:
+        if cidr.prefixlen != self.block_prefix_length or not cidr.subnet_of(self.cidr):  # type: ignore[arg-type]
+            return None
+        return (int(cidr.network_address) - int(self.cidr.network_address)) >> (
+            self.cidr.max_prefixlen - self.block_prefix_length
+        )
+
+    def blocks(self) -> int:
+        return int(2 ** (self.block_prefix_length - self.cidr.prefixlen))
+
+
+class SubnetPool(Resource):
+    """A supernet that hands out equal blocks to subnets that ask for one (as Neutron subnet pools)."""
+
+    KIND: ClassVar[str] = "SubnetPool"
+    NAMESPACED: ClassVar[bool] = False
+    PLURAL: ClassVar[str] = "subnetpools"
+    SHORT: ClassVar[tuple[str, ...]] = ("snp",)
+    kind: Literal["SubnetPool"] = "SubnetPool"
+    spec: SubnetPoolSpec
 
 
 class AllocationPool(Model):
@@ -94,12 +138,19 @@ class AllocationPool(Model):
 
 class SubnetSpec(Model):
     network: Ref
-    cidr: Cidr
+    cidr: Cidr = Field(None, description="taken as a block of `pool` when absent")  # type: ignore[assignment]
+    pool: Name | None = Field(None, description="a SubnetPool to take the CIDR from")
     gateway: IPAddress | None = Field(None, description="defaults to the first address of the CIDR")
     allocation_pools: list[AllocationPool] = Field([], description="default: every usable address")
 
     @model_validator(mode="after")
     def _consistent(self) -> SubnetSpec:
+        if self.cidr is None:
+            if self.pool is None:
+                raise ValueError("give a cidr, or a pool to take one from")
+            if self.gateway is not None or self.allocation_pools:
+                raise ValueError("gateway and allocationPools need an explicit cidr")
+            return self
         if self.gateway is not None and self.gateway not in self.cidr:
             raise ValueError(f"gateway {self.gateway} is outside {self.cidr}")
         pools = sorted(self.allocation_pools, key=lambda p: int(p.start))
@@ -146,4 +197,5 @@ class Subnet(Resource):
     spec: SubnetSpec
 
     def refs(self) -> list[RefTo]:
-        return [ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)]
+        network = ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)
+        return [network] if self.spec.pool is None else [network, ("SubnetPool", None, self.spec.pool)]

@@ -28,6 +28,7 @@ class Peer(Model):
     """Traffic matches a peer when it matches every field given; an empty peer matches anything."""
 
     network: Ref | None = None
+    service: Ref | None = Field(None, description="a ServiceVIP: its VIP, and its backends after DNAT")
     selector: LabelSelector | None = None
     cidr: Cidr | None = None
     except_: list[Cidr] = Field([], alias="except")

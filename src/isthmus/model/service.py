@@ -14,6 +14,9 @@ class ServicePort(Model):
     protocol: Protocol = "TCP"
     port: Port
     target_port: Port | str | None = Field(None, description="number, or a port name resolved per backend")
+    node_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="allocated for NodePort"
+    )
 
     def target_for(self, named: dict[str, int]) -> int | None:
         """The backend port: numeric, the service port by default, or the backend's port of that name."""
@@ -25,11 +28,19 @@ class ServicePort(Model):
 
 
 class Backend(Model):
-    address: IPAddress
+    """A backend is an endpoint (its address and node filled in from it) or a plain address."""
+
+    address: IPAddress | None = None
     endpoint: Ref | None = None
     node: Name | None = None
     ready: bool = True
     ports: dict[str, Port] = Field({}, description="the backend's named ports")
+
+    @model_validator(mode="after")
+    def _names_something(self) -> Backend:
+        if self.address is None and self.endpoint is None:
+            raise ValueError("a backend needs an address or an endpoint")
+        return self
 
 
 class ServiceVIPSpec(Model):
@@ -37,8 +48,11 @@ class ServiceVIPSpec(Model):
     vip: IPAddress | None = Field(None, description="allocated when absent")
     ports: list[ServicePort]
     backends: list[Backend] = []
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    external_ips: list[IPAddress] = []
     session_affinity: Literal["None", "ClientIP"] = "None"
     affinity_timeout: Annotated[int, Field(ge=1, le=86400)] = 10800
+    publish_not_ready: bool = Field(False, description="send traffic to backends that are not ready")
 
     @model_validator(mode="after")
     def _unique_ports(self) -> ServiceVIPSpec:
@@ -61,7 +75,9 @@ class ServiceVIP(Resource):
     spec: ServiceVIPSpec
 
     def refs(self) -> list[RefTo]:
-        return [ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)]
+        ns = self.metadata.namespace
+        backends = [ref_to("Endpoint", b.endpoint, ns) for b in self.spec.backends if b.endpoint]
+        return [ref_to("VirtualNetwork", self.spec.network, ns), *backends]
 
 
 class FloatingIPSpec(Model):
