@@ -12,6 +12,9 @@ import click
 
 from isthmus import __version__, intent
 from isthmus.cli.output import document, table
+from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import reconcile
+from isthmus.kube.translate import TranslationError
 from isthmus.model import KINDS, KindInfo, ManifestError, Object, kind_of, load_manifests, lookup_kind
 from isthmus.store import Ledger, LedgerError, objects, open_ledger
 
@@ -38,7 +41,7 @@ def _errors() -> Iterator[None]:
     """Turn every expected failure into one line and exit code 1."""
     try:
         yield
-    except (intent.IntentError, ManifestError, LedgerError) as exc:
+    except (intent.IntentError, ManifestError, LedgerError, TranslationError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyError as exc:
         raise click.ClickException(str(exc.args[0])) from None
@@ -63,6 +66,7 @@ def cli(ctx: click.Context, state: str) -> None:
 
 
 def _report(applied: list[intent.Applied]) -> None:
+    """One line per object the user named or the change made; what stayed the same is not news."""
     for item in applied:
         obj = item.object
         click.echo(f"{kind_of(obj).kind.lower()}/{obj.metadata.name} {item.action}")
@@ -85,7 +89,12 @@ def apply(ctx: Context, paths: tuple[str, ...], namespace: str) -> None:
         items = load_manifests(paths, namespace)
         if not items:
             raise click.ClickException(f"no objects in {', '.join(paths)}")
-        _report(intent.apply(ctx.ledger, items))
+        if any(kind_of(o).model is None for o in items):
+            named = {objects.object_key(o) for o in items}
+            done = reconcile(ctx.ledger, KubeConfig(), items)
+            _report([a for a in done if a.action != "unchanged" or objects.object_key(a.object) in named])
+        else:
+            _report(intent.apply(ctx.ledger, items))
 
 
 @cli.command()
@@ -162,7 +171,16 @@ def delete(
             targets = [(info, namespace if info.namespaced else None, n) for n in names]
         else:
             raise click.UsageError("name what to delete: KIND NAME... or -f PATH")
-        _report(intent.delete(ctx.ledger, targets, missing_ok=ignore_not_found))
+        if any(info.model is None for info, _, _ in targets):
+            present = [t for t in targets if objects.list_one(ctx.ledger, *t) is not None]
+            if len(present) < len(targets) and not ignore_not_found:
+                info, ns, name = next(t for t in targets if t not in present)
+                raise KeyError(f"{info.kind} {f'{ns}/' if ns else ''}{name} not found")
+            _report(
+                [a for a in reconcile(ctx.ledger, KubeConfig(), removed=present) if a.action != "unchanged"]
+            )
+        else:
+            _report(intent.delete(ctx.ledger, targets, missing_ok=ignore_not_found))
 
 
 @cli.group()

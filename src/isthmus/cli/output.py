@@ -8,17 +8,7 @@ from typing import Any
 
 import yaml
 
-from isthmus.model import (
-    Endpoint,
-    FloatingIP,
-    KindInfo,
-    Node,
-    Object,
-    Policy,
-    ServiceVIP,
-    Subnet,
-    VirtualNetwork,
-)
+from isthmus.model import KindInfo, KubeObject, Object, ServiceVIP
 
 Column = tuple[str, Callable[[Any], str], bool]  # header, cell, wide only
 
@@ -31,9 +21,27 @@ def _join(items: Sequence[object]) -> str:
     return ",".join(str(i) for i in items) or "<none>"
 
 
-COLUMNS: dict[type, list[Column]] = {
-    Node: [("ADDRESS", lambda o: str(o.spec.address), False)],
-    VirtualNetwork: [
+def _get(obj: KubeObject, section: str, key: str) -> Any:
+    return (obj.body.get(section) or {}).get(key)
+
+
+def _external_ips(svc: KubeObject) -> str:
+    ingress = (_get(svc, "status", "loadBalancer") or {}).get("ingress") or []
+    found = [i.get("ip") for i in ingress if i.get("ip")] + list(_get(svc, "spec", "externalIPs") or [])
+    return ",".join(found) or "<none>"
+
+
+def _kube_ports(svc: KubeObject) -> str:
+    shown = []
+    for p in _get(svc, "spec", "ports") or []:
+        node = f":{p['nodePort']}" if p.get("nodePort") else ""
+        shown.append(f"{p.get('port')}{node}/{p.get('protocol', 'TCP')}")
+    return ",".join(shown) or "<none>"
+
+
+COLUMNS: dict[str, list[Column]] = {
+    "Node": [("ADDRESS", lambda o: str(o.spec.address), False)],
+    "VirtualNetwork": [
         ("MODE", lambda o: o.spec.mode, False),
         ("VNI", lambda o: str(o.spec.vni), False),
         ("EXTERNAL", lambda o: str(o.spec.external).lower(), False),
@@ -41,12 +49,12 @@ COLUMNS: dict[type, list[Column]] = {
         ("IMPORT", lambda o: _join(o.spec.import_targets), True),
         ("EXPORT", lambda o: _join(o.spec.export_targets), True),
     ],
-    Subnet: [
+    "Subnet": [
         ("NETWORK", lambda o: o.spec.network, False),
         ("CIDR", lambda o: str(o.spec.cidr), False),
         ("GATEWAY", lambda o: str(o.spec.effective_gateway() or "<none>"), False),
     ],
-    Endpoint: [
+    "Endpoint": [
         ("KIND", lambda o: o.spec.kind, False),
         ("NETWORK", lambda o: o.spec.network, False),
         ("ADDRESSES", lambda o: _join(o.spec.addresses), False),
@@ -54,13 +62,13 @@ COLUMNS: dict[type, list[Column]] = {
         ("MAC", lambda o: o.spec.mac or "<none>", True),
         ("LABELS", lambda o: _join([f"{k}={v}" for k, v in sorted(o.metadata.labels.items())]), True),
     ],
-    ServiceVIP: [
+    "ServiceVIP": [
         ("VIP", lambda o: str(o.spec.vip), False),
         ("PORT(S)", _ports, False),
         ("BACKENDS", lambda o: _join([b.address for b in o.spec.backends]), False),
         ("AFFINITY", lambda o: o.spec.session_affinity, True),
     ],
-    FloatingIP: [
+    "FloatingIP": [
         ("ADDRESS", lambda o: str(o.spec.address), False),
         ("POOL", lambda o: o.spec.pool, False),
         (
@@ -69,10 +77,30 @@ COLUMNS: dict[type, list[Column]] = {
             False,
         ),
     ],
-    Policy: [
+    "Policy": [
         ("PRIORITY", lambda o: str(o.spec.priority), False),
         ("RULES", lambda o: str(len(o.spec.rules)), False),
     ],
+    "Pod": [
+        ("STATUS", lambda o: _get(o, "status", "phase") or "Pending", False),
+        ("IP", lambda o: _get(o, "status", "podIP") or "<none>", False),
+        ("NODE", lambda o: _get(o, "spec", "nodeName") or "<none>", False),
+        ("LABELS", lambda o: _join([f"{k}={v}" for k, v in sorted(o.metadata.labels.items())]), True),
+    ],
+    "Service": [
+        ("TYPE", lambda o: _get(o, "spec", "type") or "ClusterIP", False),
+        ("CLUSTER-IP", lambda o: _get(o, "spec", "clusterIP") or "<none>", False),
+        ("EXTERNAL-IP", _external_ips, False),
+        ("PORT(S)", _kube_ports, False),
+        (
+            "SELECTOR",
+            lambda o: _join([f"{k}={v}" for k, v in sorted((_get(o, "spec", "selector") or {}).items())]),
+            False,
+        ),
+    ],
+    "ReplicationController": [("DESIRED", lambda o: str(_get(o, "spec", "replicas") or 1), False)],
+    "ReplicaSet": [("DESIRED", lambda o: str(_get(o, "spec", "replicas") or 1), False)],
+    "Deployment": [("DESIRED", lambda o: str(_get(o, "spec", "replicas") or 1), False)],
 }
 
 
@@ -80,7 +108,7 @@ def table(info: KindInfo, items: Sequence[Object], all_namespaces: bool, wide: b
     columns: list[Column] = [("NAME", lambda o: o.metadata.name, False)]
     if all_namespaces and info.namespaced:
         columns.insert(0, ("NAMESPACE", lambda o: o.metadata.namespace or "", False))
-    columns += [c for c in COLUMNS.get(info.model or object, []) if wide or not c[2]]
+    columns += [c for c in COLUMNS.get(info.kind, []) if wide or not c[2]]
     rows = [[h for h, _, _ in columns]] + [[cell(o) for _, cell, _ in columns] for o in items]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -1,6 +1,6 @@
 """Changing intent: admission against the ledger, allocation, and one atomic commit per request."""
 
-from isthmus.intent.apply import Applied, apply, delete
+from isthmus.intent.apply import Applied, apply, change, delete
 from isthmus.intent.errors import AlreadyExists, Forbidden, IntentError, InUse, Invalid, NotFound, Stale
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "NotFound",
     "Stale",
     "apply",
+    "change",
     "delete",
 ]

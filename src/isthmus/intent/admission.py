@@ -18,6 +18,7 @@ from isthmus.model import (
     Backend,
     Endpoint,
     FloatingIP,
+    KubeObject,
     Node,
     Object,
     Resource,
@@ -72,9 +73,9 @@ def subnets_of(txn: Txn, network: VirtualNetwork) -> list[Subnet]:
 
 def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
     """The object as it will be stored: identity kept from `old`, allocations made; raises IntentError."""
-    meta = obj.metadata.model_copy(
-        update={"uid": old.metadata.uid if old else str(uuid.uuid4()), "resource_version": None}
-    )
+    given = obj.metadata.uid if isinstance(obj, KubeObject) else None  # Kubernetes UIDs are identities
+    uid = old.metadata.uid if old else given or str(uuid.uuid4())
+    meta = obj.metadata.model_copy(update={"uid": uid, "resource_version": None})
     obj = obj.model_copy(update={"metadata": meta})
     info = kind_of(obj)
     if info.model is None or not isinstance(obj, Resource):

@@ -26,61 +26,32 @@ def _with_version(obj: Object, revision: int | None) -> Object:
     return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"resource_version": revision})})
 
 
-def apply(
-    ledger: Ledger, items: Sequence[Object], *, create_only: bool = False, check_version: bool = False
+def change(
+    ledger: Ledger,
+    puts: Sequence[Object] = (),
+    deletes: Sequence[tuple[KindInfo, str | None, str]] = (),
+    *,
+    create_only: bool = False,
+    check_version: bool = False,
+    missing_ok: bool = False,
 ) -> list[Applied]:
-    """Create or replace each object by kind/namespace/name, in dependency order.
+    """Create or replace `puts` (in dependency order), then delete `deletes` (dependants first), atomically.
 
     `check_version`: an object carrying metadata.resourceVersion replaces only that version (else Stale).
+    Results: the puts in the caller's order, then the deletions.
     """
     seen: set[str] = set()
-    for obj in items:
+    for obj in puts:
         key = objects.object_key(obj)
         if key in seen:
             raise Invalid(f"{ident(obj)} is given twice")
         seen.add(key)
-    ordered = sorted(items, key=lambda o: _ORDER[kind_of(o)])
+    ordered = sorted(puts, key=lambda o: _ORDER[kind_of(o)])
+    doomed = sorted(deletes, key=lambda t: -_ORDER[t[0]])
 
     def work(txn: Txn) -> list[Applied]:
-        done = []
-        for obj in ordered:
-            info = kind_of(obj)
-            old = objects.get(txn, info, obj.metadata.namespace, obj.metadata.name)
-            if old is not None and create_only:
-                raise AlreadyExists(f"{ident(obj)} already exists")
-            wanted = obj.metadata.resource_version
-            if (
-                check_version
-                and wanted is not None
-                and (old is None or old.metadata.resource_version != wanted)
-            ):
-                raise Stale(f"{ident(obj)} has changed since version {wanted}; read it again")
-            new = admit(txn, obj, old)
-            if old is not None and new == _with_version(old, None):
-                done.append(Applied(old, "unchanged"))
-                continue
-            objects.put(txn, new, old)
-            done.append(Applied(new, "configured" if old else "created"))
-        return done
-
-    done, revision = transact(ledger, work)
-    by_key = {objects.object_key(a.object): a for a in done}
-    ordered_back = [by_key[objects.object_key(o)] for o in items]  # in the caller's order
-    return [
-        a if a.action == "unchanged" else Applied(_with_version(a.object, revision), a.action)
-        for a in ordered_back
-    ]
-
-
-def delete(
-    ledger: Ledger, targets: Sequence[tuple[KindInfo, str | None, str]], *, missing_ok: bool = False
-) -> list[Applied]:
-    """Delete each object, dependants first; refused while anything not deleted with it still names it."""
-    ordered = sorted(targets, key=lambda t: -_ORDER[t[0]])
-
-    def work(txn: Txn) -> list[Applied]:
-        done = []
-        for info, namespace, name in ordered:
+        done = [_put(txn, obj, create_only, check_version) for obj in ordered]
+        for info, namespace, name in doomed:
             old = objects.get(txn, info, namespace, name)
             if old is None:
                 if missing_ok:
@@ -91,4 +62,40 @@ def delete(
             done.append(Applied(old, "deleted"))
         return done
 
-    return transact(ledger, work)[0]
+    done, revision = transact(ledger, work)
+    by_key = {objects.object_key(a.object): a for a in done[: len(ordered)]}
+    in_order = [by_key[objects.object_key(o)] for o in puts]
+    stamped = [
+        a if a.action == "unchanged" else Applied(_with_version(a.object, revision), a.action)
+        for a in in_order
+    ]
+    return stamped + done[len(ordered) :]
+
+
+def _put(txn: Txn, obj: Object, create_only: bool, check_version: bool) -> Applied:
+    info = kind_of(obj)
+    old = objects.get(txn, info, obj.metadata.namespace, obj.metadata.name)
+    if old is not None and create_only:
+        raise AlreadyExists(f"{ident(obj)} already exists")
+    wanted = obj.metadata.resource_version
+    if check_version and wanted is not None and (old is None or old.metadata.resource_version != wanted):
+        raise Stale(f"{ident(obj)} has changed since version {wanted}; read it again")
+    new = admit(txn, obj, old)
+    if old is not None and new == _with_version(old, None):
+        return Applied(old, "unchanged")
+    objects.put(txn, new, old)
+    return Applied(new, "configured" if old else "created")
+
+
+def apply(
+    ledger: Ledger, items: Sequence[Object], *, create_only: bool = False, check_version: bool = False
+) -> list[Applied]:
+    """Create or replace each object by kind/namespace/name, all or none."""
+    return change(ledger, items, (), create_only=create_only, check_version=check_version)
+
+
+def delete(
+    ledger: Ledger, targets: Sequence[tuple[KindInfo, str | None, str]], *, missing_ok: bool = False
+) -> list[Applied]:
+    """Delete each object, dependants first; refused while anything not deleted with it still names it."""
+    return change(ledger, (), targets, missing_ok=missing_ok)

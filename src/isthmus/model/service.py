@@ -49,7 +49,7 @@ class ServiceVIPSpec(Model):
     ports: list[ServicePort]
     backends: list[Backend] = []
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    external_ips: list[IPAddress] = []
+    external_ips: list[IPAddress] = Field([], alias="externalIPs")
     session_affinity: Literal["None", "ClientIP"] = "None"
     affinity_timeout: Annotated[int, Field(ge=1, le=86400)] = 10800
     publish_not_ready: bool = Field(False, description="send traffic to backends that are not ready")

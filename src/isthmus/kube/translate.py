@@ -1,0 +1,328 @@
+"""Translation: Kubernetes objects to Isthmus intent. Pure functions of a view of the cluster.
+
+Invariants: every object made here carries the annotation isthmus.io/source=kubernetes (so orphans are
+found); names and namespaces follow Kubernetes (a namespace is a tenant, a pod is an endpoint of the same
+name); addresses are not chosen here but allocated at admission, idempotently by owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from isthmus.kube.config import Isolation, KubeConfig
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    KubeObject,
+    Node,
+    Policy,
+    Resource,
+    ServiceVIP,
+    Subnet,
+    SubnetPool,
+    Tenant,
+    VirtualNetwork,
+)
+from isthmus.model.manifest import describe
+from isthmus.model.netpol import parse_network_policy
+
+SOURCE = "isthmus.io/source"
+ISOLATION = "isthmus.io/isolation"
+KUBERNETES = "kubernetes"
+MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
+
+
+class TranslationError(ValueError):
+    """A Kubernetes object that cannot be translated; the message names it and the field."""
+
+
+@dataclass
+class KubeView:
+    """The Kubernetes objects of a cluster, by kind and (namespace, name)."""
+
+    objects: dict[str, dict[tuple[str | None, str], KubeObject]] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)  # declared nodes (not the translator's default one)
+
+    def add(self, obj: KubeObject) -> None:
+        self.objects.setdefault(obj.kind, {})[(obj.metadata.namespace, obj.metadata.name)] = obj
+
+    def remove(self, kind: str, namespace: str | None, name: str) -> None:
+        self.objects.get(kind, {}).pop((namespace, name), None)
+
+    def of(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
+        found = self.objects.get(kind, {}).values()
+        return sorted(
+            (o for o in found if namespace is None or o.metadata.namespace == namespace),
+            key=lambda o: (o.metadata.namespace or "", o.metadata.name),
+        )
+
+    def namespaces(self) -> list[str]:
+        names = {o.metadata.name for o in self.of("Namespace")}
+        names |= {
+            o.metadata.namespace
+            for kind in self.objects.values()
+            for o in kind.values()
+            if o.metadata.namespace
+        }
+        return sorted(names)
+
+
+def _meta(
+    name: str, namespace: str | None = None, labels: dict[str, str] | None = None, uid: str = ""
+) -> dict[str, Any]:
+    annotations = {SOURCE: KUBERNETES} | ({"isthmus.io/kube-uid": uid} if uid else {})
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}, "annotations": annotations}
+    return meta | ({"namespace": namespace} if namespace else {})
+
+
+def _field(obj: KubeObject, path: str, value: Any, kind: type, default: Any = None) -> Any:
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        where = f"{obj.kind} {obj.metadata.namespace}/{obj.metadata.name}"
+        raise TranslationError(f"{where}: {path} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
+    """The cluster-wide tenant and networks (pods in cluster mode, services, the public pool), and the
+    default node while no node is declared or pods still run on it."""
+    system = config.system
+    made: list[Resource] = [
+        Tenant.model_validate(
+            {"metadata": _meta(system), "spec": {"description": "Kubernetes cluster networks"}}
+        ),
+        SubnetPool.model_validate(
+            {
+                "metadata": _meta("kube-pods"),
+                "spec": {"cidr": config.pod_cidr, "blockPrefixLength": config.pod_block},
+            }
+        ),
+        VirtualNetwork.model_validate(
+            {"metadata": _meta("pods", system), "spec": {"shared": True, "subnetPool": "kube-pods"}}
+        ),
+        VirtualNetwork.model_validate({"metadata": _meta("services", system), "spec": {"shared": True}}),
+        Subnet.model_validate(
+            {
+                "metadata": _meta("services", system),
+                "spec": {"network": "services", "cidr": config.service_cidr},
+            }
+        ),
+        VirtualNetwork.model_validate({"metadata": _meta("public", system), "spec": {"external": True}}),
+        Subnet.model_validate(
+            {"metadata": _meta("public", system), "spec": {"network": "public", "cidr": config.external_pool}}
+        ),
+    ]
+    on_default = any(
+        (p.body.get("spec") or {}).get("nodeName") == config.default_node for p in view.of("Pod")
+    )
+    if not view.nodes or on_default:
+        made.append(
+            Node.model_validate(
+                {"metadata": _meta(config.default_node), "spec": {"address": config.default_node_address}}
+            )
+        )
+    return made
+
+
+def isolation(view: KubeView, namespace: str, config: KubeConfig) -> Isolation:
+    declared = view.objects.get("Namespace", {}).get((None, namespace))
+    mode = declared.metadata.annotations.get(ISOLATION, config.isolation) if declared else config.isolation
+    if mode not in MODES:
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {ISOLATION} is {mode!r}; use one of {', '.join(MODES)}"
+        )
+    return mode
+
+
+def _dns_label(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in value.lower()).strip("-.") or "pods"
+
+
+def network_of(pod: KubeObject, mode: Isolation, config: KubeConfig) -> str:
+    """The reference of the pod's virtual network, as its endpoint names it."""
+    if mode == "cluster":
+        return f"{config.system}/pods"
+    if mode == "collection" and "name" in pod.metadata.labels:
+        return _dns_label(pod.metadata.labels["name"])
+    return "pods"
+
+
+def _terminal(pod: KubeObject) -> bool:
+    status = pod.body.get("status") or {}
+    spec = pod.body.get("spec") or {}
+    return status.get("phase") in ("Succeeded", "Failed") or bool(spec.get("hostNetwork"))
+
+
+def _container_ports(pod: KubeObject) -> list[dict[str, Any]]:
+    ports = []
+    for container in (pod.body.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            number = port.get("containerPort")
+            if isinstance(number, int):
+                ports.append(
+                    {"name": port.get("name", ""), "port": number, "protocol": port.get("protocol", "TCP")}
+                )
+    return ports
+
+
+def endpoint(pod: KubeObject, mode: Isolation, config: KubeConfig) -> Endpoint:
+    meta = pod.metadata
+    spec = {
+        "kind": "pod",
+        "network": network_of(pod, mode, config),
+        "node": (pod.body.get("spec") or {}).get("nodeName"),
+        "owner": {"kind": "Pod", "name": meta.name, "uid": meta.uid or ""},
+        "ports": _container_ports(pod),
+    }
+    try:
+        return Endpoint.model_validate(
+            {"metadata": _meta(meta.name, meta.namespace, meta.labels, meta.uid or ""), "spec": spec}
+        )
+    except ValidationError as exc:
+        raise TranslationError(f"Pod {meta.namespace}/{meta.name}: {describe(exc)}") from None
+
+
+def _ready(pod: KubeObject) -> bool:
+    conditions = (pod.body.get("status") or {}).get("conditions")
+    if not conditions:
+        return True  # declared in a manifest: nothing reports readiness, so it is taken as ready
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _service_ports(svc: KubeObject) -> list[dict[str, Any]]:
+    ports = []
+    for i, port in enumerate(_field(svc, "spec.ports", (svc.body.get("spec") or {}).get("ports"), list, [])):
+        number = port.get("port") if isinstance(port, dict) else None
+        if not isinstance(number, int):
+            where = f"Service {svc.metadata.namespace}/{svc.metadata.name}"
+            raise TranslationError(f"{where}: spec.ports[{i}].port must be a number, got {number!r}")
+        ports.append(
+            {
+                "name": port.get("name", ""),
+                "protocol": port.get("protocol", "TCP"),
+                "port": number,
+                "targetPort": port.get("targetPort"),
+                "nodePort": port.get("nodePort"),
+            }
+        )
+    return ports
+
+
+def _selected(selector: dict[str, str], pods: Iterable[KubeObject]) -> Iterator[KubeObject]:
+    return (p for p in pods if all(p.metadata.labels.get(k) == v for k, v in selector.items()))
+
+
+def service_vip(svc: KubeObject, pods: list[KubeObject], config: KubeConfig) -> ServiceVIP | None:
+    """The VIP of a Service; None for headless and ExternalName services."""
+    spec = svc.body.get("spec") or {}
+    kind = spec.get("type", "ClusterIP")
+    if spec.get("clusterIP") == "None" or kind == "ExternalName":
+        return None
+    selector = _field(svc, "spec.selector", spec.get("selector"), dict, {})
+    publish = bool(spec.get("publishNotReadyAddresses"))
+    backends = [
+        {
+            "endpoint": p.metadata.name,
+            "ready": _ready(p),
+            "ports": {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
+        }
+        for p in (_selected(selector, pods) if selector else ())
+        if not _terminal(p)
+    ]
+    timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds", 10800)
+    body = {
+        "network": f"{config.system}/services",
+        "vip": spec.get("clusterIP") or None,
+        "ports": _service_ports(svc),
+        "backends": backends,
+        "type": kind,
+        "externalIPs": spec.get("externalIPs") or [],
+        "sessionAffinity": spec.get("sessionAffinity", "None"),
+        "affinityTimeout": timeout,
+        "publishNotReady": publish,
+    }
+    meta = svc.metadata
+    try:
+        return ServiceVIP.model_validate(
+            {"metadata": _meta(meta.name, meta.namespace, meta.labels, meta.uid or ""), "spec": body}
+        )
+    except ValidationError as exc:
+        raise TranslationError(f"Service {meta.namespace}/{meta.name}: {describe(exc)}") from None
+
+
+def floating_ip(svc: KubeObject, config: KubeConfig) -> FloatingIP | None:
+    spec = svc.body.get("spec") or {}
+    if spec.get("type") != "LoadBalancer":
+        return None
+    meta = svc.metadata
+    body = {
+        "pool": f"{config.system}/public",
+        "service": meta.name,
+        "address": spec.get("loadBalancerIP") or None,
+    }
+    return FloatingIP.model_validate(
+        {"metadata": _meta(meta.name, meta.namespace, meta.labels, meta.uid or ""), "spec": body}
+    )
+
+
+def uses_policies(namespace: str, pods: list[KubeObject], services: set[str]) -> list[Policy]:
+    """Collection mode: pods labelled uses=SERVICE may reach that service (its VIP, then its backends)."""
+    used = sorted({p.metadata.labels["uses"] for p in pods if p.metadata.labels.get("uses") in services})
+    return [
+        Policy.model_validate(
+            {
+                "metadata": _meta(f"uses-{_dns_label(name)}", namespace),
+                "spec": {
+                    "priority": 500,
+                    "rules": [
+                        {
+                            "action": "allow",
+                            "source": {"selector": {"matchLabels": {"uses": name}}},
+                            "destination": {"service": name},
+                        }
+                    ],
+                },
+            }
+        )
+        for name in used
+    ]
+
+
+def check_network_policy(policy: KubeObject) -> None:
+    try:
+        parse_network_policy(policy.body)
+    except ValidationError as exc:
+        raise TranslationError(
+            f"NetworkPolicy {policy.metadata.namespace}/{policy.metadata.name}: {describe(exc)}"
+        ) from None
+
+
+def translate(view: KubeView, config: KubeConfig) -> list[Resource]:
+    """Everything the cluster's Kubernetes objects mean, as Isthmus intent."""
+    made = infrastructure(config, view)
+    for policy in view.of("NetworkPolicy"):
+        check_network_policy(policy)
+    for namespace in view.namespaces():
+        made.append(Tenant.model_validate({"metadata": _meta(namespace)}))
+        mode = isolation(view, namespace, config)
+        pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
+        endpoints = [endpoint(p, mode, config) for p in pods]
+        local = sorted({e.spec.network for e in endpoints if "/" not in e.spec.network})
+        made += [
+            VirtualNetwork.model_validate(
+                {"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods"}}
+            )
+            for n in local
+        ]
+        made += endpoints
+        services = view.of("Service", namespace)
+        for svc in services:
+            made += [o for o in (service_vip(svc, pods, config), floating_ip(svc, config)) if o is not None]
+        if mode == "collection":
+            made += uses_policies(namespace, pods, {s.metadata.name for s in services})
+    return made

@@ -1,0 +1,196 @@
+"""The Kubernetes network manager on manifests: the seeds' scenario, isolation modes, scaling, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from isthmus.intent import IntentError
+from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import reconcile
+from isthmus.kube.translate import TranslationError
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    KubeObject,
+    Policy,
+    ServiceVIP,
+    load_manifests,
+    lookup_kind,
+    parse_manifests,
+)
+from isthmus.store import Ledger, objects
+
+SEEDS = Path(__file__).parents[2] / "examples" / "seeds"
+
+
+def listed(ledger: Ledger, kind: str, namespace: str | None = None) -> list[Any]:
+    return objects.list_objects(ledger, lookup_kind(kind), namespace)[0]
+
+
+def kube(*docs: dict[str, Any]) -> list[Any]:
+    return parse_manifests(yaml.safe_dump_all(list(docs)))
+
+
+def namespace(name: str, isolation: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "annotations": {"isthmus.io/isolation": isolation}},
+    }
+
+
+def snapshot(ledger: Ledger) -> list[tuple[str, bytes]]:
+    return [(kv.key, kv.value) for kv in ledger.list("/")[0]]
+
+
+def test_seeds_manifests_give_pods_vips_and_a_floating_ip(ledger: Ledger) -> None:
+    reconcile(ledger, KubeConfig(), load_manifests([str(SEEDS)]))
+    pods = listed(ledger, "Pod", "default")
+    assert sorted(p.metadata.name.rsplit("-", 1)[0] for p in pods) == ["leonardo"] * 3 + ["nginx"] * 3
+    addresses = {p.metadata.name: p.body["status"]["podIP"] for p in pods}
+    assert len(set(addresses.values())) == 6 and all(a.startswith("10.32.0.") for a in addresses.values())
+    endpoints = {e.metadata.name: e for e in listed(ledger, "Endpoint", "default")}
+    assert {n: str(e.spec.addresses[0]) for n, e in endpoints.items()} == addresses
+    vips = {v.metadata.name: v for v in listed(ledger, "ServiceVIP", "default")}
+    assert isinstance(vips["ftleonardo"], ServiceVIP)
+    assert sorted(str(b.address) for b in vips["ftleonardo"].spec.backends) == sorted(
+        a for n, a in addresses.items() if n.startswith("leonardo")
+    )
+    assert [p.port for p in vips["ftleonardo"].spec.ports] == [8000]
+    (fip,) = listed(ledger, "FloatingIP", "default")
+    assert (
+        isinstance(fip, FloatingIP)
+        and fip.spec.service == "nginx"
+        and str(fip.spec.address).startswith("203.0.113.")
+    )
+    services = {s.metadata.name: s.body for s in listed(ledger, "Service", "default")}
+    assert services["ftleonardo"]["spec"]["clusterIP"] == str(vips["ftleonardo"].spec.vip)
+    assert services["nginx"]["status"]["loadBalancer"]["ingress"] == [{"ip": str(fip.spec.address)}]
+    assert 30000 <= services["nginx"]["spec"]["ports"][0]["nodePort"] <= 32767
+    before = snapshot(ledger)
+    reconcile(ledger, KubeConfig(), load_manifests([str(SEEDS)]))  # level-triggered: again changes nothing
+    assert {k: v for k, v in snapshot(ledger) if k.startswith("/objects/isthmus.io/")} == {
+        k: v for k, v in before if k.startswith("/objects/isthmus.io/")
+    }
+
+
+def test_collection_mode_gives_a_network_per_collection_and_uses_policies(ledger: Ledger) -> None:
+    manifests = [
+        namespace("default", "collection"),
+        *(yaml.safe_load(p.read_text()) for p in sorted(SEEDS.iterdir())),
+    ]
+    reconcile(ledger, KubeConfig(), kube(*manifests))
+    networks = {(n.metadata.namespace, n.metadata.name) for n in listed(ledger, "VirtualNetwork")}
+    assert {("default", "leonardo"), ("default", "nginx")} <= networks
+    endpoints = {
+        e.metadata.name.rsplit("-", 1)[0]: e.spec.network for e in listed(ledger, "Endpoint", "default")
+    }
+    assert endpoints == {"leonardo": "leonardo", "nginx": "nginx"}
+    (policy,) = listed(ledger, "Policy", "default")
+    assert isinstance(policy, Policy) and policy.metadata.name == "uses-ftleonardo"
+    rule = policy.spec.rules[0]
+    assert (rule.action, rule.destination.service) == ("allow", "ftleonardo")
+    assert rule.source.selector is not None and rule.source.selector.match_labels == {"uses": "ftleonardo"}
+    subnets = {s.spec.network: str(s.spec.cidr) for s in listed(ledger, "Subnet", "default")}
+    assert len(set(subnets.values())) == 2  # each collection its own block of the pod CIDR
+
+
+def test_scaling_and_deleting_controllers_and_namespaces(ledger: Ledger) -> None:
+    rc = yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())
+    rc["metadata"]["namespace"] = "web"
+    reconcile(
+        ledger, KubeConfig(), kube({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}}, rc)
+    )
+    assert len(listed(ledger, "Endpoint", "web")) == 3
+    kept = {e.metadata.name: e.spec.addresses for e in listed(ledger, "Endpoint", "web")}
+    rc["spec"]["replicas"] = 5
+    reconcile(ledger, KubeConfig(), kube(rc))
+    grown = {e.metadata.name: e.spec.addresses for e in listed(ledger, "Endpoint", "web")}
+    assert len(grown) == 5 and all(grown[n] == a for n, a in kept.items())  # no pod renumbered
+    rc["spec"]["replicas"] = 1
+    reconcile(ledger, KubeConfig(), kube(rc))
+    assert len(listed(ledger, "Pod", "web")) == len(listed(ledger, "Endpoint", "web")) == 1
+    reconcile(ledger, KubeConfig(), removed=[(lookup_kind("Namespace"), None, "web")])
+    assert listed(ledger, "Pod", "web") == listed(ledger, "Endpoint", "web") == []
+    assert listed(ledger, "ReplicationController", "web") == []
+    assert "web" not in {t.metadata.name for t in listed(ledger, "Tenant")}
+
+
+@pytest.mark.parametrize(
+    ("docs", "error", "message"),
+    [
+        (
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "s"},
+                    "spec": {"ports": [{"name": "http"}]},
+                }
+            ],
+            TranslationError,
+            "Service default/s: spec.ports[0].port must be a number, got None",
+        ),
+        (
+            [
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": {"name": "p"},
+                    "spec": {
+                        "podSelector": {
+                            "matchExpressions": [{"key": "a", "operator": "Near", "values": ["x"]}]
+                        }
+                    },
+                }
+            ],
+            TranslationError,
+            "NetworkPolicy default/p: spec.podSelector.matchExpressions.0.operator",
+        ),
+        ([namespace("default", "tribal")], TranslationError, "annotation isthmus.io/isolation is 'tribal'"),
+    ],
+)
+def test_bad_kubernetes_input_changes_nothing(
+    ledger: Ledger, docs: list[dict[str, Any]], error: type[Exception], message: str
+) -> None:
+    reconcile(ledger, KubeConfig(), load_manifests([str(SEEDS / "leonardo-rc.yaml")]))
+    before = snapshot(ledger)
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        reconcile(ledger, KubeConfig(), kube(*docs))
+    assert snapshot(ledger) == before
+
+
+def test_an_exhausted_pod_cidr_is_a_clear_error(ledger: Ledger) -> None:
+    config = KubeConfig(pod_cidr="10.32.0.0/29", pod_block=29)  # type: ignore[arg-type]
+    rc = yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())
+    reconcile(ledger, config, kube(rc))
+    before = snapshot(ledger)
+    rc["spec"]["replicas"] = 8
+    with pytest.raises(IntentError, match=r"subnet pool kube-pods \(10.32.0.0/29\) is exhausted"):
+        reconcile(ledger, config, kube(rc))
+    assert snapshot(ledger) == before
+
+
+def test_pods_are_placed_on_declared_nodes(ledger: Ledger) -> None:
+    nodes = [
+        {
+            "apiVersion": "isthmus.io/v1",
+            "kind": "Node",
+            "metadata": {"name": f"n{i}"},
+            "spec": {"address": f"192.0.2.{i}"},
+        }
+        for i in (1, 2, 3)
+    ]
+    reconcile(ledger, KubeConfig(), kube(*nodes))
+    rc = yaml.safe_load((SEEDS / "leonardo-rc.yaml").read_text())
+    rc["spec"]["replicas"] = 12
+    reconcile(ledger, KubeConfig(), kube(rc))
+    placed = {e.spec.node for e in listed(ledger, "Endpoint", "default") if isinstance(e, Endpoint)}
+    assert placed == {"n1", "n2", "n3"}
+    assert {
+        p.body["status"]["hostIP"] for p in listed(ledger, "Pod", "default") if isinstance(p, KubeObject)
+    } == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
