@@ -194,3 +194,15 @@ def test_pods_are_placed_on_declared_nodes(ledger: Ledger) -> None:
     assert {
         p.body["status"]["hostIP"] for p in listed(ledger, "Pod", "default") if isinstance(p, KubeObject)
     } == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
+
+
+def test_declared_nodes_are_never_replaced_by_the_default_one(ledger: Ledger) -> None:
+    node = {
+        "apiVersion": "isthmus.io/v1",
+        "kind": "Node",
+        "metadata": {"name": "node-1"},
+        "spec": {"address": "198.51.100.1"},
+    }
+    reconcile(ledger, KubeConfig(), kube(node, yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())))
+    (stored,) = listed(ledger, "Node")
+    assert str(stored.spec.address) == "198.51.100.1"

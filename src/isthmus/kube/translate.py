@@ -120,7 +120,7 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
     on_default = any(
         (p.body.get("spec") or {}).get("nodeName") == config.default_node for p in view.of("Pod")
     )
-    if not view.nodes or on_default:
+    if config.default_node not in view.nodes and (not view.nodes or on_default):
         made.append(
             Node.model_validate(
                 {"metadata": _meta(config.default_node), "spec": {"address": config.default_node_address}}
