@@ -95,7 +95,7 @@ def reconcile(
 ) -> list[intent.Applied]:
     """Store `incoming` and delete `removed` (with controllers' pods), and the translation of it all."""
     view = load_view(ledger)
-    incoming = [_with_uid(_stored_uid(view, o)) if isinstance(o, KubeObject) else o for o in incoming]
+    incoming = [_with_uid(_carry_over(view, o)) if isinstance(o, KubeObject) else o for o in incoming]
     pods, gone = expand(view, incoming, removed, config)
     removed = [*removed, *gone]
     for obj in [*incoming, *pods]:
@@ -115,11 +115,30 @@ def reconcile(
     return done
 
 
-def _stored_uid(view: KubeView, obj: KubeObject) -> KubeObject:
+def _carry_over(view: KubeView, obj: KubeObject) -> KubeObject:
+    """What the server set on the stored object (uid, status, ClusterIP, node ports) survives a re-apply."""
     stored = view.objects.get(obj.kind, {}).get((obj.metadata.namespace, obj.metadata.name))
-    if stored is None or obj.metadata.uid:
+    if stored is None:
         return obj
-    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"uid": stored.metadata.uid})})
+    body = obj.model_dump(by_alias=True, exclude_none=True)
+    body["metadata"]["uid"] = obj.metadata.uid or stored.metadata.uid
+    if "status" in stored.body and "status" not in body:
+        body["status"] = stored.body["status"]
+    if obj.kind == "Service" and isinstance(body.get("spec"), dict):
+        old = stored.body.get("spec") or {}
+        body["spec"].setdefault("clusterIP", old.get("clusterIP"))
+        held = {
+            (p.get("port"), p.get("protocol", "TCP")): p["nodePort"]
+            for p in old.get("ports") or []
+            if p.get("nodePort")
+        }
+        body["spec"]["ports"] = [_with_node_port(p, held) for p in body["spec"].get("ports") or []]
+    return KubeObject.model_validate(body)
+
+
+def _with_node_port(port: Any, held: dict[tuple[Any, Any], int]) -> Any:
+    key = (port.get("port"), port.get("protocol", "TCP")) if isinstance(port, dict) else None
+    return {"nodePort": held[key], **port} if key in held else port
 
 
 def _owned(ledger: Ledger) -> list[Object]:
