@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import platform
 import statistics
 import time
@@ -91,7 +92,11 @@ def run(names: list[str], repeat: int, out: Path) -> bool:
             all_met &= goal.met(value)
         results[name] = {"doc": bench.doc, "figures": figures, "goals": goals}
     report = {
-        "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count() or 0,
+            "platform": platform.platform(),
+        },
         "repeat": repeat,
         "benchmarks": results,
     }
@@ -101,12 +106,6 @@ def run(names: list[str], repeat: int, out: Path) -> bool:
     (out / "results.md").write_text(table + "\n")
     print(table)
     return all_met
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -49,8 +49,12 @@ def authenticate(ledger: Ledger, admin_token: str, token: str) -> Principal | No
     if kv is None:
         return None
     record = json.loads(kv.value)
-    uid = transact(ledger, lambda txn: _tenant_uid(txn, record["tenant"]))[0]
-    return Principal(record["tenant"]) if uid == record["tenantUid"] else None
+    tenant = stored.list_one(ledger, _TENANT, None, record["tenant"])
+    return (
+        Principal(record["tenant"])
+        if tenant is not None and tenant.metadata.uid == record["tenantUid"]
+        else None
+    )
 
 
 def issue(ledger: Ledger, tenant: str, description: str = "") -> tuple[str, str] | None:

@@ -31,7 +31,7 @@ from isthmus.model import (
     kind_of,
     split_ref,
 )
-from isthmus.model.kinds import KINDS, KindInfo
+from isthmus.model.kinds import ISTHMUS, KINDS, lookup_kind
 from isthmus.model.meta import IPAddress
 from isthmus.store import objects
 from isthmus.store.txn import Txn
@@ -83,7 +83,7 @@ def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
     if info.namespaced and _get(txn, Tenant, None, str(meta.namespace)) is None:
         raise NotFound(f"tenant {meta.namespace!r} does not exist; create it first (kind: Tenant)")
     for kind, ns, name in obj.refs():
-        if kind != "VirtualNetwork" and objects.get(txn, _kind(kind), ns, name) is None:
+        if kind != "VirtualNetwork" and objects.get(txn, lookup_kind(f"{kind}.{ISTHMUS}"), ns, name) is None:
             raise NotFound(f"{ident(obj)} names {kind} {f'{ns}/' if ns else ''}{name}, which does not exist")
     check = _ADMIT.get(type(obj))
     return check(txn, obj, old) if check else obj
@@ -119,10 +119,9 @@ def release(txn: Txn, obj: Object) -> None:
         if subnet_pool is not None:
             ipam.release(txn, _block_pool(subnet_pool), ident(obj))
     elif isinstance(obj, SubnetPool):
-        if ipam.in_use(txn, _block_pool(obj)):
-            raise InUse(
-                f"{ident(obj)} still has blocks allocated to {', '.join(ipam.in_use(txn, _block_pool(obj)))}"
-            )
+        blocks = ipam.in_use(txn, _block_pool(obj))
+        if blocks:
+            raise InUse(f"{ident(obj)} still has blocks allocated to {', '.join(blocks)}")
         ipam.retire(txn, _block_pool(obj))
     if isinstance(obj, ServiceVIP):
         for port in obj.spec.ports:
@@ -133,10 +132,6 @@ def release(txn: Txn, obj: Object) -> None:
         network = _get(txn, VirtualNetwork, ns, name)
         for subnet in subnets_of(txn, network) if network else []:
             ipam.release(txn, ipam.subnet_pool(subnet), ident(obj))
-
-
-def _kind(name: str) -> KindInfo:
-    return next(k for k in KINDS if k.model is not None and k.kind == name)
 
 
 def _key_ident(key: str) -> str:

@@ -111,7 +111,7 @@ def reconcile(
         objects.parse_key(objects.object_key(o)) for o in _owned(ledger) if objects.object_key(o) not in keep
     ]
     done = intent.change(ledger, [*incoming, *pods, *wanted], [*removed, *stale])
-    write_back(ledger)
+    write_back(ledger, [a.object for a in done if a.action != "deleted"])
     return done
 
 
@@ -153,12 +153,14 @@ def _owned(ledger: Ledger) -> list[Object]:
     return found
 
 
-def _statuses(ledger: Ledger) -> dict[tuple[str, str | None, str], dict[str, Any]]:
+def _statuses(
+    ledger: Ledger, admitted: Sequence[Object]
+) -> dict[tuple[str, str | None, str], dict[str, Any]]:
     """What each Pod and Service should show, from the intent that was admitted for it."""
     shown: dict[tuple[str, str | None, str], dict[str, Any]] = {}
     nodes = objects.list_objects(ledger, lookup_kind("Node"))[0]
     addresses = {n.metadata.name: str(n.spec.address) for n in nodes if isinstance(n, Node)}
-    for ep in objects.list_objects(ledger, lookup_kind("Endpoint"))[0]:
+    for ep in admitted:
         if isinstance(ep, Endpoint) and ep.spec.owner and ep.spec.owner.kind == "Pod" and ep.spec.addresses:
             ips = [str(a) for a in ep.spec.addresses]
             status = {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}
@@ -167,10 +169,10 @@ def _statuses(ledger: Ledger) -> dict[tuple[str, str | None, str], dict[str, Any
             shown[("Pod", ep.metadata.namespace, ep.metadata.name)] = {"status": status}
     fips = {
         (f.metadata.namespace, f.metadata.name): str(f.spec.address)
-        for f in objects.list_objects(ledger, lookup_kind("FloatingIP"))[0]
+        for f in admitted
         if isinstance(f, FloatingIP)
     }
-    for vip in objects.list_objects(ledger, lookup_kind("ServiceVIP"))[0]:
+    for vip in admitted:
         if isinstance(vip, ServiceVIP) and vip.metadata.annotations.get(SOURCE) == KUBERNETES:
             fip = fips.get((vip.metadata.namespace, vip.metadata.name))
             shown[("Service", vip.metadata.namespace, vip.metadata.name)] = {
@@ -198,15 +200,23 @@ def _with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
     return KubeObject.model_validate(body)
 
 
-def write_back(ledger: Ledger) -> None:
-    """Show admitted addresses in the stored Kubernetes objects, as the API server and kubelet would."""
-    shown = _statuses(ledger)
+def write_back(ledger: Ledger, admitted: Sequence[Object]) -> None:
+    """Show admitted addresses in the stored Kubernetes objects, as the API server and kubelet would.
+
+    `admitted`: every object the translation yielded, as the ledger now holds it.
+    """
+    shown = _statuses(ledger, admitted)
+    stored = {
+        (o.kind, o.metadata.namespace, o.metadata.name): o
+        for kind in ("Pod", "Service")
+        for o in objects.list_objects(ledger, lookup_kind(kind))[0]
+    }
     updated = []
-    for (kind, namespace, name), status in shown.items():
-        stored = objects.list_one(ledger, lookup_kind(kind), namespace, name)
-        if isinstance(stored, KubeObject):
-            new = _with_status(stored, status)
-            if new != stored:
+    for key, status in shown.items():
+        old = stored.get(key)
+        if isinstance(old, KubeObject):
+            new = _with_status(old, status)
+            if new != old:
                 updated.append(new)
     if updated:
         intent.apply(ledger, updated)
