@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,10 +34,12 @@ def change(
     create_only: bool = False,
     check_version: bool = False,
     missing_ok: bool = False,
+    guard: Callable[[Txn], None] | None = None,
 ) -> list[Applied]:
     """Create or replace `puts` (in dependency order), then delete `deletes` (dependants first), atomically.
 
     `check_version`: an object carrying metadata.resourceVersion replaces only that version (else Stale).
+    `guard`: runs first in every attempt of the transaction; what it reads and writes joins the commit.
     Results: the puts in the caller's order, then the deletions.
     """
     seen: set[str] = set()
@@ -50,6 +52,8 @@ def change(
     doomed = sorted(deletes, key=lambda t: -_ORDER[t[0]])
 
     def work(txn: Txn) -> list[Applied]:
+        if guard is not None:
+            guard(txn)
         done = [_put(txn, obj, create_only, check_version) for obj in ordered]
         for info, namespace, name in doomed:
             old = objects.get(txn, info, namespace, name)

@@ -1,21 +1,25 @@
-"""Reconcile: make the ledger's Isthmus intent match its Kubernetes objects, in one transaction.
+"""Reconcile: keep the ledger's Isthmus intent equal to the translation of its Kubernetes objects.
 
-Level-triggered and idempotent: the whole desired state is translated from the Kubernetes objects stored in
-the ledger (plus the change being made); objects the translation no longer yields are deleted, only those it
-made (annotation isthmus.io/source=kubernetes). Then what Kubernetes users read back (pod IPs, ClusterIPs,
-node ports, LoadBalancer ingress) is written into the stored Kubernetes objects.
+A Reconciler owns a ledger's Kubernetes objects. It loads them once (the cold start: everything is
+translated, intent no longer meant is deleted), then every change is one transaction holding the Kubernetes
+objects, the parts of the translation the change touches, and a guard on the ledger's Kubernetes epoch: a
+change committed meanwhile by another reconciler (another `isthmus apply`) makes this one reload and try
+again rather than overwrite it. Then what users read back (pod IPs, ClusterIPs, node ports, LoadBalancer
+ingress) goes to a status sink: the stored objects for manifests, the API server's status subresource live.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from isthmus import intent
 from isthmus.kube.config import KubeConfig
-from isthmus.kube.translate import KUBERNETES, SOURCE, KubeView, translate
-from isthmus.kube.workloads import CONTROLLERS, owner_of, pods_of
+from isthmus.kube.incremental import Translator
+from isthmus.kube.offline import carry_over, expand, with_status
+from isthmus.kube.translate import KUBERNETES, SOURCE
+from isthmus.kube.view import Key, KubeView
 from isthmus.model import (
     KINDS,
     Endpoint,
@@ -25,18 +29,23 @@ from isthmus.model import (
     Node,
     Object,
     ServiceVIP,
-    kind_of,
     lookup_kind,
 )
-from isthmus.store import Ledger, objects
+from isthmus.store import Ledger, Txn, objects
 
 Target = tuple[KindInfo, str | None, str]
+Shown = dict[Key, dict[str, Any]]
+EPOCH = "/kube/epoch"
+
+
+class Moved(Exception):
+    """Another reconciler changed the ledger's Kubernetes objects since this one loaded them."""
 
 
 def load_view(ledger: Ledger) -> KubeView:
     nodes = objects.list_objects(ledger, lookup_kind("Node"))[0]
     view = KubeView(
-        nodes=[n.metadata.name for n in nodes if n.metadata.annotations.get(SOURCE) != KUBERNETES]
+        declared_nodes={n.metadata.name for n in nodes if n.metadata.annotations.get(SOURCE) != KUBERNETES}
     )
     for info in KINDS:
         if info.model is None:
@@ -46,118 +55,131 @@ def load_view(ledger: Ledger) -> KubeView:
     return view
 
 
-def expand(
-    view: KubeView, incoming: Sequence[Object], removed: Sequence[Target], config: KubeConfig
-) -> tuple[list[KubeObject], list[Target]]:
-    """The pods that incoming controllers declare, and the stored pods that controllers no longer declare."""
-    nodes = view.nodes or [config.default_node]
-    pods: list[KubeObject] = []
-    gone: list[Target] = []
-    pod_info = lookup_kind("Pod")
-    declared = {
-        (o.kind, o.metadata.namespace, o.metadata.name): o for o in incoming if isinstance(o, KubeObject)
-    }
-    deleted = {(t[0].kind, t[1], t[2]) for t in removed}
-    for controller in declared.values():
-        if controller.kind in CONTROLLERS:
-            pods += pods_of(controller, nodes)
-    for info, _, name in removed:  # a namespace takes everything in it along
-        if info.kind == "Namespace":
-            gone += [
-                (kind_of(o), o.metadata.namespace, o.metadata.name)
-                for kind in view.objects
-                for o in view.of(kind, name)
-            ]
-    wanted = {(p.metadata.namespace, p.metadata.name) for p in pods}
-    for pod in view.of("Pod"):
-        owner = owner_of(pod)
-        key = (owner[0], pod.metadata.namespace, owner[1]) if owner else None
-        if (
-            key
-            and (key in declared or key in deleted)
-            and (pod.metadata.namespace, pod.metadata.name) not in wanted
-        ):
-            gone.append((pod_info, pod.metadata.namespace, pod.metadata.name))
-    stored = {(p.metadata.namespace, p.metadata.name): p for p in view.of("Pod")}
-    fresh = [_with_uid(p) for p in pods if (p.metadata.namespace, p.metadata.name) not in stored]
-    return fresh, gone
+def _owned(ledger: Ledger) -> list[str]:
+    """Keys of the intent that translation made."""
+    return [
+        objects.object_key(o)
+        for info in KINDS
+        if info.model is not None
+        for o in objects.list_objects(ledger, info)[0]
+        if o.metadata.annotations.get(SOURCE) == KUBERNETES
+    ]
 
 
-def _with_uid(obj: KubeObject) -> KubeObject:
-    """A new object gets its UID now, so that what is translated from it names it from the start."""
-    if obj.metadata.uid:
-        return obj
-    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"uid": str(uuid.uuid4())})})
+class Reconciler:
+    """`live`: objects come from an API server (its controllers make pods, it sets server fields);
+    otherwise from manifests, and this does what the API server and controllers would (kube.offline).
+    `sink`: where statuses go; by default into the stored objects."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: KubeConfig,
+        *,
+        live: bool = False,
+        sink: Callable[[KubeView, Shown], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.config = config
+        self.live = live
+        self.sink = sink or self._write_back
+        self.translator: Translator | None = None
+        self.epoch: bytes | None = None
+
+    @property
+    def view(self) -> KubeView:
+        if self.translator is None:
+            self.epoch = _read_epoch(self.ledger)
+            self.translator = Translator(load_view(self.ledger), self.config)
+        return self.translator.view
+
+    def apply(self, incoming: Sequence[Object] = (), removed: Sequence[Target] = ()) -> list[intent.Applied]:
+        """Store `incoming` and delete `removed`, with the translation of the change, in one transaction."""
+        for _ in range(5):
+            try:
+                return self._apply(incoming, removed)
+            except Moved:
+                self.translator = None
+        raise Moved("the Kubernetes objects keep changing under this reconciler; try again")
+
+    def _apply(self, incoming: Sequence[Object], removed: Sequence[Target]) -> list[intent.Applied]:
+        cold = self.translator is None
+        view = self.view
+        assert self.translator is not None
+        kube = [o for o in incoming if isinstance(o, KubeObject)]
+        gone = [(i.kind, ns, name) for i, ns, name in removed if i.model is None]
+        pods: list[KubeObject] = []
+        if not self.live:
+            kube = [carry_over(view, o) for o in kube]
+            pods, dropped = expand(view, kube, gone, self.config)
+            gone += dropped
+        nodes = (view.declared_nodes | {o.metadata.name for o in incoming if isinstance(o, Node)}) - {
+            name for i, _, name in removed if i.kind == "Node" and i.model is not None
+        }
+        isthmus = [o for o in incoming if not isinstance(o, KubeObject)]
+        deletes = [*(t for t in removed if t[0].model is not None), *(_target(k) for k in gone)]
+        try:
+            with self.translator.changing([*kube, *pods], gone, nodes) as delta:
+                puts, stale = delta.puts, delta.deletes
+                if cold:
+                    puts = self.translator.full()
+                    keep = {objects.object_key(o) for o in puts}
+                    stale = [objects.parse_key(k) for k in _owned(self.ledger) if k not in keep]
+                done = self._commit([*isthmus, *kube, *pods, *puts], [*deletes, *stale])
+        except BaseException:
+            if cold:
+                self.translator = None
+            raise
+        self.sink(view, statuses(self.ledger, [a.object for a in done if a.action != "deleted"]))
+        return done
+
+    def _commit(self, puts: Sequence[Object], deletes: Sequence[Target]) -> list[intent.Applied]:
+        epoch = uuid.uuid4().hex.encode()
+
+        def guard(txn: Txn) -> None:
+            if txn.get(EPOCH) != self.epoch:
+                raise Moved
+            if txn.writes:
+                txn.put(EPOCH, epoch)
+
+        done = intent.change(self.ledger, puts, deletes, missing_ok=self.live, guard=guard)
+        if any(a.action != "unchanged" for a in done):
+            self.epoch = epoch
+        return done
+
+    def _write_back(self, view: KubeView, shown: Shown) -> None:
+        """Manifests: the stored objects show their addresses, as the API server and kubelet would."""
+        updated = []
+        for (kind, namespace, name), status in shown.items():
+            old = view.get(kind, namespace, name)
+            if old is not None and (new := with_status(old, status)) != old:
+                updated.append(new)
+        if updated:
+            self._commit(updated, ())
+            for obj in updated:
+                view.add(obj)
+
+
+def _read_epoch(ledger: Ledger) -> bytes | None:
+    kv = ledger.get(EPOCH)
+    return kv.value if kv else None
+
+
+def _target(key: Key) -> Target:
+    kind, namespace, name = key
+    return next(i for i in KINDS if i.kind == kind and i.model is None), namespace, name
 
 
 def reconcile(
     ledger: Ledger, config: KubeConfig, incoming: Sequence[Object] = (), removed: Sequence[Target] = ()
 ) -> list[intent.Applied]:
-    """Store `incoming` and delete `removed` (with controllers' pods), and the translation of it all."""
-    view = load_view(ledger)
-    incoming = [_with_uid(_carry_over(view, o)) if isinstance(o, KubeObject) else o for o in incoming]
-    pods, gone = expand(view, incoming, removed, config)
-    removed = [*removed, *gone]
-    for obj in [*incoming, *pods]:
-        if isinstance(obj, KubeObject):
-            view.add(obj)
-        elif isinstance(obj, Node) and obj.metadata.name not in view.nodes:
-            view.nodes.append(obj.metadata.name)
-    for info, namespace, name in removed:
-        view.remove(info.kind, namespace, name)
-    wanted = translate(view, config)
-    keep = {objects.object_key(o) for o in wanted}
-    stale = [
-        objects.parse_key(objects.object_key(o)) for o in _owned(ledger) if objects.object_key(o) not in keep
-    ]
-    done = intent.change(ledger, [*incoming, *pods, *wanted], [*removed, *stale])
-    write_back(ledger, [a.object for a in done if a.action != "deleted"])
-    return done
+    """One change from manifests, on a reconciler loaded for it."""
+    return Reconciler(ledger, config).apply(incoming, removed)
 
 
-def _carry_over(view: KubeView, obj: KubeObject) -> KubeObject:
-    """What the server set on the stored object (uid, status, ClusterIP, node ports) survives a re-apply."""
-    stored = view.objects.get(obj.kind, {}).get((obj.metadata.namespace, obj.metadata.name))
-    if stored is None:
-        return obj
-    body = obj.model_dump(by_alias=True, exclude_none=True)
-    body["metadata"]["uid"] = obj.metadata.uid or stored.metadata.uid
-    if "status" in stored.body and "status" not in body:
-        body["status"] = stored.body["status"]
-    if obj.kind == "Service" and isinstance(body.get("spec"), dict):
-        old = stored.body.get("spec") or {}
-        body["spec"].setdefault("clusterIP", old.get("clusterIP"))
-        held = {
-            (p.get("port"), p.get("protocol", "TCP")): p["nodePort"]
-            for p in old.get("ports") or []
-            if p.get("nodePort")
-        }
-        body["spec"]["ports"] = [_with_node_port(p, held) for p in body["spec"].get("ports") or []]
-    return KubeObject.model_validate(body)
-
-
-def _with_node_port(port: Any, held: dict[tuple[Any, Any], int]) -> Any:
-    key = (port.get("port"), port.get("protocol", "TCP")) if isinstance(port, dict) else None
-    return {"nodePort": held[key], **port} if key in held else port
-
-
-def _owned(ledger: Ledger) -> list[Object]:
-    found = []
-    for info in KINDS:
-        if info.model is not None:
-            found += [
-                o
-                for o in objects.list_objects(ledger, info)[0]
-                if o.metadata.annotations.get(SOURCE) == KUBERNETES
-            ]
-    return found
-
-
-def _statuses(
-    ledger: Ledger, admitted: Sequence[Object]
-) -> dict[tuple[str, str | None, str], dict[str, Any]]:
+def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, Any]]:
     """What each Pod and Service should show, from the intent that was admitted for it."""
-    shown: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    shown: dict[Key, dict[str, Any]] = {}
     nodes = objects.list_objects(ledger, lookup_kind("Node"))[0]
     addresses = {n.metadata.name: str(n.spec.address) for n in nodes if isinstance(n, Node)}
     for ep in admitted:
@@ -198,25 +220,3 @@ def _with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
         ]
         body["spec"], body["status"] = spec, {**(body.get("status") or {}), **shown["status"]}
     return KubeObject.model_validate(body)
-
-
-def write_back(ledger: Ledger, admitted: Sequence[Object]) -> None:
-    """Show admitted addresses in the stored Kubernetes objects, as the API server and kubelet would.
-
-    `admitted`: every object the translation yielded, as the ledger now holds it.
-    """
-    shown = _statuses(ledger, admitted)
-    stored = {
-        (o.kind, o.metadata.namespace, o.metadata.name): o
-        for kind in ("Pod", "Service")
-        for o in objects.list_objects(ledger, lookup_kind(kind))[0]
-    }
-    updated = []
-    for key, status in shown.items():
-        old = stored.get(key)
-        if isinstance(old, KubeObject):
-            new = _with_status(old, status)
-            if new != old:
-                updated.append(new)
-    if updated:
-        intent.apply(ledger, updated)

@@ -8,12 +8,12 @@ name); addresses are not chosen here but allocated at admission, idempotently by
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from isthmus.kube.config import Isolation, KubeConfig
+from isthmus.kube.view import Key, KubeView, node_name
 from isthmus.model import (
     Endpoint,
     FloatingIP,
@@ -36,39 +36,11 @@ KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
 
 
+INFRASTRUCTURE: Key = ("", None, "")
+
+
 class TranslationError(ValueError):
     """A Kubernetes object that cannot be translated; the message names it and the field."""
-
-
-@dataclass
-class KubeView:
-    """The Kubernetes objects of a cluster, by kind and (namespace, name)."""
-
-    objects: dict[str, dict[tuple[str | None, str], KubeObject]] = field(default_factory=dict)
-    nodes: list[str] = field(default_factory=list)  # declared nodes (not the translator's default one)
-
-    def add(self, obj: KubeObject) -> None:
-        self.objects.setdefault(obj.kind, {})[(obj.metadata.namespace, obj.metadata.name)] = obj
-
-    def remove(self, kind: str, namespace: str | None, name: str) -> None:
-        self.objects.get(kind, {}).pop((namespace, name), None)
-
-    def of(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
-        found = self.objects.get(kind, {}).values()
-        return sorted(
-            (o for o in found if namespace is None or o.metadata.namespace == namespace),
-            key=lambda o: (o.metadata.namespace or "", o.metadata.name),
-        )
-
-    def namespaces(self) -> list[str]:
-        names = {o.metadata.name for o in self.of("Namespace")}
-        names |= {
-            o.metadata.namespace
-            for kind in self.objects.values()
-            for o in kind.values()
-            if o.metadata.namespace
-        }
-        return sorted(names)
 
 
 def _meta(
@@ -90,7 +62,7 @@ def _field(obj: KubeObject, path: str, value: Any, kind: type, default: Any = No
 
 def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
     """The cluster-wide tenant and networks (pods in cluster mode, services, the public pool), and the
-    default node while no node is declared or pods still run on it."""
+    default node while no node is known or pods still run on it."""
     system = config.system
     made: list[Resource] = [
         Tenant.model_validate(
@@ -117,10 +89,8 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
             {"metadata": _meta("public", system), "spec": {"network": "public", "cidr": config.external_pool}}
         ),
     ]
-    on_default = any(
-        (p.body.get("spec") or {}).get("nodeName") == config.default_node for p in view.of("Pod")
-    )
-    if config.default_node not in view.nodes and (not view.nodes or on_default):
+    nodes = view.nodes()
+    if config.default_node not in nodes and (not nodes or view.pods_on[config.default_node] > 0):
         made.append(
             Node.model_validate(
                 {"metadata": _meta(config.default_node), "spec": {"address": config.default_node_address}}
@@ -129,8 +99,18 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
     return made
 
 
+def node(kube_node: KubeObject) -> Node:
+    """A Kubernetes Node as an Isthmus Node, at its InternalIP (else its first address)."""
+    addresses = [a for a in (kube_node.body.get("status") or {}).get("addresses") or [] if a.get("address")]
+    internal = [a for a in addresses if a.get("type") == "InternalIP"] or addresses
+    if not internal:
+        raise TranslationError(f"Node {kube_node.metadata.name}: status.addresses has no address")
+    meta = _meta(kube_node.metadata.name, None, kube_node.metadata.labels, kube_node.metadata.uid or "")
+    return Node.model_validate({"metadata": meta, "spec": {"address": internal[0]["address"]}})
+
+
 def isolation(view: KubeView, namespace: str, config: KubeConfig) -> Isolation:
-    declared = view.objects.get("Namespace", {}).get((None, namespace))
+    declared = view.get("Namespace", None, namespace)
     mode = declared.metadata.annotations.get(ISOLATION, config.isolation) if declared else config.isolation
     if mode not in MODES:
         raise TranslationError(
@@ -175,7 +155,7 @@ def endpoint(pod: KubeObject, mode: Isolation, config: KubeConfig) -> Endpoint:
     spec = {
         "kind": "pod",
         "network": network_of(pod, mode, config),
-        "node": (pod.body.get("spec") or {}).get("nodeName"),
+        "node": node_name(pod),
         "owner": {"kind": "Pod", "name": meta.name, "uid": meta.uid or ""},
         "ports": _container_ports(pod),
     }
@@ -217,23 +197,67 @@ def _selected(selector: dict[str, str], pods: Iterable[KubeObject]) -> Iterator[
     return (p for p in pods if all(p.metadata.labels.get(k) == v for k, v in selector.items()))
 
 
-def service_vip(svc: KubeObject, pods: list[KubeObject], config: KubeConfig) -> ServiceVIP | None:
-    """The VIP of a Service; None for headless and ExternalName services."""
+def selects(svc: KubeObject, pod: KubeObject) -> bool:
+    selector = (svc.body.get("spec") or {}).get("selector")
+    return (
+        bool(selector)
+        and isinstance(selector, dict)
+        and all(pod.metadata.labels.get(k) == v for k, v in selector.items())
+    )
+
+
+def _selected_backends(svc: KubeObject, selector: dict[str, str], view: KubeView) -> list[dict[str, Any]]:
+    """Backends chosen by the selector, as a controller would list them (manifests)."""
+    pods = view.objects.get("Pod", {}).get(svc.metadata.namespace, {}).values()
+    return [
+        {
+            "endpoint": p.metadata.name,
+            "ready": _ready(p),
+            "ports": {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
+        }
+        for p in _selected(selector, pods)
+        if not _terminal(p)
+    ]
+
+
+def _listed_backends(svc: KubeObject, listed: KubeObject, view: KubeView) -> list[dict[str, Any]]:
+    """Backends from the service's Endpoints object (the live API's endpoints controller, or a user's).
+
+    A pod address names the pod's endpoint only while the pod is known, so no backend outlives its pod.
+    """
+    backends = []
+    for subset in listed.body.get("subsets") or []:
+        ports = {p["name"]: p["port"] for p in subset.get("ports") or [] if p.get("name") and p.get("port")}
+        for ready, field in ((True, "addresses"), (False, "notReadyAddresses")):
+            for address in subset.get(field) or []:
+                ref = address.get("targetRef") or {}
+                if ref.get("kind") == "Pod":
+                    pod = view.get("Pod", ref.get("namespace", svc.metadata.namespace), ref.get("name", ""))
+                    if pod is None or _terminal(pod) or pod.metadata.namespace != svc.metadata.namespace:
+                        continue
+                    backends.append({"endpoint": pod.metadata.name, "ready": ready, "ports": ports})
+                elif address.get("ip"):
+                    backends.append({"address": address["ip"], "ready": ready, "ports": ports})
+    return backends
+
+
+def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceVIP | None:
+    """The VIP of a Service; None for headless and ExternalName services.
+
+    Backends come from the service's Endpoints object when there is one, else from its selector.
+    """
     spec = svc.body.get("spec") or {}
     kind = spec.get("type", "ClusterIP")
     if spec.get("clusterIP") == "None" or kind == "ExternalName":
         return None
     selector = _field(svc, "spec.selector", spec.get("selector"), dict, {})
     publish = bool(spec.get("publishNotReadyAddresses"))
-    backends = [
-        {
-            "endpoint": p.metadata.name,
-            "ready": _ready(p),
-            "ports": {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
-        }
-        for p in (_selected(selector, pods) if selector else ())
-        if not _terminal(p)
-    ]
+    listed = view.get("Endpoints", svc.metadata.namespace, svc.metadata.name)
+    if listed is not None:
+        backends = _listed_backends(svc, listed, view)
+    else:
+        backends = _selected_backends(svc, selector, view) if selector else []
+    backends.sort(key=lambda b: (b.get("endpoint") or "", b.get("address") or ""))
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds", 10800)
     body = {
         "network": f"{config.system}/services",
@@ -302,27 +326,54 @@ def check_network_policy(policy: KubeObject) -> None:
         ) from None
 
 
+def units(view: KubeView) -> Iterator[Key]:
+    """The parts a translation is made of: each part is a function of the view, named by the object whose
+    change makes it change (the infrastructure is ("", None, "")."""
+    yield INFRASTRUCTURE
+    for kind in ("Node", "Pod", "Service"):
+        yield from ((kind, o.metadata.namespace, o.metadata.name) for o in view.of(kind))
+    yield from (("Namespace", None, namespace) for namespace in view.namespaces())
+
+
+def part(view: KubeView, unit: Key, config: KubeConfig) -> list[Resource]:
+    """What one part of the cluster means; empty when its object is gone."""
+    kind, namespace, name = unit
+    if unit == INFRASTRUCTURE:
+        return infrastructure(config, view)
+    if kind == "Namespace":
+        return namespace_part(view, name, config) if view.holds(name) else []
+    found = view.get(kind, namespace, name)
+    if found is None:
+        return []
+    if kind == "Node":
+        return [node(found)]
+    if kind == "Pod":
+        assert namespace is not None
+        mode = isolation(view, namespace, config)
+        return [] if _terminal(found) else [endpoint(found, mode, config)]
+    return [o for o in (service_vip(found, view, config), floating_ip(found, config)) if o is not None]
+
+
+def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
+    """The namespace's tenant, its own pod networks and, in collection mode, its `uses` policies."""
+    made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
+    mode = isolation(view, namespace, config)
+    if mode == "cluster":
+        return made
+    pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
+    local = sorted({n for n in (network_of(p, mode, config) for p in pods) if "/" not in n})
+    made += [
+        VirtualNetwork.model_validate({"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods"}})
+        for n in local
+    ]
+    if mode == "collection":
+        services = {s.metadata.name for s in view.of("Service", namespace)}
+        made += uses_policies(namespace, pods, services)
+    return made
+
+
 def translate(view: KubeView, config: KubeConfig) -> list[Resource]:
     """Everything the cluster's Kubernetes objects mean, as Isthmus intent."""
-    made = infrastructure(config, view)
     for policy in view.of("NetworkPolicy"):
         check_network_policy(policy)
-    for namespace in view.namespaces():
-        made.append(Tenant.model_validate({"metadata": _meta(namespace)}))
-        mode = isolation(view, namespace, config)
-        pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
-        endpoints = [endpoint(p, mode, config) for p in pods]
-        local = sorted({e.spec.network for e in endpoints if "/" not in e.spec.network})
-        made += [
-            VirtualNetwork.model_validate(
-                {"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods"}}
-            )
-            for n in local
-        ]
-        made += endpoints
-        services = view.of("Service", namespace)
-        for svc in services:
-            made += [o for o in (service_vip(svc, pods, config), floating_ip(svc, config)) if o is not None]
-        if mode == "collection":
-            made += uses_policies(namespace, pods, {s.metadata.name for s in services})
-    return made
+    return [o for unit in units(view) for o in part(view, unit, config)]

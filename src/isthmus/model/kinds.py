@@ -44,6 +44,7 @@ KINDS: tuple[KindInfo, ...] = (
         _isthmus(m)
         for m in (Tenant, Node, SubnetPool, VirtualNetwork, Subnet, Endpoint, ServiceVIP, FloatingIP, Policy)
     ),
+    KindInfo("core", "Node", "nodes", False, ("v1",), ("no",)),
     KindInfo("core", "Namespace", "namespaces", False, ("v1",), ("ns",)),
     KindInfo("core", "Pod", "pods", True, ("v1",), ("po",)),
     KindInfo("core", "ReplicationController", "replicationcontrollers", True, ("v1",), ("rc",)),
