@@ -209,10 +209,13 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
     return subnet
 
 
-def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress]) -> list[IPAddress]:
-    """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds or a new one."""
+def _addresses(
+    txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress], held: list[IPAddress]
+) -> list[IPAddress]:
+    """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds (among `held`,
+    what its stored version shows) or a new one, from the newest block first in a network that grows."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
-    subnets = sorted(subnets_of(txn, network), key=lambda s: (s.spec.cidr.version, s.metadata.name))
+    subnets = sorted(subnets_of(txn, network), key=lambda s: (s.spec.cidr.version, _block_index(s)))
     if not subnets and network.spec.subnet_pool is None:
         raise Invalid(f"{name}: network {net} has no subnet")
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
@@ -222,10 +225,10 @@ def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IP
     try:
         if not wanted:
             for pool, cidr in pools:
-                value = ipam.held(txn, pool, name)
+                value = ipam.held(txn, pool, name) if any(a in cidr for a in held) else None
                 if value is not None:
                     return [cidr[value]]
-            for pool, cidr in pools:
+            for pool, cidr in reversed(pools) if network.spec.subnet_pool else pools:
                 try:
                     return [cidr[ipam.allocate(txn, pool, name)]]
                 except ipam.Exhausted:
@@ -248,6 +251,16 @@ def _addresses(txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IP
         return result
     except ipam.IpamError as exc:
         raise Invalid(f"{name}: {exc}") from None
+
+
+def _block_index(subnet: Subnet) -> tuple[int, str]:
+    """Blocks NETWORK-N in the order they were added; other subnets first, by name."""
+    base, _, index = subnet.metadata.name.rpartition("-")
+    return (
+        (int(index), "")
+        if subnet.spec.pool and base == subnet.spec.network and index.isdigit()
+        else (-1, subnet.metadata.name)
+    )
 
 
 def _grow(txn: Txn, network: VirtualNetwork) -> Subnet:
@@ -281,7 +294,8 @@ def _mac(uid: str) -> str:
 
 def _endpoint(txn: Txn, endpoint: Endpoint, old: Object | None) -> Endpoint:
     network = network_of(txn, endpoint.spec.network, endpoint.metadata.namespace)
-    addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses))
+    held = old.spec.addresses if isinstance(old, Endpoint) else []
+    addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses), held)
     mac = endpoint.spec.mac or _mac(str(endpoint.metadata.uid))
     return endpoint.model_copy(
         update={"spec": endpoint.spec.model_copy(update={"addresses": addresses, "mac": mac})}
@@ -318,7 +332,8 @@ def _node_ports(txn: Txn, service: ServiceVIP) -> list[ServicePort]:
 
 def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
     network = network_of(txn, service.spec.network, service.metadata.namespace)
-    vip = _addresses(txn, service, network, [service.spec.vip] if service.spec.vip else [])[0]
+    held = [old.spec.vip] if isinstance(old, ServiceVIP) and old.spec.vip else []
+    vip = _addresses(txn, service, network, [service.spec.vip] if service.spec.vip else [], held)[0]
     backends = [_backend(txn, b, service.metadata.namespace) for b in service.spec.backends]
     spec = {"vip": vip, "backends": backends, "ports": _node_ports(txn, service)}
     return service.model_copy(update={"spec": service.spec.model_copy(update=spec)})
@@ -328,7 +343,8 @@ def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
     pool = network_of(txn, fip.spec.pool, fip.metadata.namespace)
     if not pool.spec.external:
         raise Invalid(f"{ident(fip)}: pool {fip.spec.pool} is not an external network")
-    address = _addresses(txn, fip, pool, [fip.spec.address] if fip.spec.address else [])[0]
+    held = [old.spec.address] if isinstance(old, FloatingIP) and old.spec.address else []
+    address = _addresses(txn, fip, pool, [fip.spec.address] if fip.spec.address else [], held)[0]
     return fip.model_copy(update={"spec": fip.spec.model_copy(update={"address": address})})
 
 

@@ -39,7 +39,7 @@ def change(
     """Create or replace `puts` (in dependency order), then delete `deletes` (dependants first), atomically.
 
     `check_version`: an object carrying metadata.resourceVersion replaces only that version (else Stale).
-    `guard`: runs first in every attempt of the transaction; what it reads and writes joins the commit.
+    `guard`: runs last in every attempt of the transaction; what it reads and writes joins the commit.
     Results: the puts in the caller's order, then the deletions.
     """
     seen: set[str] = set()
@@ -52,8 +52,6 @@ def change(
     doomed = sorted(deletes, key=lambda t: -_ORDER[t[0]])
 
     def work(txn: Txn) -> list[Applied]:
-        if guard is not None:
-            guard(txn)
         done = [_put(txn, obj, create_only, check_version) for obj in ordered]
         for info, namespace, name in doomed:
             old = objects.get(txn, info, namespace, name)
@@ -64,6 +62,8 @@ def change(
             release(txn, old)
             objects.delete(txn, old)
             done.append(Applied(old, "deleted"))
+        if guard is not None:
+            guard(txn)
         return done
 
     done, revision = transact(ledger, work)

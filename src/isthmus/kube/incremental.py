@@ -111,7 +111,7 @@ class Translator:
             touched.add((kind, namespace, name))
         if kind == "Namespace":
             touched |= {key(o) for k in ("Pod", "Service") for o in self.view.of(k, name)}
-        if namespace is not None and kind in ("Pod", "Service"):
+        if namespace is not None:  # any object in a namespace makes its tenant
             touched.add(("Namespace", None, namespace))
         if kind == "Endpoints":
             touched.add(("Service", namespace, name))

@@ -19,7 +19,7 @@ from isthmus.kube.config import KubeConfig
 from isthmus.kube.incremental import Translator
 from isthmus.kube.offline import carry_over, expand, with_status
 from isthmus.kube.translate import KUBERNETES, SOURCE
-from isthmus.kube.view import Key, KubeView
+from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import (
     KINDS,
     Endpoint,
@@ -34,6 +34,11 @@ from isthmus.model import (
 from isthmus.store import Ledger, Txn, objects
 
 Target = tuple[KindInfo, str | None, str]
+_FIP = lookup_kind("FloatingIP")
+_SHOWN = {
+    "Pod": (lookup_kind("Endpoint"),),
+    "Service": (lookup_kind("ServiceVIP"), lookup_kind("FloatingIP")),
+}
 Shown = dict[Key, dict[str, Any]]
 EPOCH = "/kube/epoch"
 
@@ -85,12 +90,16 @@ class Reconciler:
         self.sink = sink or self._write_back
         self.translator: Translator | None = None
         self.epoch: bytes | None = None
+        self.cold = True  # the ledger does not hold the translator's whole translation yet
 
     @property
     def view(self) -> KubeView:
+        """The Kubernetes objects, loaded from the ledger and translated on first use."""
         if self.translator is None:
             self.epoch = _read_epoch(self.ledger)
-            self.translator = Translator(load_view(self.ledger), self.config)
+            translator = Translator(load_view(self.ledger), self.config)
+            translator.full()
+            self.translator, self.cold = translator, True
         return self.translator.view
 
     def apply(self, incoming: Sequence[Object] = (), removed: Sequence[Target] = ()) -> list[intent.Applied]:
@@ -103,7 +112,6 @@ class Reconciler:
         raise Moved("the Kubernetes objects keep changing under this reconciler; try again")
 
     def _apply(self, incoming: Sequence[Object], removed: Sequence[Target]) -> list[intent.Applied]:
-        cold = self.translator is None
         view = self.view
         assert self.translator is not None
         kube = [o for o in incoming if isinstance(o, KubeObject)]
@@ -121,29 +129,38 @@ class Reconciler:
         try:
             with self.translator.changing([*kube, *pods], gone, nodes) as delta:
                 puts, stale = delta.puts, delta.deletes
-                if cold:
-                    puts = self.translator.full()
+                if self.cold:
+                    puts = [o for made in self.translator.parts.values() for o in made]
                     keep = {objects.object_key(o) for o in puts}
                     stale = [objects.parse_key(k) for k in _owned(self.ledger) if k not in keep]
                 done = self._commit([*isthmus, *kube, *pods, *puts], [*deletes, *stale])
         except BaseException:
-            if cold:
+            if self.cold:
                 self.translator = None
             raise
-        self.sink(view, statuses(self.ledger, [a.object for a in done if a.action != "deleted"]))
+        self.cold = False
+        admitted = {objects.object_key(a.object): a.object for a in done if a.action != "deleted"}
+        for obj in [*kube, *pods]:  # what a re-declared object shows, though its intent did not change
+            for info in _SHOWN.get(obj.kind, ()):
+                found = objects.key_of(info, obj.metadata.namespace, obj.metadata.name)
+                if found not in admitted and (stored := objects.list_one(self.ledger, info, *key(obj)[1:])):
+                    admitted[found] = stored
+        self.sink(view, statuses(self.ledger, list(admitted.values())))
         return done
 
     def _commit(self, puts: Sequence[Object], deletes: Sequence[Target]) -> list[intent.Applied]:
         epoch = uuid.uuid4().hex.encode()
+        wrote = [False]
 
         def guard(txn: Txn) -> None:
             if txn.get(EPOCH) != self.epoch:
                 raise Moved
-            if txn.writes:
+            wrote[0] = bool(txn.writes)
+            if wrote[0]:
                 txn.put(EPOCH, epoch)
 
         done = intent.change(self.ledger, puts, deletes, missing_ok=self.live, guard=guard)
-        if any(a.action != "unchanged" for a in done):
+        if wrote[0]:
             self.epoch = epoch
         return done
 
@@ -155,9 +172,12 @@ class Reconciler:
             if old is not None and (new := with_status(old, status)) != old:
                 updated.append(new)
         if updated:
-            self._commit(updated, ())
-            for obj in updated:
-                view.add(obj)
+            assert self.translator is not None
+            inputs = [o for o in updated if o.kind == "Service"]  # ClusterIPs and node ports are; pod IPs not
+            with self.translator.changing(inputs, ()) as delta:
+                self._commit([*updated, *delta.puts], delta.deletes)
+            for pod in (o for o in updated if o.kind == "Pod"):
+                view.add(pod)
 
 
 def _read_epoch(ledger: Ledger) -> bytes | None:
@@ -197,6 +217,9 @@ def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, 
     for vip in admitted:
         if isinstance(vip, ServiceVIP) and vip.metadata.annotations.get(SOURCE) == KUBERNETES:
             fip = fips.get((vip.metadata.namespace, vip.metadata.name))
+            if fip is None and vip.spec.type == "LoadBalancer":  # its floating IP did not change
+                stored = objects.list_one(ledger, _FIP, vip.metadata.namespace, vip.metadata.name)
+                fip = str(stored.spec.address) if isinstance(stored, FloatingIP) else None
             shown[("Service", vip.metadata.namespace, vip.metadata.name)] = {
                 "clusterIP": str(vip.spec.vip),
                 "nodePorts": {(p.port, p.protocol): p.node_port for p in vip.spec.ports},

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from isthmus.model.kinds import Object, kind_of, parse_object
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
+
 
 class ManifestError(ValueError):
     """A manifest that cannot become objects; the message names the file, document and field."""
@@ -31,7 +33,7 @@ def describe(error: ValidationError) -> str:
 def parse_manifests(text: str, source: str = "<stdin>", namespace: str = "default") -> list[Object]:
     """Every document of a YAML stream; namespaced objects without a namespace get `namespace`."""
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

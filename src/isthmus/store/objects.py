@@ -61,7 +61,7 @@ def get(txn: Txn, info: KindInfo, namespace: str | None, name: str) -> Object | 
     value = txn.get(key)
     if value is None:
         return None
-    return _decode(value, None if key in txn.writes else txn.checks[key])
+    return _decoded(txn, key, value, None if key in txn.writes else txn.checks[key])
 
 
 def put(txn: Txn, obj: Object, old: Object | None) -> None:
@@ -102,7 +102,18 @@ def list_objects(ledger: Ledger, info: KindInfo, namespace: str | None = None) -
 def scan(txn: Txn, info: KindInfo, namespace: str | None = None) -> list[Object]:
     """Objects of a kind as this transaction sees them (no checks recorded)."""
     prefix = kind_prefix(info, namespace)
-    return [_decode(v, None) for _, v in txn.range(prefix, prefix_end(prefix))]
+    return [_decoded(txn, k, v, None) for k, v in txn.range(prefix, prefix_end(prefix))]
+
+
+def _decoded(txn: Txn, key: str, value: bytes, revision: int | None) -> Object:
+    """Decode once per transaction: a value read again decodes to the same (immutable) object."""
+    hit = txn.decoded.get(key)
+    if hit is not None and hit[0] == value and hit[1] == revision:
+        found: Object = hit[2]
+        return found
+    obj = _decode(value, revision)
+    txn.decoded[key] = (value, revision, obj)
+    return obj
 
 
 def list_one(ledger: Ledger, info: KindInfo, namespace: str | None, name: str) -> Object | None:

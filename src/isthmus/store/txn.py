@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedDict
 
@@ -25,6 +25,7 @@ class Txn:
         self.checks: dict[str, int] = {}
         self._read: dict[str, bytes | None] = {}
         self.writes: SortedDict = SortedDict()  # key -> value, None for a delete
+        self.decoded: dict[str, tuple[bytes, int | None, Any]] = {}  # key -> value, revision, its decoding
 
     def get(self, key: str) -> bytes | None:
         if key in self.writes:
