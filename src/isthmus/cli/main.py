@@ -208,6 +208,39 @@ def serve(ctx: Context, listen: str, admin_token: str | None) -> None:
     uvicorn.run(create_app(ctx.ledger, admin_token), host=host.strip("[]"), port=int(port), log_level="info")
 
 
+@cli.group()
+def kube() -> None:
+    """The Kubernetes network manager."""
+
+
+@kube.command()
+@click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The API server and credentials ($KUBECONFIG).",
+)
+@click.option("--resync", default=300.0, show_default=True, help="Seconds between full listings.")
+@pass_context
+def watch(ctx: Context, kubeconfig: str, resync: float) -> None:
+    """Watch the API server and keep the ledger's networks in step, until SIGTERM or SIGINT."""
+    import logging
+    import signal
+    import threading
+
+    from kubernetes import config
+
+    from isthmus.kube.manager import Manager
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="isthmus")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.view import Key, KubeView, key
-from isthmus.kube.workloads import CONTROLLERS, owner_of, pods_of
+from isthmus.kube.workloads import CONTROLLERS, owner_of, place, pods_of
 from isthmus.model import KubeObject
 
 
@@ -33,7 +33,8 @@ def expand(
         if o.metadata.namespace == name
     ]
     wanted = {(p.metadata.namespace, p.metadata.name) for p in pods}
-    for pod in view.of("Pod"):
+    namespaces = {ns for kind, ns, _ in [*declared, *deleted] if kind in CONTROLLERS}
+    for pod in (p for ns in sorted(namespaces, key=str) for p in view.of("Pod", ns)):
         owner = owner_of(pod)
         controller = (owner[0], pod.metadata.namespace, owner[1]) if owner else None
         if (
@@ -44,6 +45,15 @@ def expand(
             gone.append(key(pod))
     fresh = [with_uid(p) for p in pods if view.get("Pod", p.metadata.namespace, p.metadata.name) is None]
     return fresh, gone
+
+
+def scheduled(obj: KubeObject, view: KubeView, config: KubeConfig) -> KubeObject:
+    """A pod declared without spec.nodeName, placed as a scheduler would (deterministically)."""
+    spec = obj.body.get("spec")
+    if obj.kind != "Pod" or not isinstance(spec, dict) or spec.get("nodeName"):
+        return obj
+    node = place(obj.metadata.name, view.nodes() or [config.default_node])
+    return KubeObject.model_validate({**obj.model_dump(by_alias=True), "spec": {**spec, "nodeName": node}})
 
 
 def with_uid(obj: KubeObject) -> KubeObject:

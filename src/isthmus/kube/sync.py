@@ -17,7 +17,7 @@ from typing import Any
 from isthmus import intent
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.incremental import Translator
-from isthmus.kube.offline import carry_over, expand, with_status
+from isthmus.kube.offline import carry_over, expand, scheduled, with_status
 from isthmus.kube.translate import KUBERNETES, SOURCE
 from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import (
@@ -118,14 +118,14 @@ class Reconciler:
         gone = [(i.kind, ns, name) for i, ns, name in removed if i.model is None]
         pods: list[KubeObject] = []
         if not self.live:
-            kube = [carry_over(view, o) for o in kube]
+            kube = [scheduled(carry_over(view, o), view, self.config) for o in kube]
             pods, dropped = expand(view, kube, gone, self.config)
             gone += dropped
         nodes = (view.declared_nodes | {o.metadata.name for o in incoming if isinstance(o, Node)}) - {
             name for i, _, name in removed if i.kind == "Node" and i.model is not None
         }
         isthmus = [o for o in incoming if not isinstance(o, KubeObject)]
-        deletes = [*(t for t in removed if t[0].model is not None), *(_target(k) for k in gone)]
+        deletes = [*(t for t in removed if t[0].model is not None), *(kube_target(k) for k in gone)]
         try:
             with self.translator.changing([*kube, *pods], gone, nodes) as delta:
                 puts, stale = delta.puts, delta.deletes
@@ -185,7 +185,8 @@ def _read_epoch(ledger: Ledger) -> bytes | None:
     return kv.value if kv else None
 
 
-def _target(key: Key) -> Target:
+def kube_target(key: Key) -> Target:
+    """The ledger's name of a Kubernetes object."""
     kind, namespace, name = key
     return next(i for i in KINDS if i.kind == kind and i.model is None), namespace, name
 

@@ -81,7 +81,7 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
         Subnet.model_validate(
             {
                 "metadata": _meta("services", system),
-                "spec": {"network": "services", "cidr": config.service_cidr},
+                "spec": {"network": "services", "cidr": config.service_cidr, "noGateway": True},
             }
         ),
         VirtualNetwork.model_validate({"metadata": _meta("public", system), "spec": {"external": True}}),
@@ -350,7 +350,8 @@ def part(view: KubeView, unit: Key, config: KubeConfig) -> list[Resource]:
     if kind == "Pod":
         assert namespace is not None
         mode = isolation(view, namespace, config)
-        return [] if _terminal(found) else [endpoint(found, mode, config)]
+        scheduled = node_name(found) is not None  # as in Kubernetes, a pod has no address before its node
+        return [endpoint(found, mode, config)] if scheduled and not _terminal(found) else []
     return [o for o in (service_vip(found, view, config), floating_ip(found, config)) if o is not None]
 
 

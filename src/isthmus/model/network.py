@@ -141,6 +141,7 @@ class SubnetSpec(Model):
     cidr: Cidr = Field(None, description="taken as a block of `pool` when absent")  # type: ignore[assignment]
     pool: Name | None = Field(None, description="a SubnetPool to take the CIDR from")
     gateway: IPAddress | None = Field(None, description="defaults to the first address of the CIDR")
+    no_gateway: bool = Field(False, description="no gateway: every address may be allocated (VIP ranges)")
     allocation_pools: list[AllocationPool] = Field([], description="default: every usable address")
 
     @model_validator(mode="after")
@@ -151,6 +152,8 @@ class SubnetSpec(Model):
             if self.gateway is not None or self.allocation_pools:
                 raise ValueError("gateway and allocationPools need an explicit cidr")
             return self
+        if self.no_gateway and self.gateway is not None:
+            raise ValueError(f"gateway {self.gateway} is given with noGateway")
         if self.gateway is not None and self.gateway not in self.cidr:
             raise ValueError(f"gateway {self.gateway} is outside {self.cidr}")
         pools = sorted(self.allocation_pools, key=lambda p: int(p.start))
@@ -166,6 +169,8 @@ class SubnetSpec(Model):
         return self
 
     def effective_gateway(self) -> IPAddress | None:
+        if self.no_gateway:
+            return None
         if self.gateway is not None:
             return self.gateway
         return self.cidr[1] if self.cidr.num_addresses > 2 else None

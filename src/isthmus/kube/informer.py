@@ -1,0 +1,131 @@
+"""Informers: one kind of a live API server each, listed, then watched from the list's resourceVersion.
+
+Invariant: what an informer delivers, in order, rebuilds the server's state: a `Listed` (every object of
+the kind at one resourceVersion) followed by `Changed` events after it. On 410 Gone, an expired watch or a
+broken stream it lists again, and the consumer diffs the new listing against what it holds, so deletions
+missed in the gap are not lost. It also lists again every `resync` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from isthmus.model import KubeObject
+
+log = logging.getLogger("isthmus.kube")
+
+
+@dataclass(frozen=True)
+class Listed:
+    kind: str
+    objects: list[KubeObject]
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    kind: str
+    type: str  # ADDED, MODIFIED, DELETED
+    object: KubeObject
+
+
+Event = Listed | Changed
+
+
+def _lists(api: client.ApiClient) -> dict[str, Callable[..., Any]]:
+    """The cluster-wide list call of every kind the translation reads."""
+    core, networking = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    return {
+        "Namespace": core.list_namespace,
+        "Node": core.list_node,
+        "Pod": core.list_pod_for_all_namespaces,
+        "Service": core.list_service_for_all_namespaces,
+        "Endpoints": core.list_endpoints_for_all_namespaces,
+        "NetworkPolicy": networking.list_network_policy_for_all_namespaces,
+    }
+
+
+KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "NetworkPolicy")
+_API_VERSIONS = {"NetworkPolicy": "networking.k8s.io/v1"}
+
+
+def mirror(kind: str, raw: dict[str, Any]) -> KubeObject:
+    """The object as the ledger keeps it: managedFields dropped, apiVersion and kind filled in (list items
+    carry neither)."""
+    metadata = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
+    body = {**raw, "apiVersion": _API_VERSIONS.get(kind, "v1"), "kind": kind, "metadata": metadata}
+    return KubeObject.model_validate(body)
+
+
+class Informer:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        kind: str,
+        deliver: Callable[[Event], None],
+        stop: threading.Event,
+        *,
+        resync: float = 300.0,
+        watch_timeout: int = 30,
+    ) -> None:
+        self.list = _lists(api)[kind]
+        self.kind = kind
+        self.deliver = deliver
+        self.stop = stop
+        self.resync = resync
+        self.watch_timeout = watch_timeout
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                version = self._list()
+                self._watch(version, time.monotonic() + self.resync)
+                backoff = 0.5
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("%s: %s; listing again in %.1f s", self.kind, exc.reason, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                else:
+                    log.info("%s: watch expired (410 Gone); listing again", self.kind)
+            except Exception as exc:  # a broken stream, a refused connection: list again, later
+                log.warning("%s: %s; listing again in %.1f s", self.kind, exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _list(self) -> str:
+        response = self.list(_preload_content=False)
+        listing = json.loads(response.data)
+        version = str(listing["metadata"]["resourceVersion"])
+        items = [mirror(self.kind, item) for item in listing.get("items") or []]
+        self.deliver(Listed(self.kind, items, version))
+        log.info("%s: listed %d at resourceVersion %s", self.kind, len(items), version)
+        return version
+
+    def _watch(self, version: str, until: float) -> None:
+        """Watch from `version` until the resync time; raises ApiException(410) when it is too old."""
+        while not self.stop.is_set() and time.monotonic() < until:
+            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                self.list,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.watch_timeout,
+                deserialize=False,
+            )
+            for event in stream:
+                raw = event["object"]
+                version = str(raw["metadata"]["resourceVersion"])
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    self.deliver(Changed(self.kind, event["type"], mirror(self.kind, raw)))
+                if self.stop.is_set():
+                    return
