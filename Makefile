@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` runs the main job, `make test` the whole test suite.
-# Both install what they need (as root on Debian bookworm) through scripts/bootstrap.
+# Both install what they need (as root on Debian bookworm) through scripts/bootstrap; the tests also build
+# a real kube-apiserver and controller-manager once (scripts/kube-testenv build: ~7 min, then cached).
 
 .PHONY: demo test lint unit bench
 
@@ -9,6 +10,7 @@ demo:
 
 test:
 	scripts/bootstrap dev
+	scripts/kube-testenv build
 	$(MAKE) lint
 	.venv/bin/pytest -q
 

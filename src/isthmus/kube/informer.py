@@ -83,25 +83,34 @@ class Informer:
         self.stop = stop
         self.resync = resync
         self.watch_timeout = watch_timeout
+        self.version = ""  # the last resourceVersion seen
 
-    def run(self) -> None:
+    def run(self, version: str | None = None) -> None:
+        """List (unless resuming from `version`), watch from there; on a broken stream watch again from the
+        last version seen, and list again on 410 Gone (that version is gone) and every `resync` seconds."""
+        until = time.monotonic() + self.resync
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                version = self._list()
-                self._watch(version, time.monotonic() + self.resync)
+                if version is None or time.monotonic() >= until:
+                    version, until = self._list(), time.monotonic() + self.resync
+                self.version = version
+                self._watch(until)
                 backoff = 0.5
             except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("%s: %s; listing again in %.1f s", self.kind, exc.reason, backoff)
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                else:
-                    log.info("%s: watch expired (410 Gone); listing again", self.kind)
-            except Exception as exc:  # a broken stream, a refused connection: list again, later
-                log.warning("%s: %s; listing again in %.1f s", self.kind, exc, backoff)
+                if exc.status == 410:
+                    log.info("%s: watch from %s expired (410 Gone); listing again", self.kind, self.version)
+                    version = None
+                    continue
+                log.warning("%s: %s; again in %.1f s", self.kind, exc.reason, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+            except Exception as exc:
+                log.warning("%s: %s; again in %.1f s", self.kind, exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            if version is not None:
+                version = self.version
 
     def _list(self) -> str:
         response = self.list(_preload_content=False)
@@ -112,20 +121,21 @@ class Informer:
         log.info("%s: listed %d at resourceVersion %s", self.kind, len(items), version)
         return version
 
-    def _watch(self, version: str, until: float) -> None:
-        """Watch from `version` until the resync time; raises ApiException(410) when it is too old."""
+    def _watch(self, until: float) -> None:
+        """Watch from self.version until `until`, keeping self.version at the last event or bookmark seen;
+        raises ApiException(410) when that version is too old."""
         while not self.stop.is_set() and time.monotonic() < until:
             stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                 self.list,
-                resource_version=version,
+                resource_version=self.version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.watch_timeout,
                 deserialize=False,
             )
             for event in stream:
                 raw = event["object"]
-                version = str(raw["metadata"]["resourceVersion"])
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     self.deliver(Changed(self.kind, event["type"], mirror(self.kind, raw)))
+                self.version = str(raw["metadata"]["resourceVersion"])
                 if self.stop.is_set():
                     return

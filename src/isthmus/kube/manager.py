@@ -20,11 +20,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from isthmus.intent import IntentError
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.informer import KINDS, Changed, Event, Informer
 from isthmus.kube.sync import Reconciler, Shown, kube_target
-from isthmus.kube.translate import TranslationError
 from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import KubeObject
 from isthmus.store import Ledger
@@ -84,6 +82,7 @@ class Manager:
         self.inbox: queue.Queue[Event] = queue.Queue()
         self.queue = WorkQueue()
         self.listed: set[str] = set()
+        self.unshown: set[Key] = set()  # objects whose status could not be written yet
         self.resync = resync
 
     def run(self, stop: threading.Event) -> None:
@@ -103,6 +102,9 @@ class Manager:
             batch = self.queue.take(time.monotonic())
             if batch:
                 self._handle(batch)
+            elif self.unshown and not stop.wait(1.0):
+                keys, self.unshown = sorted(self.unshown, key=str), set()
+                self.reconciler.show(keys)
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -135,7 +137,7 @@ class Manager:
             self._apply(batch)
             for what, _ in batch:
                 self.queue.done(what)
-        except (IntentError, TranslationError, ValueError, ApiException) as exc:
+        except Exception as exc:
             if len(batch) > 1:
                 middle = len(batch) // 2
                 self._handle(batch[:middle])
@@ -144,7 +146,7 @@ class Manager:
             delay = self.queue.failed(batch[0], time.monotonic())
             kind, namespace, name = batch[0][0]
             where = f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
-            log.error("%s: %s (trying again in %.1f s)", where, exc, delay)
+            log.error("%s: %s: %s (trying again in %.1f s)", where, type(exc).__name__, exc, delay)
 
     def _apply(self, batch: Sequence[Work]) -> None:
         view = self.reconciler.view
@@ -179,3 +181,7 @@ class Manager:
             except ApiException as exc:
                 if exc.status != 404:  # a deleted object shows nothing
                     log.warning("%s %s/%s: status not written: %s", kind, namespace, name, exc.reason)
+                    self.unshown.add((kind, namespace, name))
+            except Exception as exc:
+                log.warning("%s %s/%s: status not written: %s", kind, namespace, name, exc)
+                self.unshown.add((kind, namespace, name))

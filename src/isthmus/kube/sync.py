@@ -140,13 +140,21 @@ class Reconciler:
             raise
         self.cold = False
         admitted = {objects.object_key(a.object): a.object for a in done if a.action != "deleted"}
-        for obj in [*kube, *pods]:  # what a re-declared object shows, though its intent did not change
-            for info in _SHOWN.get(obj.kind, ()):
-                found = objects.key_of(info, obj.metadata.namespace, obj.metadata.name)
-                if found not in admitted and (stored := objects.list_one(self.ledger, info, *key(obj)[1:])):
-                    admitted[found] = stored
-        self.sink(view, statuses(self.ledger, list(admitted.values())))
+        self._show([key(o) for o in [*kube, *pods]], admitted)
         return done
+
+    def show(self, keys: Sequence[Key]) -> None:
+        """Send these objects' statuses to the sink again (after a failed write)."""
+        self._show(keys, {})
+
+    def _show(self, keys: Sequence[Key], admitted: dict[str, Object]) -> None:
+        """Statuses of what was admitted and of `keys` (re-declared objects show what the ledger holds)."""
+        for kind, namespace, name in keys:
+            for info in _SHOWN.get(kind, ()):
+                found = objects.key_of(info, namespace, name)
+                if found not in admitted and (stored := objects.list_one(self.ledger, info, namespace, name)):
+                    admitted[found] = stored
+        self.sink(self.view, statuses(self.ledger, list(admitted.values())))
 
     def _commit(self, puts: Sequence[Object], deletes: Sequence[Target]) -> list[intent.Applied]:
         epoch = uuid.uuid4().hex.encode()

@@ -1,0 +1,167 @@
+"""The Kubernetes network manager against a real kube-apiserver and controller-manager (v1.20.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isthmus.model import lookup_kind
+from isthmus.store import objects, open_ledger
+from tests.integration.kubeenv import Cluster, Manager, Proxy, eventually
+
+pytestmark = pytest.mark.integration
+SEEDS = Path(__file__).parents[2] / "examples" / "seeds"
+
+
+def listed(state: Path, kind: str, namespace: str | None = None) -> list[Any]:
+    ledger = open_ledger(state)
+    try:
+        return objects.list_objects(ledger, lookup_kind(kind), namespace)[0]
+    finally:
+        ledger.close()
+
+
+def addresses(state: Path, namespace: str) -> dict[str, str]:
+    return {e.metadata.name: str(e.spec.addresses[0]) for e in listed(state, "Endpoint", namespace)}
+
+
+def test_leonardo_manifests_make_networks_addresses_vips_policy_and_a_floating_ip(
+    cluster: Cluster, state: Path
+) -> None:
+    cluster.namespace("leonardo", isolation="collection")
+    manager = Manager(state, cluster.kubeconfig)
+    cluster.create(
+        "leonardo",
+        *(SEEDS / f for f in ("leonardo-rc.yaml", "leonardo-svc.yaml", "nginx-rc.yaml", "nginx-svc.yaml")),
+    )
+
+    def all_there() -> bool:
+        vips = {v.metadata.name: v for v in listed(state, "ServiceVIP", "leonardo")}
+        return (
+            len(addresses(state, "leonardo")) == 6
+            and all(len(v.spec.backends) == 3 for v in vips.values())
+            and len(vips) == 2
+        )
+
+    eventually(all_there, what="6 endpoints and 2 VIPs with 3 backends each")
+    endpoints = {e.metadata.name: e for e in listed(state, "Endpoint", "leonardo")}
+    networks = {e.metadata.name.rsplit("-", 1)[0]: e.spec.network for e in endpoints.values()}
+    assert networks == {"leonardo": "leonardo", "nginx": "nginx"}  # collection mode: a network per `name`
+    assert {n.metadata.name for n in listed(state, "VirtualNetwork", "leonardo")} == {"leonardo", "nginx"}
+    assert {e.spec.node for e in endpoints.values()} <= {"node-a", "node-b"}
+    # the API server shows what the ledger allocated
+    pods = {p.metadata.name: p for p in cluster.core.list_namespaced_pod("leonardo").items}
+    eventually(
+        lambda: all(cluster.core.read_namespaced_pod(n, "leonardo").status.pod_ip for n in pods),
+        what="pod IPs",
+    )
+    shown = {n: cluster.core.read_namespaced_pod(n, "leonardo").status.pod_ip for n in pods}
+    assert shown == addresses(state, "leonardo")
+    vips = {v.metadata.name: v for v in listed(state, "ServiceVIP", "leonardo")}
+    services = {s.metadata.name: s for s in cluster.core.list_namespaced_service("leonardo").items}
+    assert {n: str(v.spec.vip) for n, v in vips.items()} == {
+        n: s.spec.cluster_ip for n, s in services.items()
+    }
+    assert sorted(str(b.address) for b in vips["ftleonardo"].spec.backends) == sorted(
+        a for n, a in shown.items() if n.startswith("leonardo-")
+    )
+    (fip,) = listed(state, "FloatingIP", "leonardo")
+    assert fip.metadata.name == "nginx" and str(fip.spec.address).startswith("203.0.113.")
+
+    def ingress() -> str | None:
+        status = cluster.core.read_namespaced_service_status("nginx", "leonardo").status.load_balancer
+        return status.ingress[0].ip if status and status.ingress else None
+
+    assert eventually(ingress, what="LoadBalancer ingress") == str(fip.spec.address)
+    (policy,) = listed(state, "Policy", "leonardo")
+    assert policy.metadata.name == "uses-ftleonardo"
+    assert policy.spec.rules[0].destination.service == "ftleonardo"
+    assert manager.terminate() == 0  # SIGTERM: a clean shutdown
+
+
+def test_scaling_a_deployment_adds_and_removes_endpoints(cluster: Cluster, state: Path) -> None:
+    cluster.namespace("scale")
+    manager = Manager(state, cluster.kubeconfig)
+    template = {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+    }
+    deployment = {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+    }
+    cluster.apps.create_namespaced_deployment("scale", deployment)
+    eventually(lambda: len(addresses(state, "scale")) == 2, what="2 endpoints")
+    first = addresses(state, "scale")
+    cluster.apps.patch_namespaced_deployment_scale("web", "scale", {"spec": {"replicas": 5}})
+    eventually(lambda: len(addresses(state, "scale")) == 5, what="5 endpoints")
+    grown = addresses(state, "scale")
+    assert {n: grown[n] for n in first} == first  # nothing renumbered
+    assert len(set(grown.values())) == 5
+    cluster.apps.patch_namespaced_deployment_scale("web", "scale", {"spec": {"replicas": 1}})
+    eventually(lambda: len(addresses(state, "scale")) == 1, what="1 endpoint")
+    pods = [p.metadata.name for p in cluster.core.list_namespaced_pod("scale").items]
+    eventually(lambda: list(addresses(state, "scale")) == pods, what="the remaining pod's endpoint")
+    assert manager.terminate() == 0
+
+
+def test_deleting_a_namespace_removes_everything_it_owned(cluster: Cluster, state: Path) -> None:
+    cluster.namespace("doomed", isolation="namespace")
+    manager = Manager(state, cluster.kubeconfig)
+    cluster.create("doomed", SEEDS / "nginx-rc.yaml", SEEDS / "nginx-svc.yaml")
+    eventually(
+        lambda: len(addresses(state, "doomed")) == 3 and listed(state, "FloatingIP", "doomed"),
+        what="3 pods and a FIP",
+    )
+    cluster.core.delete_namespace("doomed")
+    kinds = ("Endpoint", "ServiceVIP", "FloatingIP", "VirtualNetwork", "Subnet", "Policy", "Pod", "Service")
+    eventually(
+        lambda: not any(listed(state, k, "doomed") for k in kinds), timeout=90, what="nothing left in doomed"
+    )
+    eventually(lambda: "doomed" not in {t.metadata.name for t in listed(state, "Tenant")}, what="tenant gone")
+    assert manager.terminate() == 0
+
+
+def test_a_partition_with_compaction_loses_no_deletion_and_a_restart_no_address(
+    cluster: Cluster, state: Path, tmp_path: Path
+) -> None:
+    cluster.namespace("split")
+    proxy = Proxy(cluster.api_port())
+    manager = Manager(state, cluster.kubeconfig_via(proxy.port, tmp_path / "kubeconfig"))
+    cluster.create("split", SEEDS / "leonardo-rc.yaml", SEEDS / "leonardo-svc.yaml", SEEDS / "nginx-rc.yaml")
+    eventually(lambda: len(addresses(state, "split")) == 6, what="6 endpoints")
+    before = addresses(state, "split")
+    # cut the watch streams; meanwhile delete the nginx controller, its pods and the service, churn past
+    # the API server's watch cache and compact etcd, so that the manager's next watch gets 410 Gone
+    proxy.cut()
+    cluster.core.delete_namespaced_replication_controller("nginx", "split", propagation_policy="Orphan")
+    for pod in cluster.core.list_namespaced_pod("split", label_selector="app=nginx").items:
+        cluster.core.delete_namespaced_pod(pod.metadata.name, "split", grace_period_seconds=0)
+    cluster.core.delete_namespaced_service(
+        "ftleonardo", "split", _preload_content=False
+    )  # 1.20 answers a Status
+    leonardo = [p.metadata.name for p in cluster.core.list_namespaced_pod("split").items]
+    for i in range(120):
+        cluster.core.patch_namespaced_pod(
+            leonardo[0], "split", {"metadata": {"annotations": {"churn": str(i)}}}
+        )
+    cluster.compact_etcd()
+    proxy.mend()
+    eventually(
+        lambda: sorted(addresses(state, "split")) == sorted(leonardo), timeout=90, what="nginx endpoints gone"
+    )
+    assert not listed(state, "ServiceVIP", "split")
+    assert {p.metadata.name for p in listed(state, "Pod", "split")} == set(leonardo)
+    # a restart allocates no new address for an existing pod
+    assert manager.terminate() == 0
+    again = Manager(state, cluster.kubeconfig)
+    cluster.core.patch_namespaced_pod(leonardo[0], "split", {"metadata": {"labels": {"touched": "yes"}}})
+    eventually(
+        lambda: "touched" in {k for p in listed(state, "Pod", "split") for k in p.metadata.labels},
+        what="restarted",
+    )
+    assert addresses(state, "split") == {n: before[n] for n in leonardo}
+    assert again.terminate() == 0
+    proxy.close()
