@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kubeenv import ROOT, Cluster, NodeStandIn
+from tests.integration.kubeenv import ROOT, Cluster, Manager, NodeStandIn
 
 TESTENV = ROOT / "scripts" / "kube-testenv"
 
@@ -34,3 +34,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture
+def managers() -> Iterator[list[Manager]]:
+    """Managers a test starts; whatever the outcome, none outlives it."""
+    started: list[Manager] = []
+    yield started
+    for manager in started:
+        if manager.process.poll() is None:
+            manager.kill()

@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from isthmus.model import lookup_kind
-from isthmus.store import objects, open_ledger
-from tests.integration.kubeenv import Cluster, Manager, Proxy, eventually
+from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import reconcile
+from isthmus.model import load_manifests, lookup_kind, parse_manifests
+from isthmus.store import Ledger, MemoryLedger, objects, open_ledger
+from tests.integration.kubeenv import Cluster, Manager, NodeStandIn, Proxy, eventually
 
 pytestmark = pytest.mark.integration
 SEEDS = Path(__file__).parents[2] / "examples" / "seeds"
+LEONARDO = ("leonardo-rc.yaml", "leonardo-svc.yaml", "nginx-rc.yaml", "nginx-svc.yaml")
 
 
 def listed(state: Path, kind: str, namespace: str | None = None) -> list[Any]:
@@ -23,15 +27,41 @@ def listed(state: Path, kind: str, namespace: str | None = None) -> list[Any]:
         ledger.close()
 
 
+def summary(ledger: Ledger, namespace: str) -> dict[str, Any]:
+    """A namespace's intent without what differs by nature between sources: pod names (generated),
+    uids, MACs, and which address or node each pod got."""
+
+    def of(kind: str) -> list[Any]:
+        return objects.list_objects(ledger, lookup_kind(kind), namespace)[0]
+
+    return {
+        "networks": sorted(n.metadata.name for n in of("VirtualNetwork")),
+        "endpoints": sorted(
+            (e.spec.network, e.metadata.labels.get("name"), e.spec.node is not None) for e in of("Endpoint")
+        ),
+        "vips": {
+            v.metadata.name: (
+                v.spec.type,
+                [p.model_dump() for p in v.spec.ports if not p.node_port] or len(v.spec.ports),
+                len(v.spec.backends),
+            )
+            for v in of("ServiceVIP")
+        },
+        "floating": sorted((f.metadata.name, f.spec.service) for f in of("FloatingIP")),
+        "policies": {p.metadata.name: p.spec.model_dump() for p in of("Policy")},
+    }
+
+
 def addresses(state: Path, namespace: str) -> dict[str, str]:
     return {e.metadata.name: str(e.spec.addresses[0]) for e in listed(state, "Endpoint", namespace)}
 
 
 def test_leonardo_manifests_make_networks_addresses_vips_policy_and_a_floating_ip(
-    cluster: Cluster, state: Path
+    cluster: Cluster, state: Path, managers: list[Manager]
 ) -> None:
     cluster.namespace("leonardo", isolation="collection")
     manager = Manager(state, cluster.kubeconfig)
+    managers.append(manager)
     cluster.create(
         "leonardo",
         *(SEEDS / f for f in ("leonardo-rc.yaml", "leonardo-svc.yaml", "nginx-rc.yaml", "nginx-svc.yaml")),
@@ -79,11 +109,33 @@ def test_leonardo_manifests_make_networks_addresses_vips_policy_and_a_floating_i
     assert policy.metadata.name == "uses-ftleonardo"
     assert policy.spec.rules[0].destination.service == "ftleonardo"
     assert manager.terminate() == 0  # SIGTERM: a clean shutdown
+    # the same manifests, offline, give the same networks, endpoints, VIPs, floating IP and policy
+    offline = MemoryLedger()
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "leonardo", "annotations": {"isthmus.io/isolation": "collection"}},
+    }
+    nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n},
+            "status": {"addresses": [{"type": "InternalIP", "address": a}]},
+        }
+        for n, a in NodeStandIn.NODES.items()
+    ]
+    docs = parse_manifests(yaml.safe_dump_all([namespace, *nodes]))
+    reconcile(offline, KubeConfig(), [*docs, *load_manifests([str(SEEDS / f) for f in LEONARDO], "leonardo")])
+    assert summary(offline, "leonardo") == summary(open_ledger(state), "leonardo")
 
 
-def test_scaling_a_deployment_adds_and_removes_endpoints(cluster: Cluster, state: Path) -> None:
+def test_scaling_a_deployment_adds_and_removes_endpoints(
+    cluster: Cluster, state: Path, managers: list[Manager]
+) -> None:
     cluster.namespace("scale")
     manager = Manager(state, cluster.kubeconfig)
+    managers.append(manager)
     template = {
         "metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "web", "image": "nginx"}]},
@@ -107,9 +159,12 @@ def test_scaling_a_deployment_adds_and_removes_endpoints(cluster: Cluster, state
     assert manager.terminate() == 0
 
 
-def test_deleting_a_namespace_removes_everything_it_owned(cluster: Cluster, state: Path) -> None:
+def test_deleting_a_namespace_removes_everything_it_owned(
+    cluster: Cluster, state: Path, managers: list[Manager]
+) -> None:
     cluster.namespace("doomed", isolation="namespace")
     manager = Manager(state, cluster.kubeconfig)
+    managers.append(manager)
     cluster.create("doomed", SEEDS / "nginx-rc.yaml", SEEDS / "nginx-svc.yaml")
     eventually(
         lambda: len(addresses(state, "doomed")) == 3 and listed(state, "FloatingIP", "doomed"),
@@ -125,11 +180,12 @@ def test_deleting_a_namespace_removes_everything_it_owned(cluster: Cluster, stat
 
 
 def test_a_partition_with_compaction_loses_no_deletion_and_a_restart_no_address(
-    cluster: Cluster, state: Path, tmp_path: Path
+    cluster: Cluster, state: Path, tmp_path: Path, managers: list[Manager]
 ) -> None:
     cluster.namespace("split")
     proxy = Proxy(cluster.api_port())
     manager = Manager(state, cluster.kubeconfig_via(proxy.port, tmp_path / "kubeconfig"))
+    managers.append(manager)
     cluster.create("split", SEEDS / "leonardo-rc.yaml", SEEDS / "leonardo-svc.yaml", SEEDS / "nginx-rc.yaml")
     eventually(lambda: len(addresses(state, "split")) == 6, what="6 endpoints")
     before = addresses(state, "split")
@@ -157,6 +213,7 @@ def test_a_partition_with_compaction_loses_no_deletion_and_a_restart_no_address(
     # a restart allocates no new address for an existing pod
     assert manager.terminate() == 0
     again = Manager(state, cluster.kubeconfig)
+    managers.append(again)
     cluster.core.patch_namespaced_pod(leonardo[0], "split", {"metadata": {"labels": {"touched": "yes"}}})
     eventually(
         lambda: "touched" in {k for p in listed(state, "Pod", "split") for k in p.metadata.labels},

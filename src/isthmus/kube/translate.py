@@ -186,7 +186,7 @@ def _service_ports(svc: KubeObject) -> list[dict[str, Any]]:
                 "name": port.get("name", ""),
                 "protocol": port.get("protocol", "TCP"),
                 "port": number,
-                "targetPort": port.get("targetPort"),
+                "targetPort": port.get("targetPort", number),  # the API server defaults it so
                 "nodePort": port.get("nodePort"),
             }
         )
