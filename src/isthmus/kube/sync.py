@@ -235,20 +235,3 @@ def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, 
                 "status": {"loadBalancer": {"ingress": [{"ip": fip}]} if fip else {}},
             }
     return shown
-
-
-def _with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
-    body = obj.model_dump(by_alias=True, exclude_none=True)
-    if obj.kind == "Pod":
-        body["status"] = {**(body.get("status") or {}), **shown["status"]}
-    else:
-        spec = dict(body.get("spec") or {})
-        spec["clusterIP"] = shown["clusterIP"]
-        spec["ports"] = [
-            {**p, "nodePort": shown["nodePorts"][(p.get("port"), p.get("protocol", "TCP"))]}
-            if shown["nodePorts"].get((p.get("port"), p.get("protocol", "TCP")))
-            else p
-            for p in spec.get("ports") or []
-        ]
-        body["spec"], body["status"] = spec, {**(body.get("status") or {}), **shown["status"]}
-    return KubeObject.model_validate(body)

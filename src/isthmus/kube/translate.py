@@ -7,7 +7,7 @@ name); addresses are not chosen here but allocated at admission, idempotently by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -193,17 +193,13 @@ def _service_ports(svc: KubeObject) -> list[dict[str, Any]]:
     return ports
 
 
-def _selected(selector: dict[str, str], pods: Iterable[KubeObject]) -> Iterator[KubeObject]:
-    return (p for p in pods if all(p.metadata.labels.get(k) == v for k, v in selector.items()))
+def _matches(selector: dict[str, str], pod: KubeObject) -> bool:
+    return all(pod.metadata.labels.get(k) == v for k, v in selector.items())
 
 
 def selects(svc: KubeObject, pod: KubeObject) -> bool:
     selector = (svc.body.get("spec") or {}).get("selector")
-    return (
-        bool(selector)
-        and isinstance(selector, dict)
-        and all(pod.metadata.labels.get(k) == v for k, v in selector.items())
-    )
+    return bool(selector) and isinstance(selector, dict) and _matches(selector, pod)
 
 
 def _selected_backends(svc: KubeObject, selector: dict[str, str], view: KubeView) -> list[dict[str, Any]]:
@@ -215,8 +211,8 @@ def _selected_backends(svc: KubeObject, selector: dict[str, str], view: KubeView
             "ready": _ready(p),
             "ports": {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
         }
-        for p in _selected(selector, pods)
-        if not _terminal(p)
+        for p in pods
+        if _matches(selector, p) and not _terminal(p)
     ]
 
 
