@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.translate import INFRASTRUCTURE, check_network_policy, part, selects, units
 from isthmus.kube.view import Key, KubeView, key, node_name
-from isthmus.model import KindInfo, KubeObject, Resource
+from isthmus.model import Endpoint, KindInfo, KubeObject, Resource, ServiceVIP
 from isthmus.store import objects
 
 
@@ -98,7 +98,23 @@ class Translator:
             delta.puts += [o for k, o in new.items() if old.get(k) != o]
             delta.deletes += [objects.parse_key(k) for k in old if k not in new]
             self._set(unit, made)
+        delta.puts += self._readmitted(delta.puts)
         return delta
+
+    def _readmitted(self, puts: list[Resource]) -> list[Resource]:
+        """VIPs naming an endpoint that changes, though their part did not: admission copies the endpoint's
+        address and node into their backends, so they are admitted again."""
+        changed = {(o.metadata.namespace, o.metadata.name) for o in puts if isinstance(o, Endpoint)}
+        given = {objects.object_key(o) for o in puts}
+        return [
+            vip
+            for namespace in {ns for ns, _ in changed}
+            for svc in self.view.of("Service", namespace)
+            for vip in self.parts.get(key(svc), [])
+            if isinstance(vip, ServiceVIP)
+            and objects.object_key(vip) not in given
+            and any((namespace, b.endpoint) in changed for b in vip.spec.backends)
+        ]
 
     def _touches(self, old: KubeObject | None, new: KubeObject | None) -> set[Key]:
         """The parts whose inputs include this object."""
