@@ -83,7 +83,7 @@ def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
     if info.namespaced and _get(txn, Tenant, None, str(meta.namespace)) is None:
         raise NotFound(f"tenant {meta.namespace!r} does not exist; create it first (kind: Tenant)")
     for kind, ns, name in obj.refs():
-        if kind != "VirtualNetwork" and objects.get(txn, lookup_kind(f"{kind}.{ISTHMUS}"), ns, name) is None:
+        if kind != "VirtualNetwork" and not objects.exists(txn, lookup_kind(f"{kind}.{ISTHMUS}"), ns, name):
             raise NotFound(f"{ident(obj)} names {kind} {f'{ns}/' if ns else ''}{name}, which does not exist")
     check = _ADMIT.get(type(obj))
     return check(txn, obj, old) if check else obj

@@ -34,12 +34,12 @@ def change(
     create_only: bool = False,
     check_version: bool = False,
     missing_ok: bool = False,
-    guard: Callable[[Txn], None] | None = None,
+    finish: Callable[[Txn, list[Applied]], None] | None = None,
 ) -> list[Applied]:
     """Create or replace `puts` (in dependency order), then delete `deletes` (dependants first), atomically.
 
     `check_version`: an object carrying metadata.resourceVersion replaces only that version (else Stale).
-    `guard`: runs last in every attempt of the transaction; what it reads and writes joins the commit.
+    `finish`: runs last in every attempt, with what was done; what it reads and writes joins the commit.
     Results: the puts in the caller's order, then the deletions.
     """
     seen: set[str] = set()
@@ -62,8 +62,8 @@ def change(
             release(txn, old)
             objects.delete(txn, old)
             done.append(Applied(old, "deleted"))
-        if guard is not None:
-            guard(txn)
+        if finish is not None:
+            finish(txn, done)
         return done
 
     done, revision = transact(ledger, work)

@@ -75,6 +75,12 @@ class Translator:
                 self._set(unit, made)
             raise
 
+    def settle(self, objs: Sequence[KubeObject]) -> None:
+        """Take changed objects whose translation the ledger holds already (services showing the ClusterIP
+        and node ports admission gave them): the view and the parts follow; there is nothing to write."""
+        with self.changing(objs, ()):
+            pass
+
     def _restore(self, undo_view: list[tuple[Key, KubeObject | None]], nodes: set[str]) -> None:
         for (kind, namespace, name), old in reversed(undo_view):
             if old is None:

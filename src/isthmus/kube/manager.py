@@ -78,7 +78,7 @@ class Manager:
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
-        self.reconciler = Reconciler(ledger, config, live=True, sink=self._show)
+        self.reconciler = Reconciler(ledger, config, sink=self._show)
         self.inbox: queue.Queue[Event] = queue.Queue()
         self.queue = WorkQueue()
         self.listed: set[str] = set()

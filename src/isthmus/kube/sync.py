@@ -4,8 +4,9 @@ A Reconciler owns a ledger's Kubernetes objects. It loads them once (the cold st
 translated, intent no longer meant is deleted), then every change is one transaction holding the Kubernetes
 objects, the parts of the translation the change touches, and a guard on the ledger's Kubernetes epoch: a
 change committed meanwhile by another reconciler (another `isthmus apply`) makes this one reload and try
-again rather than overwrite it. Then what users read back (pod IPs, ClusterIPs, node ports, LoadBalancer
-ingress) goes to a status sink: the stored objects for manifests, the API server's status subresource live.
+again rather than overwrite it. What users read back (pod IPs, ClusterIPs, node ports, LoadBalancer
+ingress) goes to a status sink: live, the API server's status subresource; from manifests, the stored
+objects (pods in the change's own transaction; services after it, as their ClusterIPs are inputs again).
 """
 
 from __future__ import annotations
@@ -72,22 +73,17 @@ def _owned(ledger: Ledger) -> list[str]:
 
 
 class Reconciler:
-    """`live`: objects come from an API server (its controllers make pods, it sets server fields);
-    otherwise from manifests, and this does what the API server and controllers would (kube.offline).
-    `sink`: where statuses go; by default into the stored objects."""
+    """With a `sink`, objects come from an API server (its controllers make pods, it sets server fields)
+    and their statuses go to the sink once committed. Without one, they come from manifests: this does what
+    the API server and controllers would (kube.offline), and the stored objects show their statuses."""
 
     def __init__(
-        self,
-        ledger: Ledger,
-        config: KubeConfig,
-        *,
-        live: bool = False,
-        sink: Callable[[KubeView, Shown], None] | None = None,
+        self, ledger: Ledger, config: KubeConfig, *, sink: Callable[[KubeView, Shown], None] | None = None
     ) -> None:
         self.ledger = ledger
         self.config = config
-        self.live = live
-        self.sink = sink or self._write_back
+        self.sink = sink
+        self.live = sink is not None
         self.translator: Translator | None = None
         self.epoch: bytes | None = None
         self.cold = True  # the ledger does not hold the translator's whole translation yet
@@ -126,6 +122,7 @@ class Reconciler:
         }
         isthmus = [o for o in incoming if not isinstance(o, KubeObject)]
         deletes = [*(t for t in removed if t[0].model is not None), *(kube_target(k) for k in gone)]
+        declared = [key(o) for o in [*kube, *pods]]
         try:
             with self.translator.changing([*kube, *pods], gone, nodes) as delta:
                 puts, stale = delta.puts, delta.deletes
@@ -133,59 +130,54 @@ class Reconciler:
                     puts = [o for made in self.translator.parts.values() for o in made]
                     keep = {objects.object_key(o) for o in puts}
                     stale = [objects.parse_key(k) for k in _owned(self.ledger) if k not in keep]
-                done = self._commit([*isthmus, *kube, *pods, *puts], [*deletes, *stale])
+                done = self._commit([*isthmus, *kube, *pods, *puts], [*deletes, *stale], declared)
         except BaseException:
             if self.cold:
                 self.translator = None
             raise
         self.cold = False
-        admitted = {objects.object_key(a.object): a.object for a in done if a.action != "deleted"}
-        self._show([key(o) for o in [*kube, *pods]], admitted)
+        if self.sink is not None:
+            self.sink(self.view, _statuses(Txn(self.ledger), declared, done))
         return done
 
     def show(self, keys: Sequence[Key]) -> None:
         """Send these objects' statuses to the sink again (after a failed write)."""
-        self._show(keys, {})
+        if self.sink is not None:
+            self.sink(self.view, _statuses(Txn(self.ledger), keys, []))
 
-    def _show(self, keys: Sequence[Key], admitted: dict[str, Object]) -> None:
-        """Statuses of what was admitted and of `keys` (re-declared objects show what the ledger holds)."""
-        for kind, namespace, name in keys:
-            for info in _SHOWN.get(kind, ()):
-                found = objects.key_of(info, namespace, name)
-                if found not in admitted and (stored := objects.list_one(self.ledger, info, namespace, name)):
-                    admitted[found] = stored
-        self.sink(self.view, statuses(self.ledger, list(admitted.values())))
-
-    def _commit(self, puts: Sequence[Object], deletes: Sequence[Target]) -> list[intent.Applied]:
+    def _commit(
+        self, puts: Sequence[Object], deletes: Sequence[Target], declared: Sequence[Key]
+    ) -> list[intent.Applied]:
+        """Commit the change if the epoch is still this reconciler's; from manifests, with the statuses of
+        the objects `declared` in it."""
         epoch = uuid.uuid4().hex.encode()
         wrote = [False]
+        shown: list[KubeObject] = []
 
-        def guard(txn: Txn) -> None:
+        def finish(txn: Txn, done: list[intent.Applied]) -> None:
             if txn.get(EPOCH) != self.epoch:
                 raise Moved
+            if not self.live:
+                shown[:] = self._showing(_statuses(txn, declared, done))
+                for obj in shown:
+                    objects.put(txn, obj, None)
             wrote[0] = bool(txn.writes)
             if wrote[0]:
                 txn.put(EPOCH, epoch)
 
-        done = intent.change(self.ledger, puts, deletes, missing_ok=self.live, guard=guard)
+        done = intent.change(self.ledger, puts, deletes, missing_ok=self.live, finish=finish)
         if wrote[0]:
             self.epoch = epoch
+        assert self.translator is not None
+        for pod in (o for o in shown if o.kind == "Pod"):  # pod IPs are no input of the translation
+            self.view.add(pod)
+        self.translator.settle([o for o in shown if o.kind == "Service"])
         return done
 
-    def _write_back(self, view: KubeView, shown: Shown) -> None:
-        """Manifests: the stored objects show their addresses, as the API server and kubelet would."""
-        updated = []
-        for (kind, namespace, name), status in shown.items():
-            old = view.get(kind, namespace, name)
-            if old is not None and (new := with_status(old, status)) != old:
-                updated.append(new)
-        if updated:
-            assert self.translator is not None
-            inputs = [o for o in updated if o.kind == "Service"]  # ClusterIPs and node ports are; pod IPs not
-            with self.translator.changing(inputs, ()) as delta:
-                self._commit([*updated, *delta.puts], delta.deletes)
-            for pod in (o for o in updated if o.kind == "Pod"):
-                view.add(pod)
+    def _showing(self, shown: Shown) -> list[KubeObject]:
+        """The objects of the view that do not show their statuses yet, showing them."""
+        found = [(self.view.get(*k), status) for k, status in shown.items()]
+        return [new for old, status in found if old and (new := with_status(old, status)) != old]
 
 
 def _read_epoch(ledger: Ledger) -> bytes | None:
@@ -206,10 +198,22 @@ def reconcile(
     return Reconciler(ledger, config).apply(incoming, removed)
 
 
-def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, Any]]:
-    """What each Pod and Service should show, from the intent that was admitted for it."""
-    shown: dict[Key, dict[str, Any]] = {}
-    nodes = objects.list_objects(ledger, lookup_kind("Node"))[0]
+def _statuses(txn: Txn, keys: Sequence[Key], done: Sequence[intent.Applied]) -> Shown:
+    """Statuses from the intent admitted (`done`), and from what the ledger holds for the objects `keys`
+    names that nothing admitted covers (re-declared objects)."""
+    admitted = {objects.object_key(a.object): a.object for a in done if a.action != "deleted"}
+    for kind, namespace, name in keys:
+        for info in _SHOWN.get(kind, ()):
+            found = objects.key_of(info, namespace, name)
+            if found not in admitted and (stored := objects.get(txn, info, namespace, name)):
+                admitted[found] = stored
+    nodes = objects.scan(txn, lookup_kind("Node"))
+    return {**pod_statuses(nodes, list(admitted.values())), **service_statuses(txn, list(admitted.values()))}
+
+
+def pod_statuses(nodes: Sequence[Object], admitted: Sequence[Object]) -> Shown:
+    """What each Pod whose Endpoint was admitted should show: its addresses and its node's."""
+    shown: Shown = {}
     addresses = {n.metadata.name: str(n.spec.address) for n in nodes if isinstance(n, Node)}
     for ep in admitted:
         if isinstance(ep, Endpoint) and ep.spec.owner and ep.spec.owner.kind == "Pod" and ep.spec.addresses:
@@ -218,6 +222,12 @@ def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, 
             if ep.spec.node in addresses:
                 status["hostIP"] = addresses[ep.spec.node]
             shown[("Pod", ep.metadata.namespace, ep.metadata.name)] = {"status": status}
+    return shown
+
+
+def service_statuses(txn: Txn, admitted: Sequence[Object]) -> Shown:
+    """What each Service whose ServiceVIP was admitted should show: ClusterIP, node ports, ingress."""
+    shown: Shown = {}
     fips = {
         (f.metadata.namespace, f.metadata.name): str(f.spec.address)
         for f in admitted
@@ -227,7 +237,7 @@ def statuses(ledger: Ledger, admitted: Sequence[Object]) -> dict[Key, dict[str, 
         if isinstance(vip, ServiceVIP) and vip.metadata.annotations.get(SOURCE) == KUBERNETES:
             fip = fips.get((vip.metadata.namespace, vip.metadata.name))
             if fip is None and vip.spec.type == "LoadBalancer":  # its floating IP did not change
-                stored = objects.list_one(ledger, _FIP, vip.metadata.namespace, vip.metadata.name)
+                stored = objects.get(txn, _FIP, vip.metadata.namespace, vip.metadata.name)
                 fip = str(stored.spec.address) if isinstance(stored, FloatingIP) else None
             shown[("Service", vip.metadata.namespace, vip.metadata.name)] = {
                 "clusterIP": str(vip.spec.vip),

@@ -64,10 +64,18 @@ def get(txn: Txn, info: KindInfo, namespace: str | None, name: str) -> Object | 
     return _decoded(txn, key, value, None if key in txn.writes else txn.checks[key])
 
 
+def exists(txn: Txn, info: KindInfo, namespace: str | None, name: str) -> bool:
+    """Whether the object is stored, recording a check on it as `get` does, without decoding it."""
+    return txn.get(key_of(info, namespace, name)) is not None
+
+
 def put(txn: Txn, obj: Object, old: Object | None) -> None:
     """Store `obj` (replacing `old`, as read in this transaction) and re-index its references."""
     key = object_key(obj)
-    txn.put(key, encode(obj))
+    value = encode(obj)
+    txn.put(key, value)
+    if obj.metadata.resource_version is None:  # as it will read back in this transaction
+        txn.decoded[key] = (value, None, obj)
     new_refs = set(_ref_keys(obj, key))
     old_refs = set(_ref_keys(old, key)) if old is not None else set()
     for ref in old_refs - new_refs:
