@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kubeenv import ROOT, Cluster, Manager, NodeStandIn
-
-TESTENV = ROOT / "scripts" / "kube-testenv"
+from tests.integration.kubeenv import TESTENV, Cluster, Manager, NodeStandIn
 
 
 @pytest.fixture(scope="session")

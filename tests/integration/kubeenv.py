@@ -19,11 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import urllib3
 import yaml
 from kubernetes import client, config, utils
 
 ROOT = Path(__file__).parents[2]
 ISTHMUS = ROOT / ".venv" / "bin" / "isthmus"
+TESTENV = ROOT / "scripts" / "kube-testenv"
 T = TypeVar("T")
 
 
@@ -79,6 +81,12 @@ class Cluster:
         )
         return revision
 
+    def restart_apiserver(self) -> None:
+        """A new kube-apiserver process on the same port and etcd, its watch cache started afresh."""
+        subprocess.run(
+            [str(TESTENV), "restart-apiserver", str(self.directory)], check=True, capture_output=True
+        )
+
     def kubeconfig_via(self, port: int, path: Path) -> Path:
         """A copy of the kubeconfig that reaches the API server through 127.0.0.1:`port`."""
         data = yaml.safe_load(self.kubeconfig.read_text())
@@ -126,8 +134,8 @@ class NodeStandIn:
                             "metadata": {"name": meta.name},
                         }
                         self.core.create_namespaced_binding(meta.namespace, binding, _preload_content=False)
-            except client.exceptions.ApiException:
-                continue  # gone meanwhile, bound meanwhile: the next round sees it
+            except (client.exceptions.ApiException, urllib3.exceptions.HTTPError):
+                continue  # gone or bound meanwhile, or the API server restarting: the next round sees it
 
     def close(self) -> None:
         self.stop.set()
@@ -155,6 +163,11 @@ class Manager:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    def output(self) -> str:
+        """What the manager has logged so far."""
+        self.log.flush()
+        return (self.state.parent / f"{self.state.name}.log").read_text()
 
     def kill(self) -> None:
         self.process.kill()

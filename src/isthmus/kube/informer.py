@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,17 +125,31 @@ class Informer:
         """Watch from self.version until `until`, keeping self.version at the last event or bookmark seen;
         raises ApiException(410) when that version is too old."""
         while not self.stop.is_set() and time.monotonic() < until:
-            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                self.list,
-                resource_version=self.version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self.watch_timeout,
-                deserialize=False,
-            )
-            for event in stream:
+            for event in self._events():
                 raw = event["object"]
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     self.deliver(Changed(self.kind, event["type"], mirror(self.kind, raw)))
                 self.version = str(raw["metadata"]["resourceVersion"])
                 if self.stop.is_set():
                     return
+
+    def _events(self) -> Iterator[dict[str, Any]]:
+        """One watch request's events, as JSON; an ERROR event (410 Gone) raises ApiException. (The
+        client's `Watch.stream(deserialize=False)` fails on ERROR events with KeyError 'raw_object'.)"""
+        response = self.list(
+            watch=True,
+            resource_version=self.version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout,
+            _preload_content=False,
+        )
+        try:
+            for line in watch.watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                event: dict[str, Any] = json.loads(line)
+                if event["type"] == "ERROR":
+                    status = event["object"]
+                    raise ApiException(status=status.get("code"), reason=status.get("message"))
+                yield event
+        finally:
+            response.close()
+            response.release_conn()
