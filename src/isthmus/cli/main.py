@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import click
 
 from isthmus import __version__, intent
 from isthmus.cli.output import document, table
+from isthmus.compile import Compiler
+from isthmus.dataplane.trace import Source, Tracer
+from isthmus.dataplane.trace.matrix import grid, matrix
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.kube.translate import TranslationError
-from isthmus.model import KINDS, KindInfo, ManifestError, Object, kind_of, load_manifests, lookup_kind
+from isthmus.model import (
+    KINDS,
+    KindInfo,
+    ManifestError,
+    Object,
+    ServiceVIP,
+    kind_of,
+    load_manifests,
+    lookup_kind,
+)
 from isthmus.store import Ledger, LedgerError, objects, open_ledger
 
 
@@ -181,6 +196,89 @@ def delete(
             )
         else:
             _report(intent.delete(ctx.ledger, targets, missing_ok=ignore_not_found))
+
+
+def _tracer(ledger: Ledger) -> Tracer:
+    """The compiled state of everything the ledger holds, ready to walk packets through."""
+    found: list[Object] = []
+    for kind in Compiler.KINDS:
+        found += objects.list_objects(ledger, lookup_kind(kind))[0]
+    return Tracer(Compiler(found))
+
+
+def _source(tracer: Tracer, given: str, namespace: str) -> Source:
+    try:
+        address = ipaddress.ip_address(given)
+    except ValueError:
+        ns, _, name = given.rpartition("/")
+        try:
+            return tracer.endpoint(ns or namespace, name)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    return Source(address, given)
+
+
+def _destination(tracer: Tracer, given: str, namespace: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if given.startswith("svc/"):
+        ns, _, name = given.removeprefix("svc/").rpartition("/")
+        vip = tracer.compiler.objects["ServiceVIP"].get((ns or namespace, name))
+        if not isinstance(vip, ServiceVIP) or vip.spec.vip is None:
+            raise click.ClickException(f"service {ns or namespace}/{name} not found, or it has no ClusterIP")
+        return vip.spec.vip
+    return _source(tracer, given, namespace).address
+
+
+_PROTOCOL = click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False)
+
+
+@cli.command("trace")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--protocol", type=_PROTOCOL, default="TCP", show_default=True)
+@click.option("-n", "--namespace", default="default", show_default=True, help="For names without one.")
+@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@pass_context
+def trace_command(
+    ctx: Context, source: str, destination: str, port: int, protocol: str, namespace: str, output: str | None
+) -> None:
+    """Walk a packet from SOURCE (NAMESPACE/POD, an endpoint or an address) to DESTINATION (NAMESPACE/POD,
+    svc/NAMESPACE/NAME or an address) through the compiled state; each hop names the rule that decided."""
+    with _errors():
+        tracer = _tracer(ctx.ledger)
+        walked = tracer.trace(
+            _source(tracer, source, namespace),
+            _destination(tracer, destination, namespace),
+            protocol.upper(),
+            port,
+        )
+    if output == "json":
+        click.echo(json.dumps(walked.as_json(), indent=2))
+        return
+    for hop in walked.hops:
+        click.echo(f"{hop.node:<10} {hop.step:<15} {hop.detail}" + (f"  [{hop.rule}]" if hop.rule else ""))
+    click.echo(f"verdict: {walked.verdict}")
+
+
+@cli.command("matrix")
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--protocol", type=_PROTOCOL, default="TCP", show_default=True)
+@click.option("--to", "to", type=click.Choice(["pods", "services"]), default="pods", show_default=True)
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat).")
+@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@pass_context
+def matrix_command(
+    ctx: Context,
+    port: int,
+    protocol: str,
+    to: Literal["pods", "services"],
+    namespaces: tuple[str, ...],
+    output: str | None,
+) -> None:
+    """The trace verdict for every source pod and every destination pod or service ClusterIP."""
+    with _errors():
+        result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces)
+    click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))
 
 
 @cli.group()

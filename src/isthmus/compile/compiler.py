@@ -1,0 +1,446 @@
+"""The compiler: the ledger's intent to every node's desired state, incrementally.
+
+Invariant: after every change, the state equals `Compiler(objects).state` compiled afresh from the same
+objects (a property test checks it on random sequences), and the delta a change returns is exactly the
+difference. The state is the union of units, each a pure function of a few objects: a node, a network,
+an endpoint (its routes, identity, attachment and NetworkPolicy isolation), a service, a floating IP, an
+Isthmus Policy (its rules and the routes it leaks). A change recomputes the units whose inputs it touches.
+When two units give one key (two services claiming one external IP), the unit that sorts first wins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+
+from pydantic import ValidationError
+
+from isthmus.compile import netpol
+from isthmus.compile.state import (
+    SHARED,
+    Address,
+    Delta,
+    Entries,
+    Entry,
+    Identity,
+    Key,
+    LocalEntry,
+    NetworkEntry,
+    NodeEntry,
+    NodeState,
+    Peer,
+    RouteEntry,
+    RuleEntry,
+    ServiceEntry,
+    Target,
+)
+from isthmus.model import Endpoint, FloatingIP, KubeObject, Node, Object, Policy, ServiceVIP, VirtualNetwork
+from isthmus.model.meta import split_ref
+from isthmus.model.netpol import NetworkPolicySpec, parse_network_policy
+from isthmus.model.policy import Peer as PolicyPeer
+from isthmus.model.policy import PolicyRule
+
+Unit = tuple[str, str, str]  # kind, namespace ("" when none), name
+Made = list[tuple[str, Key, Entry]]  # scope, key, entry
+TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
+METADATA_NAME = "kubernetes.io/metadata.name"
+DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def unit_of(obj: Object) -> Unit:
+    return obj.kind, obj.metadata.namespace or "", obj.metadata.name
+
+
+def ref(namespace: str | None, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _host(address: Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(address)
+
+
+class Compiler:
+    """Holds the objects it compiled and the state they give; `change` applies a change and returns the
+    delta. Reads only model objects: the caller lists them from the ledger (or watches it)."""
+
+    KINDS = (
+        "Node",
+        "VirtualNetwork",
+        "Endpoint",
+        "ServiceVIP",
+        "FloatingIP",
+        "Policy",
+        "Namespace",
+        "NetworkPolicy",
+    )
+
+    def __init__(self, objects: Iterable[Object] = ()) -> None:
+        self.objects: dict[str, dict[tuple[str, str], Object]] = {k: {} for k in self.KINDS}
+        self.netpols: dict[str, dict[str, NetworkPolicySpec]] = defaultdict(dict)  # namespace -> name -> spec
+        self.members: dict[str, set[tuple[str, str]]] = defaultdict(set)  # namespace or network -> endpoints
+        self.parts: dict[Unit, Made] = {}
+        self.owners: dict[tuple[str, Key], set[Unit]] = defaultdict(set)
+        self.state: dict[str, Entries] = {SHARED: {}}
+        for obj in objects:
+            self._store(obj)
+        self._recompute(set(self._units()), Delta())
+
+    # -- reading the state
+
+    def nodes(self) -> list[str]:
+        return sorted(name for _, name in self.objects["Node"])
+
+    def node_state(self, node: str) -> NodeState:
+        return NodeState(node, self.state[SHARED], self.state.get(node, {}))
+
+    # -- changing it
+
+    def change(self, puts: Sequence[Object] = (), deletes: Sequence[Unit] = ()) -> Delta:
+        """Store `puts`, forget `deletes` (kind, namespace, name) and return what the state changed by."""
+        touched: set[Unit] = set()
+        for obj in puts:
+            if obj.kind in self.objects:
+                old = self.objects[obj.kind].get((obj.metadata.namespace or "", obj.metadata.name))
+                touched |= self._touches(old) | self._touches(obj)
+                self._store(obj)
+        for kind, namespace, name in deletes:
+            old = self.objects.get(kind, {}).pop((namespace, name), None)
+            if old is not None:
+                touched |= self._touches(old)
+                self._index(old, add=False)
+                if kind == "NetworkPolicy":
+                    self.netpols[namespace].pop(name, None)
+        delta = Delta()
+        self._recompute(touched, delta)
+        return delta
+
+    def _store(self, obj: Object) -> None:
+        if obj.kind not in self.objects:
+            return
+        namespace = obj.metadata.namespace or ""
+        if obj.kind == "NetworkPolicy":
+            assert isinstance(obj, KubeObject)
+            try:
+                self.netpols[namespace][obj.metadata.name] = parse_network_policy(obj.body)
+            except ValidationError:
+                self.netpols[namespace].pop(obj.metadata.name, None)  # the translator reports it
+        old = self.objects[obj.kind].get((namespace, obj.metadata.name))
+        if old is not None:
+            self._index(old, add=False)
+        self.objects[obj.kind][(namespace, obj.metadata.name)] = obj
+        self._index(obj, add=True)
+
+    def _index(self, obj: Object, add: bool) -> None:
+        if isinstance(obj, Endpoint):
+            key = (obj.metadata.namespace or "", obj.metadata.name)
+            for group in ("ns:" + key[0], "vn:" + self.network_of(obj)):
+                (self.members[group].add if add else self.members[group].discard)(key)
+
+    def _endpoints(self, group: str) -> list[Endpoint]:
+        found = (self.objects["Endpoint"].get(k) for k in sorted(self.members.get(group, ())))
+        return [e for e in found if isinstance(e, Endpoint)]
+
+    def _units(self) -> Iterator[Unit]:
+        for kind in ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "Policy"):
+            yield from ((kind, ns, name) for ns, name in self.objects[kind])
+
+    def _touches(self, obj: Object | None) -> set[Unit]:
+        """The units whose inputs include this object."""
+        if obj is None:
+            return set()
+        kind, namespace, name = unit_of(obj)
+        if kind in ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "Policy"):
+            touched = {(kind, namespace, name)}
+        else:
+            touched = set()
+        if kind in ("Namespace", "NetworkPolicy"):  # identities and isolation of the namespace's endpoints
+            space = name if kind == "Namespace" else namespace
+            touched |= {("Endpoint", space, n) for _, n in self.members.get("ns:" + space, ())}
+        if isinstance(obj, Endpoint):  # the policies that may leak routes to or from it
+            network = self.network_of(obj)
+            touched |= {
+                ("Policy", ns, n)
+                for (ns, n), policy in self.objects["Policy"].items()
+                if isinstance(policy, Policy)
+                and (ns == namespace or any(self._names_network(r, ns, network) for r in policy.spec.rules))
+            }
+        if kind == "ServiceVIP":
+            touched |= {
+                ("FloatingIP", ns, n)
+                for (ns, n), fip in self.objects["FloatingIP"].items()
+                if isinstance(fip, FloatingIP) and fip.spec.service and self._is(fip.spec.service, ns, obj)
+            }
+            touched |= {
+                ("Policy", ns, n)
+                for (ns, n), policy in self.objects["Policy"].items()
+                if isinstance(policy, Policy)
+                and any(
+                    r.destination.service and self._is(r.destination.service, ns, obj)
+                    for r in policy.spec.rules
+                )
+            }
+        return touched
+
+    @staticmethod
+    def _names_network(rule: PolicyRule, namespace: str, network: str) -> bool:
+        return any(
+            p.network and ref(*split_ref(p.network, namespace)) == network
+            for p in (rule.source, rule.destination)
+        )
+
+    @staticmethod
+    def _is(reference: str, namespace: str, obj: Object) -> bool:
+        ns, name = split_ref(reference, namespace)
+        return (ns or "", name) == (obj.metadata.namespace or "", obj.metadata.name)
+
+    def _recompute(self, touched: set[Unit], delta: Delta) -> None:
+        changed: set[tuple[str, Key]] = set()
+        for unit in touched:
+            for scope, key, _ in self.parts.pop(unit, []):
+                self.owners[(scope, key)].discard(unit)
+                changed.add((scope, key))
+            kind, namespace, name = unit
+            obj = self.objects[kind].get((namespace, name))
+            made = self._part(obj) if obj is not None else []
+            if made:
+                self.parts[unit] = made
+            for scope, key, _ in made:
+                self.owners[(scope, key)].add(unit)
+                changed.add((scope, key))
+        for scope, key in changed:
+            owners = self.owners.get((scope, key))
+            entries = self.state.setdefault(scope, {})
+            if owners:
+                first = min(owners)
+                entry = next(e for s, k, e in self.parts[first] if (s, k) == (scope, key))
+                if entries.get(key) != entry:
+                    entries[key] = entry
+                    delta.put(scope, key, entry)
+            else:
+                self.owners.pop((scope, key), None)
+                if entries.pop(key, None) is not None:
+                    delta.delete(scope, key)
+
+    # -- the units
+
+    def _part(self, obj: Object) -> Made:
+        if isinstance(obj, Node):
+            return [(SHARED, ("node", obj.metadata.name), NodeEntry(obj.metadata.name, obj.spec.address))]
+        if isinstance(obj, VirtualNetwork):
+            return self._network(obj)
+        if isinstance(obj, Endpoint):
+            return self._endpoint(obj)
+        if isinstance(obj, ServiceVIP):
+            return self._service(obj)
+        if isinstance(obj, FloatingIP):
+            return self._floating(obj)
+        if isinstance(obj, Policy):
+            return self._policy(obj)
+        return []
+
+    @staticmethod
+    def _network(network: VirtualNetwork) -> Made:
+        if network.spec.vni is None:
+            return []
+        name = ref(network.metadata.namespace, network.metadata.name)
+        made: Made = [
+            (
+                SHARED,
+                ("network", name),
+                NetworkEntry(name, network.spec.vni, TABLE_BASE + network.spec.vni, network.spec.mode),
+            )
+        ]
+        made += [
+            (SHARED, ("route", name, str(default)), RouteEntry(name, default, "unreachable"))
+            for default in DEFAULTS
+        ]
+        return made
+
+    def identity(self, endpoint: Endpoint) -> Identity:
+        namespace = endpoint.metadata.namespace or ""
+        declared = self.objects["Namespace"].get(("", namespace))
+        labels = {**(declared.metadata.labels if declared else {}), METADATA_NAME: namespace}
+        return Identity(
+            namespace,
+            tuple(sorted(labels.items())),
+            tuple(sorted(endpoint.metadata.labels.items())),
+            tuple(sorted((p.name, p.port, p.protocol) for p in endpoint.spec.ports if p.name)),
+        )
+
+    def network_of(self, endpoint: Endpoint) -> str:
+        ns, name = split_ref(endpoint.spec.network, endpoint.metadata.namespace)
+        return ref(ns, name)
+
+    def _endpoint(self, endpoint: Endpoint) -> Made:
+        network, node = self.network_of(endpoint), endpoint.spec.node
+        name = ref(endpoint.metadata.namespace, endpoint.metadata.name)
+        identity = self.identity(endpoint)
+        policies = sorted(self.netpols.get(endpoint.metadata.namespace or "", {}).items())
+        ingress, egress = netpol.isolation(
+            identity, [(ref(endpoint.metadata.namespace, n), spec) for n, spec in policies]
+        )
+        made: Made = []
+        for address in endpoint.spec.addresses:
+            made.append((SHARED, ("identity", network, str(address)), identity))
+            if node is None:
+                continue
+            prefix = _host(address)
+            made.append(
+                (SHARED, ("route", network, str(prefix)), RouteEntry(network, prefix, "endpoint", node, name))
+            )
+            local = LocalEntry(name, network, address, endpoint.spec.mac or "", endpoint.spec.kind)
+            made.append((node, ("local", network, str(address)), local))
+            made += [
+                (node, (direction, network, str(address)), isolated)
+                for direction, isolated in (("ingress", ingress), ("egress", egress))
+                if isolated is not None
+            ]
+        return made
+
+    def targets(self, vip: ServiceVIP, port_index: int) -> tuple[Target, ...]:
+        """Where flows to one port of the VIP go: ready backends (or every one, publishing not-ready ones)
+        whose target port resolves."""
+        port = vip.spec.ports[port_index]
+        found = []
+        for backend in vip.spec.backends:
+            number = port.target_for(backend.ports)
+            if backend.address is None or number is None or not (backend.ready or vip.spec.publish_not_ready):
+                continue
+            endpoint = ref(*split_ref(backend.endpoint, vip.metadata.namespace)) if backend.endpoint else None
+            found.append(Target(backend.address, number, backend.node, endpoint))
+        return tuple(sorted(found, key=lambda t: (int(t.address), t.port)))
+
+    def _service(self, vip: ServiceVIP) -> Made:
+        if vip.spec.vip is None:
+            return []
+        name = ref(vip.metadata.namespace, vip.metadata.name)
+        affinity = vip.spec.affinity_timeout if vip.spec.session_affinity == "ClientIP" else None
+        made: Made = []
+        for i, port in enumerate(vip.spec.ports):
+            entry = ServiceEntry(name, vip.spec.vip, self.targets(vip, i), affinity)
+            for address in [vip.spec.vip, *vip.spec.external_ips]:
+                made.append((SHARED, ("service", str(address), port.protocol, port.port), entry))
+            if port.node_port is not None:
+                made.append((SHARED, ("nodeport", port.protocol, port.node_port), entry))
+        return made
+
+    def _floating(self, fip: FloatingIP) -> Made:
+        if fip.spec.address is None:
+            return []
+        address = str(fip.spec.address)
+        if fip.spec.service is not None:
+            ns, name = split_ref(fip.spec.service, fip.metadata.namespace)
+            vip = self.objects["ServiceVIP"].get((ns or "", name))
+            if not isinstance(vip, ServiceVIP) or vip.spec.vip is None:
+                return []
+            affinity = vip.spec.affinity_timeout if vip.spec.session_affinity == "ClientIP" else None
+            return [
+                (
+                    SHARED,
+                    ("service", address, port.protocol, port.port),
+                    ServiceEntry(ref(ns, name), vip.spec.vip, self.targets(vip, i), affinity),
+                )
+                for i, port in enumerate(vip.spec.ports)
+            ]
+        targets = []
+        for endpoint_ref in fip.spec.endpoints:
+            ns, name = split_ref(endpoint_ref, fip.metadata.namespace)
+            endpoint = self.objects["Endpoint"].get((ns or "", name))
+            if isinstance(endpoint, Endpoint) and endpoint.spec.addresses:
+                targets.append(Target(endpoint.spec.addresses[0], 0, endpoint.spec.node, ref(ns, name)))
+        entry = ServiceEntry(ref(fip.metadata.namespace, fip.metadata.name), fip.spec.address, tuple(targets))
+        return [(SHARED, ("service", address, "any", 0), entry)]
+
+    def _peer(self, given: PolicyPeer, namespace: str | None) -> Peer:
+        selector = netpol.selector(given.selector) if given.selector is not None else None
+        if given.cidr is not None:
+            return Peer(cidrs=(given.cidr,), excepts=tuple(given.except_))
+        if selector is not None:
+            return Peer(namespace=namespace or "", pods=selector)
+        return Peer()
+
+    def _members(self, given: PolicyPeer, namespace: str | None) -> list[Endpoint]:
+        """The endpoints a rule's peer names by network or selector."""
+        selector = netpol.selector(given.selector) if given.selector is not None else None
+        network = ref(*split_ref(given.network, namespace)) if given.network else None
+        if network is not None:
+            found = self._endpoints("vn:" + network)
+        elif selector is not None:
+            found = self._endpoints("ns:" + (namespace or ""))
+        else:
+            return []
+        return [
+            e
+            for e in found
+            if (selector is None or selector.matches(tuple(sorted(e.metadata.labels.items()))))
+            and (network is None or selector is None or e.metadata.namespace == namespace)
+        ]
+
+    def _policy(self, policy: Policy) -> Made:
+        """Its rules, in order; for allow rules, routes leaked into the sources' networks towards the
+        destinations' endpoints (a service's backends, reachable only through its VIP)."""
+        namespace, name = policy.metadata.namespace, ref(policy.metadata.namespace, policy.metadata.name)
+        made: Made = []
+        for i, rule in enumerate(policy.spec.rules):
+            service = (
+                ref(*split_ref(rule.destination.service, namespace)) if rule.destination.service else None
+            )
+            ports = tuple((p.port, p.end_port or p.port) for p in rule.ports)
+            entry = RuleEntry(
+                name,
+                rule.action,
+                rule.protocol,
+                ports,
+                self._peer(rule.source, namespace),
+                self._peer(rule.destination, namespace),
+                service,
+            )
+            made.append((SHARED, ("rule", policy.spec.priority, name, i), entry))
+            if rule.action == "allow":
+                made += self._leaks(rule.source, rule.destination, namespace, service, f"{name} rules[{i}]")
+        return made
+
+    def _leaks(
+        self,
+        source: PolicyPeer,
+        destination: PolicyPeer,
+        namespace: str | None,
+        service: str | None,
+        rule: str,
+    ) -> Made:
+        towards: list[tuple[Address, str, str | None, str | None, Address | None]] = []
+        if service is not None:
+            ns, vip_name = split_ref(service, namespace)
+            vip = self.objects["ServiceVIP"].get((ns or "", vip_name))
+            if isinstance(vip, ServiceVIP):
+                for backend in vip.spec.backends:
+                    if backend.endpoint and backend.address is not None:
+                        ep_ns, ep_name = split_ref(backend.endpoint, ns)
+                        ep = self.objects["Endpoint"].get((ep_ns or "", ep_name))
+                        if isinstance(ep, Endpoint):
+                            where = (self.network_of(ep), ep.spec.node, ref(ep_ns, ep_name), vip.spec.vip)
+                            towards.append((backend.address, *where))
+        else:
+            for ep in self._members(destination, namespace):
+                for address in ep.spec.addresses:
+                    towards.append(
+                        (
+                            address,
+                            self.network_of(ep),
+                            ep.spec.node,
+                            ref(ep.metadata.namespace, ep.metadata.name),
+                            None,
+                        )
+                    )
+        sources = {self.network_of(ep) for ep in self._members(source, namespace)}
+        return [
+            (
+                SHARED,
+                ("route", network, str(_host(address))),
+                RouteEntry(network, _host(address), "leak", node, endpoint, target, via, rule),
+            )
+            for network in sorted(sources)
+            for address, target, node, endpoint, via in towards
+            if target != network and node is not None
+        ]

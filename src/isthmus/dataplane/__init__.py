@@ -1,0 +1,1 @@
+"""Dataplane drivers of the compiled state: the trace driver (in memory) and the kernel driver."""

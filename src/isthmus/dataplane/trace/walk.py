@@ -1,0 +1,339 @@
+"""The trace driver: a packet walked through the compiled state, hop by hop, each hop naming its rule.
+
+Order, as the kernel dataplane applies it: on the source node, service DNAT (and backend choice), then
+Isthmus Policy rules, then the source's egress NetworkPolicy (after DNAT, so against the backend), then
+the route in the source network's table (local veth, VXLAN to the owning node, a leaked route, or the
+unreachable default); on the destination node, the attachment and its ingress NetworkPolicy; UDP replies
+return through connection tracking. A service with several backends is walked to each of them: the
+verdict is "allow" only when every backend is reached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from isthmus.compile.compiler import Compiler
+from isthmus.compile.netpol import allowing
+from isthmus.compile.state import (
+    Address,
+    Identity,
+    Isolation,
+    LocalEntry,
+    NetworkEntry,
+    NodeEntry,
+    RouteEntry,
+    RuleEntry,
+    ServiceEntry,
+    Target,
+)
+from isthmus.model import Endpoint
+
+Verdict = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class Hop:
+    node: str
+    step: str
+    detail: str
+    rule: str = ""
+
+
+@dataclass
+class Trace:
+    verdict: Verdict
+    hops: list[Hop]
+    backends: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "hops": [{"node": h.node, "step": h.step, "detail": h.detail, "rule": h.rule} for h in self.hops],
+            "backends": self.backends,
+        }
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a packet starts: an endpoint (network, node, identity), or an address outside the cluster."""
+
+    address: Address
+    name: str
+    network: str | None = None
+    node: str | None = None
+    identity: Identity | None = None
+
+
+class Tracer:
+    """Indexes of one compiled state for walking packets; build it once for many traces."""
+
+    def __init__(self, compiler: Compiler) -> None:
+        self.compiler = compiler
+        shared = compiler.state[""]
+        self.routes: dict[str, list[RouteEntry]] = defaultdict(list)
+        self.identities: dict[Address, tuple[str, Identity]] = {}
+        self.rules: list[tuple[str, RuleEntry]] = []
+        for key, entry in shared.items():
+            if isinstance(entry, RouteEntry):
+                self.routes[entry.network].append(entry)
+            elif isinstance(entry, Identity):
+                self.identities[ipaddress.ip_address(str(key[2]))] = (str(key[1]), entry)
+        for table in self.routes.values():
+            table.sort(key=lambda r: -r.prefix.prefixlen)
+        self.rules = [
+            (name, entry)
+            for _, name, entry in sorted(
+                (k[1:4], f"{e.policy} rules[{k[3]}]", e)
+                for k, e in shared.items()
+                if isinstance(e, RuleEntry)
+            )
+        ]
+        self.shared = shared
+        self.cidr_sensitive = any(
+            a.peer.cidrs
+            for scope, entries in compiler.state.items()
+            if scope
+            for e in entries.values()
+            if isinstance(e, Isolation)
+            for a in e.allows
+        ) or any(e.source.cidrs or e.destination.cidrs for _, e in self.rules)
+
+    def endpoint(self, namespace: str | None, name: str) -> Source:
+        endpoint = self.compiler.objects["Endpoint"].get((namespace or "", name))
+        if not isinstance(endpoint, Endpoint) or not endpoint.spec.addresses:
+            raise LookupError(f"endpoint {namespace}/{name} not found, or it has no address yet")
+        return Source(
+            endpoint.spec.addresses[0],
+            f"{namespace}/{name}" if namespace else name,
+            self.compiler.network_of(endpoint),
+            endpoint.spec.node,
+            self.compiler.identity(endpoint),
+        )
+
+    def signature(self, source: Source) -> tuple[Any, ...]:
+        """Sources with one signature get the same verdicts (the matrix computes one row for them)."""
+        egress = self._own(source.node, "egress", source.network, source.address) if source.node else None
+        return (
+            source.network,
+            source.identity,
+            egress,
+            source.address if self.cidr_sensitive or source.identity is None else None,
+        )
+
+    def _own(self, node: str | None, kind: str, network: str | None, address: Address) -> Any:
+        return self.compiler.state.get(node or "", {}).get((kind, network or "", str(address)))
+
+    def trace(self, source: Source, destination: Address, protocol: str, port: int) -> Trace:
+        node = source.node or self._entry_node(destination)
+        hops = [
+            Hop(
+                node,
+                "source",
+                f"{source.name} {source.address}"
+                + (f" in network {source.network}" if source.network else ""),
+            )
+        ]
+        service = self.shared.get(("service", str(destination), protocol, port)) or self.shared.get(
+            ("service", str(destination), "any", 0)
+        )
+        if not isinstance(service, ServiceEntry):
+            verdict = self._walk(source, node, destination, port, protocol, None, hops)
+            return Trace(verdict, hops)
+        if not service.targets:
+            hops.append(
+                Hop(
+                    node,
+                    "service",
+                    f"{destination}:{port}/{protocol}: rejected: no endpoints",
+                    f"ServiceVIP {service.service}",
+                )
+            )
+            return Trace("deny", hops)
+        results = []
+        first_denied: list[Hop] | None = None
+        chosen: list[Hop] | None = None
+        for target in service.targets:
+            walked = list(hops)
+            walked.append(self._dnat(node, destination, port, protocol, service, target, source))
+            verdict = self._walk(source, node, target.address, target.port or port, protocol, service, walked)
+            results.append({"address": str(target.address), "port": target.port or port, "verdict": verdict})
+            chosen = chosen or walked
+            if verdict == "deny" and first_denied is None:
+                first_denied = walked
+        assert chosen is not None
+        verdict = "deny" if first_denied else "allow"
+        return Trace(verdict, first_denied or chosen, results)
+
+    def _entry_node(self, destination: Address) -> str:
+        """Where traffic from outside enters: a node hosting a target of the address, else the first."""
+        service = self.shared.get(("service", str(destination), "any", 0))
+        nodes = self.compiler.nodes()
+        if isinstance(service, ServiceEntry):
+            nodes = [t.node for t in service.targets if t.node] or nodes
+        return nodes[0] if nodes else ""
+
+    @staticmethod
+    def _dnat(
+        node: str,
+        destination: Address,
+        port: int,
+        protocol: str,
+        service: ServiceEntry,
+        target: Target,
+        source: Source,
+    ) -> Hop:
+        count = len(service.targets)
+        how = f"ClientIP affinity {service.affinity} s" if service.affinity else "random"
+        hairpin = ", hairpin to itself" if target.endpoint == source.name else ""
+        return Hop(
+            node,
+            "service",
+            f"{destination}:{port}/{protocol} DNAT to {target.address}:{target.port or port} "
+            f"(1 of {count} backends, {how}{hairpin})",
+            f"ServiceVIP {service.service}",
+        )
+
+    def _walk(
+        self,
+        source: Source,
+        node: str,
+        destination: Address,
+        port: int,
+        protocol: str,
+        service: ServiceEntry | None,
+        hops: list[Hop],
+    ) -> Verdict:
+        found = self.identities.get(destination)
+        target_identity = found[1] if found else None
+        rule = self._rule(source, destination, target_identity, protocol, port, service)
+        if rule is not None:
+            name, entry = rule
+            hops.append(Hop(node, "policy", f"Isthmus policy: {entry.action}", name))
+            if entry.action == "deny":
+                return "deny"
+        egress = self._own(source.node, "egress", source.network, source.address)
+        if isinstance(egress, Isolation):
+            allow = allowing(egress, destination, target_identity, protocol, port, target_identity)
+            if allow is None:
+                hops.append(
+                    Hop(
+                        node,
+                        "egress policy",
+                        f"{source.name} is isolated for egress; nothing allows "
+                        f"{destination}:{port}/{protocol}",
+                        ", ".join(egress.policies),
+                    )
+                )
+                return "deny"
+            hops.append(Hop(node, "egress policy", f"allowed to {destination}:{port}/{protocol}", allow.rule))
+        if source.network is None:
+            return self._arrive(source, node, destination, port, protocol, service, hops, found)
+        route = next((r for r in self.routes.get(source.network, []) if destination in r.prefix), None)
+        network = self.shared.get(("network", source.network))
+        table = (
+            f"table {network.table} of network {source.network}"
+            if isinstance(network, NetworkEntry)
+            else (f"network {source.network}")
+        )
+        if route is None or route.kind == "unreachable":
+            hops.append(Hop(node, "route", f"{destination}: unreachable", f"unreachable default in {table}"))
+            return "deny"
+        if route.kind == "leak" and route.via is not None and (service is None or service.vip != route.via):
+            hops.append(
+                Hop(node, "route", f"{destination}: leaked only for traffic to {route.via}", route.rule)
+            )
+            return "deny"
+        where = f"route {route.prefix} in {table}" + (
+            f" (leaked by {route.rule})" if route.kind == "leak" else ""
+        )
+        arrive = route.node or node
+        if arrive == node:
+            hops.append(Hop(node, "route", f"{destination}: local, through the endpoint's veth", where))
+        else:
+            vni = self.shared.get(("network", route.target or source.network))
+            vtep = self.shared.get(("node", arrive))
+            hops.append(
+                Hop(
+                    node,
+                    "route",
+                    f"{destination}: VXLAN VNI {vni.vni if isinstance(vni, NetworkEntry) else '?'}"
+                    f" to {arrive} ({vtep.address if isinstance(vtep, NodeEntry) else '?'})",
+                    where,
+                )
+            )
+            hops.append(Hop(arrive, "tunnel", f"decapsulated into network {route.target or source.network}"))
+        return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
+
+    def _arrive(
+        self,
+        source: Source,
+        node: str,
+        destination: Address,
+        port: int,
+        protocol: str,
+        service: ServiceEntry | None,
+        hops: list[Hop],
+        found: tuple[str, Identity] | None,
+    ) -> Verdict:
+        network = found[0] if found else ""
+        local = self._own(node, "local", network, destination)
+        if not isinstance(local, LocalEntry):
+            hops.append(
+                Hop(node, "deliver", f"{destination}: no endpoint attached here", "no local endpoint")
+            )
+            return "deny"
+        ingress = self._own(node, "ingress", network, destination)
+        if isinstance(ingress, Isolation):
+            allow = allowing(ingress, source.address, source.identity, protocol, port, None)
+            if allow is None:
+                hops.append(
+                    Hop(
+                        node,
+                        "ingress policy",
+                        f"{local.endpoint} is isolated for ingress; nothing "
+                        f"allows {source.name} on {port}/{protocol}",
+                        ", ".join(ingress.policies),
+                    )
+                )
+                return "deny"
+            hops.append(
+                Hop(node, "ingress policy", f"allowed from {source.name} on {port}/{protocol}", allow.rule)
+            )
+        hops.append(Hop(node, "deliver", f"to {local.endpoint} {destination}:{port}/{protocol}"))
+        if protocol == "UDP":
+            back = f", source rewritten back to {service.vip}" if service else ""
+            hops.append(
+                Hop(
+                    node,
+                    "reply",
+                    f"{destination}:{port} -> {source.address}: established in connection tracking{back}",
+                )
+            )
+        return "allow"
+
+    def _rule(
+        self,
+        source: Source,
+        destination: Address,
+        identity: Identity | None,
+        protocol: str,
+        port: int,
+        service: ServiceEntry | None,
+    ) -> tuple[str, RuleEntry] | None:
+        for name, entry in self.rules:
+            if entry.protocol not in ("any", protocol):
+                continue
+            if entry.ports and not any(low <= port <= high for low, high in entry.ports):
+                continue
+            if not entry.source.matches(source.address, source.identity):
+                continue
+            if entry.service is not None:
+                if service is None or service.service != entry.service:
+                    continue
+            elif not entry.destination.matches(destination, identity):
+                continue
+            return name, entry
+        return None
