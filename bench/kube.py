@@ -19,13 +19,13 @@ from isthmus.store import SqliteLedger
 NAMESPACES, PODS, SERVICES, POLICIES = 100, 100, 10, 10  # per namespace: 10,000 pods, 1,000 services...
 
 
-def _pod(namespace: str, name: str, app: str) -> dict[str, Any]:
+def _pod(namespace: str, name: str, app: str, nodes: int = 10) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": app, "uses": "svc-0"}},
         "spec": {
-            "nodeName": f"node-{hash(name) % 10}",
+            "nodeName": f"node-{hash(name) % nodes}",
             "containers": [
                 {"name": "main", "image": "nginx", "ports": [{"name": "http", "containerPort": 80}]}
             ],
@@ -33,8 +33,8 @@ def _pod(namespace: str, name: str, app: str) -> dict[str, Any]:
     }
 
 
-def cluster() -> str:
-    """Manifests of 100 namespaces, each with 100 pods, 10 services and 10 NetworkPolicies; 10 nodes."""
+def cluster(nodes: int = 10) -> str:
+    """Manifests of 100 namespaces, each with 100 pods, 10 services and 10 NetworkPolicies, on `nodes`."""
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "isthmus.io/v1",
@@ -42,12 +42,12 @@ def cluster() -> str:
             "metadata": {"name": f"node-{i}"},
             "spec": {"address": f"192.0.2.{i + 10}"},
         }
-        for i in range(10)
+        for i in range(nodes)
     ]
     for n in range(NAMESPACES):
         ns = f"team-{n:03d}"
         docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        docs += [_pod(ns, f"pod-{p:03d}", f"app-{p % SERVICES}") for p in range(PODS)]
+        docs += [_pod(ns, f"pod-{p:03d}", f"app-{p % SERVICES}", nodes) for p in range(PODS)]
         docs += [
             {
                 "apiVersion": "v1",

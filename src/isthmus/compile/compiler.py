@@ -11,6 +11,8 @@ When two units give one key (two services claiming one external IP), the unit th
 from __future__ import annotations
 
 import ipaddress
+import sys
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -24,6 +26,7 @@ from isthmus.compile.state import (
     Entries,
     Entry,
     Identity,
+    Isolation,
     Key,
     LocalEntry,
     NetworkEntry,
@@ -43,6 +46,7 @@ from isthmus.model.policy import PolicyRule
 
 Unit = tuple[str, str, str]  # kind, namespace ("" when none), name
 Made = list[tuple[str, Key, Entry]]  # scope, key, entry
+Isolations = tuple[Isolation | None, Isolation | None]  # ingress, egress
 TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
 METADATA_NAME = "kubernetes.io/metadata.name"
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -80,7 +84,12 @@ class Compiler:
         self.netpols: dict[str, dict[str, NetworkPolicySpec]] = defaultdict(dict)  # namespace -> name -> spec
         self.members: dict[str, set[tuple[str, str]]] = defaultdict(set)  # namespace or network -> endpoints
         self.parts: dict[Unit, Made] = {}
-        self.owners: dict[tuple[str, Key], set[Unit]] = defaultdict(set)
+        self.owners: dict[str, dict[Key, list[Unit]]] = defaultdict(dict)  # scope -> key -> units giving it
+        # one object per identity, shared by its endpoints, and its isolation; both forgotten with it
+        self.identities: weakref.WeakValueDictionary[Identity, Identity] = weakref.WeakValueDictionary()
+        self.isolations: dict[str, weakref.WeakKeyDictionary[Identity, Isolations]] = defaultdict(
+            weakref.WeakKeyDictionary
+        )
         self.state: dict[str, Entries] = {SHARED: {}}
         for obj in objects:
             self._store(obj)
@@ -156,6 +165,7 @@ class Compiler:
             touched = set()
         if kind in ("Namespace", "NetworkPolicy"):  # identities and isolation of the namespace's endpoints
             space = name if kind == "Namespace" else namespace
+            self.isolations.pop(space, None)
             touched |= {("Endpoint", space, n) for _, n in self.members.get("ns:" + space, ())}
         if isinstance(obj, Endpoint):  # the policies that may leak routes to or from it
             network = self.network_of(obj)
@@ -198,7 +208,7 @@ class Compiler:
         changed: set[tuple[str, Key]] = set()
         for unit in touched:
             for scope, key, _ in self.parts.pop(unit, []):
-                self.owners[(scope, key)].discard(unit)
+                self.owners[scope][key].remove(unit)
                 changed.add((scope, key))
             kind, namespace, name = unit
             obj = self.objects[kind].get((namespace, name))
@@ -206,10 +216,10 @@ class Compiler:
             if made:
                 self.parts[unit] = made
             for scope, key, _ in made:
-                self.owners[(scope, key)].add(unit)
+                self.owners[scope].setdefault(key, []).append(unit)
                 changed.add((scope, key))
         for scope, key in changed:
-            owners = self.owners.get((scope, key))
+            owners = self.owners[scope].get(key)
             entries = self.state.setdefault(scope, {})
             if owners:
                 first = min(owners)
@@ -218,7 +228,7 @@ class Compiler:
                     entries[key] = entry
                     delta.put(scope, key, entry)
             else:
-                self.owners.pop((scope, key), None)
+                self.owners[scope].pop(key, None)
                 if entries.pop(key, None) is not None:
                     delta.delete(scope, key)
 
@@ -261,28 +271,35 @@ class Compiler:
         namespace = endpoint.metadata.namespace or ""
         declared = self.objects["Namespace"].get(("", namespace))
         labels = {**(declared.metadata.labels if declared else {}), METADATA_NAME: namespace}
-        return Identity(
+        made = Identity(
             namespace,
             tuple(sorted(labels.items())),
             tuple(sorted(endpoint.metadata.labels.items())),
             tuple(sorted((p.name, p.port, p.protocol) for p in endpoint.spec.ports if p.name)),
         )
+        return self.identities.setdefault(made, made)
 
     def network_of(self, endpoint: Endpoint) -> str:
         ns, name = split_ref(endpoint.spec.network, endpoint.metadata.namespace)
-        return ref(ns, name)
+        return sys.intern(ref(ns, name))
+
+    def _isolation(self, namespace: str, identity: Identity) -> Isolations:
+        """Isolation is a function of the identity and the namespace's policies: computed once for each."""
+        cached = self.isolations[namespace]
+        if identity not in cached:
+            policies = sorted(self.netpols.get(namespace, {}).items())
+            cached[identity] = netpol.isolation(identity, [(ref(namespace, n), spec) for n, spec in policies])
+        return cached[identity]
 
     def _endpoint(self, endpoint: Endpoint) -> Made:
         network, node = self.network_of(endpoint), endpoint.spec.node
         name = ref(endpoint.metadata.namespace, endpoint.metadata.name)
         identity = self.identity(endpoint)
-        policies = sorted(self.netpols.get(endpoint.metadata.namespace or "", {}).items())
-        ingress, egress = netpol.isolation(
-            identity, [(ref(endpoint.metadata.namespace, n), spec) for n, spec in policies]
-        )
+        ingress, egress = self._isolation(endpoint.metadata.namespace or "", identity)
         made: Made = []
         for address in endpoint.spec.addresses:
-            made.append((SHARED, ("identity", network, str(address)), identity))
+            text = str(address)
+            made.append((SHARED, ("identity", network, text), identity))
             if node is None:
                 continue
             prefix = _host(address)
@@ -290,9 +307,9 @@ class Compiler:
                 (SHARED, ("route", network, str(prefix)), RouteEntry(network, prefix, "endpoint", node, name))
             )
             local = LocalEntry(name, network, address, endpoint.spec.mac or "", endpoint.spec.kind)
-            made.append((node, ("local", network, str(address)), local))
+            made.append((node, ("local", network, text), local))
             made += [
-                (node, (direction, network, str(address)), isolated)
+                (node, (direction, network, text), isolated)
                 for direction, isolated in (("ingress", ingress), ("egress", egress))
                 if isolated is not None
             ]

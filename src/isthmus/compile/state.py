@@ -62,7 +62,7 @@ class RouteEntry:
     rule: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Identity:
     """Who an endpoint is to NetworkPolicy: its namespace (and that namespace's labels), its labels and
     its named ports. Endpoints of one template share one identity."""

@@ -73,16 +73,19 @@ class Tracer:
     def __init__(self, compiler: Compiler) -> None:
         self.compiler = compiler
         shared = compiler.state[""]
-        self.routes: dict[str, list[RouteEntry]] = defaultdict(list)
+        self.routes: dict[str, dict[int, dict[int, RouteEntry]]] = defaultdict(
+            dict
+        )  # network, length, prefix
         self.identities: dict[Address, tuple[str, Identity]] = {}
         self.rules: list[tuple[str, RuleEntry]] = []
         for key, entry in shared.items():
             if isinstance(entry, RouteEntry):
-                self.routes[entry.network].append(entry)
+                table = self.routes[entry.network].setdefault(entry.prefix.prefixlen, {})
+                table[int(entry.prefix.network_address) | entry.prefix.version << 128] = entry
             elif isinstance(entry, Identity):
                 self.identities[ipaddress.ip_address(str(key[2]))] = (str(key[1]), entry)
-        for table in self.routes.values():
-            table.sort(key=lambda r: -r.prefix.prefixlen)
+        for network, lengths in self.routes.items():
+            self.routes[network] = dict(sorted(lengths.items(), reverse=True))
         self.rules = [
             (name, entry)
             for _, name, entry in sorted(
@@ -231,7 +234,7 @@ class Tracer:
             hops.append(Hop(node, "egress policy", f"allowed to {destination}:{port}/{protocol}", allow.rule))
         if source.network is None:
             return self._arrive(source, node, destination, port, protocol, service, hops, found)
-        route = next((r for r in self.routes.get(source.network, []) if destination in r.prefix), None)
+        route = self.route(source.network, destination)
         network = self.shared.get(("network", source.network))
         table = (
             f"table {network.table} of network {source.network}"
@@ -266,6 +269,17 @@ class Tracer:
             )
             hops.append(Hop(arrive, "tunnel", f"decapsulated into network {route.target or source.network}"))
         return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
+
+    def route(self, network: str, destination: Address) -> RouteEntry | None:
+        """The longest prefix of the network's table that holds the destination."""
+        bits, value = destination.max_prefixlen, int(destination)
+        for length, table in self.routes.get(network, {}).items():
+            if length > bits:
+                continue
+            found = table.get((value >> (bits - length) << (bits - length)) | destination.version << 128)
+            if found is not None:
+                return found
+        return None
 
     def _arrive(
         self,
