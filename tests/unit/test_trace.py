@@ -78,6 +78,7 @@ def state(tmp_path: Path) -> Path:
             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}},
         ),
         _service("external", {"pod": "a"}, 8080, externalIPs=["198.51.100.20"]),
+        _service("nodeport", {"pod": "a"}, 8080, type="NodePort"),
     ]
     path = tmp_path / "m.yaml"
     path.write_text(manifest(*docs))
@@ -133,6 +134,18 @@ def test_cross_node_traffic_goes_through_vxlan(state: Path) -> None:
         "detail": f"to web/b {route['detail'].split(':')[0]}:9090/TCP",
         "rule": "",
     }
+
+
+def test_node_ports_are_served_on_every_node_address(state: Path) -> None:
+    services = _cli(state, "get", "services", "-n", "web", "-o", "json")
+    found = services if isinstance(services, list) else services.get("items", [services])
+    nodeport = next(s for s in found if s["metadata"]["name"] == "nodeport")["spec"]["ports"][0]["nodePort"]
+    for node in ("192.0.2.11", "192.0.2.12"):
+        walked = _trace(state, "web/b", node, port=nodeport)
+        assert walked["verdict"] == "allow" and walked["backends"] == [
+            {"address": walked["backends"][0]["address"], "port": 8080, "verdict": "allow"}
+        ]
+    assert _trace(state, "web/b", "192.0.2.11", port=80)["verdict"] == "deny"
 
 
 def test_udp_traces_the_reply_and_external_ips_are_served(state: Path) -> None:

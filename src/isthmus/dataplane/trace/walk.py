@@ -95,6 +95,7 @@ class Tracer:
             )
         ]
         self.shared = shared
+        self.node_addresses = {e.address for e in shared.values() if isinstance(e, NodeEntry)}
         self.cidr_sensitive = any(
             a.peer.cidrs
             for scope, entries in compiler.state.items()
@@ -139,8 +140,10 @@ class Tracer:
                 + (f" in network {source.network}" if source.network else ""),
             )
         ]
-        service = self.shared.get(("service", str(destination), protocol, port)) or self.shared.get(
-            ("service", str(destination), "any", 0)
+        service = (
+            self.shared.get(("service", str(destination), protocol, port))
+            or self.shared.get(("service", str(destination), "any", 0))
+            or (self.shared.get(("nodeport", protocol, port)) if destination in self.node_addresses else None)
         )
         if not isinstance(service, ServiceEntry):
             verdict = self._walk(source, node, destination, port, protocol, None, hops)
