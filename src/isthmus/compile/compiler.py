@@ -10,6 +10,7 @@ When two units give one key (two services claiming one external IP), the unit th
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 import weakref
@@ -118,8 +119,6 @@ class Compiler:
             if old is not None:
                 touched |= self._touches(old)
                 self._index(old, add=False)
-                if kind == "NetworkPolicy":
-                    self.netpols[namespace].pop(name, None)
         delta = Delta()
         self._recompute(touched, delta)
         return delta
@@ -128,12 +127,6 @@ class Compiler:
         if obj.kind not in self.objects:
             return
         namespace = obj.metadata.namespace or ""
-        if obj.kind == "NetworkPolicy":
-            assert isinstance(obj, KubeObject)
-            try:
-                self.netpols[namespace][obj.metadata.name] = parse_network_policy(obj.body)
-            except ValidationError:
-                self.netpols[namespace].pop(obj.metadata.name, None)  # the translator reports it
         old = self.objects[obj.kind].get((namespace, obj.metadata.name))
         if old is not None:
             self._index(old, add=False)
@@ -141,10 +134,19 @@ class Compiler:
         self._index(obj, add=True)
 
     def _index(self, obj: Object, add: bool) -> None:
+        """Keep what is derived from stored objects in step: endpoints by namespace and network, parsed
+        NetworkPolicies, and the isolation cache of a namespace whose policies or labels change."""
+        namespace, name = obj.metadata.namespace or "", obj.metadata.name
         if isinstance(obj, Endpoint):
-            key = (obj.metadata.namespace or "", obj.metadata.name)
-            for group in ("ns:" + key[0], "vn:" + self.network_of(obj)):
-                (self.members[group].add if add else self.members[group].discard)(key)
+            for group in ("ns:" + namespace, "vn:" + self.network_of(obj)):
+                (self.members[group].add if add else self.members[group].discard)((namespace, name))
+        elif obj.kind in ("Namespace", "NetworkPolicy"):
+            self.isolations.pop(name if obj.kind == "Namespace" else namespace, None)
+        if isinstance(obj, KubeObject) and obj.kind == "NetworkPolicy":
+            self.netpols[namespace].pop(name, None)
+            if add:
+                with contextlib.suppress(ValidationError):  # the translator reports it; it isolates nothing
+                    self.netpols[namespace][name] = parse_network_policy(obj.body)
 
     def _endpoints(self, group: str) -> list[Endpoint]:
         found = (self.objects["Endpoint"].get(k) for k in sorted(self.members.get(group, ())))
@@ -165,7 +167,6 @@ class Compiler:
             touched = set()
         if kind in ("Namespace", "NetworkPolicy"):  # identities and isolation of the namespace's endpoints
             space = name if kind == "Namespace" else namespace
-            self.isolations.pop(space, None)
             touched |= {("Endpoint", space, n) for _, n in self.members.get("ns:" + space, ())}
         if isinstance(obj, Endpoint):  # the policies that may leak routes to or from it
             network = self.network_of(obj)

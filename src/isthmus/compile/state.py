@@ -212,13 +212,6 @@ class Delta:
     def __bool__(self) -> bool:
         return any(self.puts.values()) or any(self.deletes.values())
 
-    def for_node(self, node: str) -> tuple[Entries, set[Key]]:
-        """What one node must change: the cluster-wide delta and its own."""
-        return (
-            {**self.puts.get(SHARED, {}), **self.puts.get(node, {})},
-            self.deletes.get(SHARED, set()) | self.deletes.get(node, set()),
-        )
-
 
 class NodeState(Mapping[Key, Entry]):
     """One node's desired state: the cluster-wide entries overlaid with its own."""

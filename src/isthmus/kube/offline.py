@@ -90,7 +90,7 @@ def _with_node_port(port: Any, held: dict[tuple[Any, Any], int]) -> Any:
 
 
 def with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
-    """The object showing what `shown` says (see sync.statuses), as the API server and kubelet would."""
+    """The object showing what `shown` says (see kube.sync), as the API server and kubelet would."""
     body = obj.model_dump(by_alias=True, exclude_none=True)
     if obj.kind == "Pod":
         body["status"] = {**(body.get("status") or {}), **shown["status"]}

@@ -73,11 +73,9 @@ class Tracer:
     def __init__(self, compiler: Compiler) -> None:
         self.compiler = compiler
         shared = compiler.state[""]
-        self.routes: dict[str, dict[int, dict[int, RouteEntry]]] = defaultdict(
-            dict
-        )  # network, length, prefix
+        # network -> prefix length (longest first) -> prefix (its address, tagged with its version) -> route
+        self.routes: dict[str, dict[int, dict[int, RouteEntry]]] = defaultdict(dict)
         self.identities: dict[Address, tuple[str, Identity]] = {}
-        self.rules: list[tuple[str, RuleEntry]] = []
         for key, entry in shared.items():
             if isinstance(entry, RouteEntry):
                 table = self.routes[entry.network].setdefault(entry.prefix.prefixlen, {})
@@ -86,7 +84,7 @@ class Tracer:
                 self.identities[ipaddress.ip_address(str(key[2]))] = (str(key[1]), entry)
         for network, lengths in self.routes.items():
             self.routes[network] = dict(sorted(lengths.items(), reverse=True))
-        self.rules = [
+        self.rules: list[tuple[str, RuleEntry]] = [
             (name, entry)
             for _, name, entry in sorted(
                 (k[1:4], f"{e.policy} rules[{k[3]}]", e)
