@@ -25,8 +25,9 @@ def _meta(name: str, namespace: str | None = None, labels: dict[str, str] | None
 
 @st.composite
 def objects(draw: st.DrawFn) -> Object:
-    """One object of a small universe (so that changes collide): a node, a network, an endpoint, a
-    service, a floating IP, a NetworkPolicy, a namespace's labels or an Isthmus Policy."""
+    """One object of a small universe (so that changes collide): a node, a network (with egress, external
+    or growing from a pool), a subnet, a subnet pool, an endpoint, a service, a floating IP, a
+    NetworkPolicy, a namespace's labels or an Isthmus Policy."""
     ns = draw(st.sampled_from(NAMESPACES))
     kind = draw(
         st.sampled_from(
@@ -40,6 +41,8 @@ def objects(draw: st.DrawFn) -> Object:
                 "NetworkPolicy",
                 "Namespace",
                 "Policy",
+                "Subnet",
+                "SubnetPool",
             ]
         )
     )
@@ -47,7 +50,20 @@ def objects(draw: st.DrawFn) -> Object:
         i = draw(st.integers(1, 2))
         body = {"metadata": _meta(f"n{i}"), "spec": {"address": f"192.0.2.{draw(st.integers(1, 3))}"}}
     elif kind == "VirtualNetwork":
-        body = {"metadata": _meta(draw(st.sampled_from("ab")), ns), "spec": {"vni": draw(st.integers(1, 3))}}
+        outside = draw(st.sampled_from([{}, {"egress": True}, {"external": True}, {"subnetPool": "p"}]))
+        body = {
+            "metadata": _meta(draw(st.sampled_from("ab")), ns),
+            "spec": {"vni": draw(st.integers(1, 3)), **outside},
+        }
+    elif kind == "Subnet":
+        cidr = draw(st.sampled_from(["10.0.0.0/29", "10.0.0.8/29", "10.1.0.0/24", "203.0.113.0/24"]))
+        body = {
+            "metadata": _meta(draw(st.sampled_from(["s1", "s2"])), ns),
+            "spec": {"network": draw(st.sampled_from("ab")), "cidr": cidr},
+        }
+    elif kind == "SubnetPool":
+        cidr = draw(st.sampled_from(["10.8.0.0/16", "10.0.0.0/16"]))
+        body = {"metadata": _meta("p"), "spec": {"cidr": cidr, "blockPrefixLength": 24}}
     elif kind == "Endpoint":
         body = {
             "metadata": _meta(f"e{draw(st.integers(1, 4))}", ns, draw(LABELS)),
@@ -152,3 +168,34 @@ def test_a_full_compile_equals_the_sum_of_the_deltas(changes: list[tuple[bool, O
         current = {s: e for s, e in compiler.state.items() if e or s == SHARED}
         assert current == {s: e for s, e in fresh.state.items() if e or s == SHARED}
         assert _applied(before, delta.puts, delta.deletes) == current
+
+
+def test_an_egress_table_routes_out_but_keeps_every_cluster_prefix_unreachable() -> None:
+    docs = [
+        {"kind": "Node", "metadata": _meta("n1"), "spec": {"address": "192.0.2.1"}},
+        {"kind": "VirtualNetwork", "metadata": _meta("pods", "x"), "spec": {"vni": 7, "egress": True}},
+        {"kind": "VirtualNetwork", "metadata": _meta("vms", "y"), "spec": {"vni": 8}},
+        {
+            "kind": "Subnet",
+            "metadata": _meta("pods", "x"),
+            "spec": {"network": "pods", "cidr": "10.0.0.0/24"},
+        },
+        {"kind": "Subnet", "metadata": _meta("vms", "y"), "spec": {"network": "vms", "cidr": "10.0.1.0/24"}},
+    ]
+    compiler = Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs)
+    routes = {k[2]: e.kind for k, e in compiler.state[SHARED].items() if k[:2] == ("route", "x/pods")}
+    assert routes == {
+        "0.0.0.0/0": "egress",
+        "::/0": "egress",
+        "10.0.0.0/23": "unreachable",  # both tenants' subnets, aggregated
+        "192.0.2.1/32": "unreachable",  # the node itself
+    }
+    other = {k[2]: e.kind for k, e in compiler.state[SHARED].items() if k[:2] == ("route", "y/vms")}
+    assert other == {"0.0.0.0/0": "unreachable", "::/0": "unreachable"}
+    subnet = {
+        "kind": "Subnet",
+        "metadata": _meta("more", "y"),
+        "spec": {"network": "vms", "cidr": "172.16.0.0/16"},
+    }
+    delta = compiler.change([parse_object({"apiVersion": "isthmus.io/v1", **subnet})])
+    assert set(delta.puts[SHARED]) == {("route", "x/pods", "172.16.0.0/16")} and not delta.deletes

@@ -66,6 +66,10 @@ def error_of(*docs: dict[str, Any]) -> str:
         ),
         (obj("VirtualNetwork", "v", "t", {"importTargets": ["65001:x"]}), "'65001:x' is not a route target"),
         (
+            obj("VirtualNetwork", "v", "t", {"external": True, "egress": True}),
+            "an external network is outside already",
+        ),
+        (
             obj("VirtualNetwork", "v", "t", {"exportTargets": ["70000:70000"]}),
             "route target '70000:70000' is out of range",
         ),

@@ -154,6 +154,71 @@ def test_udp_traces_the_reply_and_external_ips_are_served(state: Path) -> None:
     assert walked["hops"][-1]["step"] == "reply"
 
 
+def test_pods_leave_the_cluster_through_source_nat_to_their_node(state: Path) -> None:
+    for pod, node, address in (("web/a", "node-1", "192.0.2.11"), ("web/b", "node-2", "192.0.2.12")):
+        walked = _trace(state, pod, "198.51.100.7", port=443)
+        assert walked["verdict"] == "allow"
+        route, snat = walked["hops"][-2:]
+        assert (
+            route["node"] == node
+            and route["detail"] == f"198.51.100.7: leaves the cluster through {node}'s uplink"
+        )
+        assert route["rule"].startswith("0.0.0.0/0 egress in table")
+        assert snat["step"] == "snat" and snat["detail"].endswith(f"-> {address} (masquerade)")
+        assert snat["rule"] == "VirtualNetwork isthmus-system/pods egress"
+    reply = _trace(state, "web/a", "198.51.100.7", port=53, protocol="UDP")["hops"][-1]
+    assert reply["step"] == "reply" and reply["detail"].startswith("198.51.100.7:53 -> 192.0.2.11:")
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "10.33.0.9",  # in the pod CIDR, in no allocated block
+        "10.254.200.200",  # in the service CIDR, no service
+        "192.0.2.12",  # another node, on a port that is no node port
+    ],
+)
+def test_cluster_addresses_never_leave_through_egress(state: Path, destination: str) -> None:
+    walked = _trace(state, "web/a", destination, port=22)
+    assert walked["verdict"] == "deny"
+    assert walked["hops"][-1]["detail"] == f"{destination}: unreachable"
+    assert "(cluster-internal) in table" in walked["hops"][-1]["rule"]
+
+
+def test_egress_policy_ip_blocks_apply_to_addresses_outside(state: Path, tmp_path: Path) -> None:
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "outside", "namespace": "web"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{"ipBlock": {"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25"]}}],
+                    "ports": [{"port": 443}],
+                }
+            ],
+        },
+    }
+    (tmp_path / "p.yaml").write_text(manifest(policy))
+    _cli(state, "apply", "-f", str(tmp_path / "p.yaml"))
+    assert _trace(state, "web/a", "198.51.100.7", port=443)["verdict"] == "allow"
+    for destination, port in (("198.51.100.7", 80), ("198.51.100.200", 443)):
+        walked = _trace(state, "web/a", destination, port=port)
+        assert walked["verdict"] == "deny" and walked["hops"][-1]["rule"] == "web/outside"
+    assert _trace(state, "web/b", "198.51.100.200", port=80)["verdict"] == "allow"  # not selected
+
+
+def test_from_outside_only_services_lead_in(state: Path) -> None:
+    pod = _trace(state, "web/a", "198.51.100.7", port=443)["hops"][0]["detail"].split()[1]
+    walked = _trace(state, "198.51.100.7", pod, port=8080)
+    assert walked["verdict"] == "deny"
+    assert walked["hops"][-1]["detail"] == f"{pod}: not routed into the cluster from outside"
+    walked = _trace(state, "198.51.100.7", "198.51.100.20", port=80)
+    assert walked["verdict"] == "allow" and walked["hops"][-1]["detail"] == f"to web/a {pod}:8080/TCP"
+
+
 def test_the_matrix_grid_marks_allowed_and_denied(state: Path) -> None:
     grid = _cli(state, "matrix", "--port", "80", "--to", "services", "-n", "web").splitlines()
     assert grid[0].split("\t")[0] == "-" and "web/empty" in grid[0].split("\t")
@@ -189,7 +254,7 @@ def test_collection_mode_lets_nginx_use_ftleonardo_and_nothing_else(tmp_path: Pa
     assert [h["rule"] for h in walked["hops"] if h["step"] == "policy"] == ["shop/uses-ftleonardo rules[0]"]
     denied = _trace(state, pods["leonardo"], "svc/shop/nginx", port=80)
     assert denied["verdict"] == "deny"
-    assert denied["hops"][-1]["rule"].startswith("unreachable default in table")
+    assert denied["hops"][-1]["rule"].startswith("unreachable 10.32.0.0/12 (cluster-internal) in table")
     assert denied["hops"][-1]["rule"].endswith("of network shop/leonardo")
     direct = _trace(state, pods["nginx"], pods["leonardo"], port=8000)  # not through the VIP
     assert direct["verdict"] == "deny" and "leaked only for traffic to" in direct["hops"][-1]["detail"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import sys
 import weakref
 from collections import defaultdict
@@ -34,12 +35,24 @@ from isthmus.compile.state import (
     NodeEntry,
     NodeState,
     Peer,
+    Prefix,
     RouteEntry,
     RuleEntry,
     ServiceEntry,
     Target,
 )
-from isthmus.model import Endpoint, FloatingIP, KubeObject, Node, Object, Policy, ServiceVIP, VirtualNetwork
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    KubeObject,
+    Node,
+    Object,
+    Policy,
+    ServiceVIP,
+    Subnet,
+    SubnetPool,
+    VirtualNetwork,
+)
 from isthmus.model.meta import split_ref
 from isthmus.model.netpol import NetworkPolicySpec, parse_network_policy
 from isthmus.model.policy import Peer as PolicyPeer
@@ -50,6 +63,7 @@ Made = list[tuple[str, Key, Entry]]  # scope, key, entry
 Isolations = tuple[Isolation | None, Isolation | None]  # ingress, egress
 TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
 METADATA_NAME = "kubernetes.io/metadata.name"
+INTERNAL = "cluster-internal prefix"  # the rule of unreachable routes that keep egress inside isolation
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
@@ -78,6 +92,8 @@ class Compiler:
         "Policy",
         "Namespace",
         "NetworkPolicy",
+        "Subnet",
+        "SubnetPool",
     )
 
     def __init__(self, objects: Iterable[Object] = ()) -> None:
@@ -94,6 +110,7 @@ class Compiler:
         self.state: dict[str, Entries] = {SHARED: {}}
         for obj in objects:
             self._store(obj)
+        self.internal = self._internal()
         self._recompute(set(self._units()), Delta())
 
     # -- reading the state
@@ -119,6 +136,12 @@ class Compiler:
             if old is not None:
                 touched |= self._touches(old)
                 self._index(old, add=False)
+        addressing = ("Node", "VirtualNetwork", "Subnet", "SubnetPool")
+        if any(o.kind in addressing for o in puts) or any(d[0] in addressing for d in deletes):
+            internal = self._internal()
+            if internal != self.internal:  # every egress network's table holds these prefixes
+                self.internal = internal
+                touched |= {("VirtualNetwork", ns, name) for ns, name in self.objects["VirtualNetwork"]}
         delta = Delta()
         self._recompute(touched, delta)
         return delta
@@ -151,6 +174,38 @@ class Compiler:
     def _endpoints(self, group: str) -> list[Endpoint]:
         found = (self.objects["Endpoint"].get(k) for k in sorted(self.members.get(group, ())))
         return [e for e in found if isinstance(e, Endpoint)]
+
+    def _internal(self) -> tuple[Prefix, ...]:
+        """The cluster's own addresses, never routed out of it: the nodes' addresses (only their node ports
+        answer endpoints), the subnets of every network that is not external and the SubnetPools such
+        networks draw from, aggregated."""
+        inside = {
+            key: network
+            for key, network in self.objects["VirtualNetwork"].items()
+            if isinstance(network, VirtualNetwork) and not network.spec.external
+        }
+        pools = {n.spec.subnet_pool for n in inside.values() if n.spec.subnet_pool}
+        found: list[Prefix] = [
+            _host(n.spec.address) for n in self.objects["Node"].values() if isinstance(n, Node)
+        ]
+        for (namespace, _), subnet in self.objects["Subnet"].items():
+            if not isinstance(subnet, Subnet) or subnet.spec.cidr is None:
+                continue
+            ns, network = split_ref(subnet.spec.network, namespace or None)
+            if (ns or "", network) in inside:
+                found.append(subnet.spec.cidr)
+                pools |= {subnet.spec.pool} if subnet.spec.pool else set()
+        found += [
+            pool.spec.cidr
+            for (_, name), pool in self.objects["SubnetPool"].items()
+            if name in pools and isinstance(pool, SubnetPool)
+        ]
+        return tuple(
+            itertools.chain(
+                ipaddress.collapse_addresses(p for p in found if isinstance(p, ipaddress.IPv4Network)),
+                ipaddress.collapse_addresses(p for p in found if isinstance(p, ipaddress.IPv6Network)),
+            )
+        )
 
     def _units(self) -> Iterator[Unit]:
         for kind in ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "Policy"):
@@ -250,8 +305,9 @@ class Compiler:
             return self._policy(obj)
         return []
 
-    @staticmethod
-    def _network(network: VirtualNetwork) -> Made:
+    def _network(self, network: VirtualNetwork) -> Made:
+        """Its table's end: unreachable, or with egress a default route out (source NAT) behind
+        unreachable routes to every cluster-internal prefix, so that isolation still holds."""
         if network.spec.vni is None:
             return []
         name = ref(network.metadata.namespace, network.metadata.name)
@@ -262,11 +318,27 @@ class Compiler:
                 NetworkEntry(name, network.spec.vni, TABLE_BASE + network.spec.vni, network.spec.mode),
             )
         ]
+        if not network.spec.egress:
+            return made + [
+                (SHARED, ("route", name, str(default)), RouteEntry(name, default, "unreachable"))
+                for default in DEFAULTS
+            ]
         made += [
-            (SHARED, ("route", name, str(default)), RouteEntry(name, default, "unreachable"))
+            (
+                SHARED,
+                ("route", name, str(default)),
+                RouteEntry(name, default, "egress", rule=f"VirtualNetwork {name} egress"),
+            )
             for default in DEFAULTS
         ]
-        return made
+        return made + [
+            (
+                SHARED,
+                ("route", name, str(prefix)),
+                RouteEntry(name, prefix, "unreachable", rule=INTERNAL),
+            )
+            for prefix in self.internal
+        ]
 
     def identity(self, endpoint: Endpoint) -> Identity:
         namespace = endpoint.metadata.namespace or ""

@@ -8,7 +8,7 @@ and diff entry by entry.
 Keys, by their first element:
   ("node", name)                        NodeEntry: the node's underlay address (its VTEP)
   ("network", ref)                      NetworkEntry: VNI and routing table of a virtual network
-  ("route", network, prefix)            RouteEntry: the network's table; endpoint, leak or unreachable
+  ("route", network, prefix)            RouteEntry: the network's table; endpoint, leak, egress or unreachable
   ("identity", network, address)        Identity: who an address is, for NetworkPolicy peers
   ("service", address, protocol, port)  ServiceEntry: a VIP, external IP or floating IP and its backends
   ("nodeport", protocol, port)          ServiceEntry: the same, on every node's own address
@@ -50,11 +50,12 @@ class NetworkEntry:
 class RouteEntry:
     """`endpoint`: to an endpoint of the network (through its veth on its node, else VXLAN to the node);
     `leak`: to an endpoint of `target` network, allowed by `rule` (only towards `via`, a VIP, when set);
-    `unreachable`: the end of the table."""
+    `egress`: out of the cluster through the sending node's uplink, source NATed to the node's address;
+    `unreachable`: the end of the table, and in a table with egress every cluster-internal prefix."""
 
     network: str
     prefix: Prefix
-    kind: Literal["endpoint", "leak", "unreachable"]
+    kind: Literal["endpoint", "leak", "egress", "unreachable"]
     node: str | None = None
     endpoint: str | None = None
     target: str | None = None

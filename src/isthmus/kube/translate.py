@@ -75,7 +75,10 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
             }
         ),
         VirtualNetwork.model_validate(
-            {"metadata": _meta("pods", system), "spec": {"shared": True, "subnetPool": "kube-pods"}}
+            {
+                "metadata": _meta("pods", system),
+                "spec": {"shared": True, "subnetPool": "kube-pods", "egress": True},
+            }
         ),
         VirtualNetwork.model_validate({"metadata": _meta("services", system), "spec": {"shared": True}}),
         Subnet.model_validate(
@@ -360,7 +363,9 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
     pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
     local = sorted({n for n in (network_of(p, mode, config) for p in pods) if "/" not in n})
     made += [
-        VirtualNetwork.model_validate({"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods"}})
+        VirtualNetwork.model_validate(
+            {"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods", "egress": True}}
+        )
         for n in local
     ]
     if mode == "collection":

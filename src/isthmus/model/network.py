@@ -70,10 +70,20 @@ class VirtualNetworkSpec(Model):
     import_targets: list[RouteTarget] = []
     export_targets: list[RouteTarget] = []
     external: bool = Field(False, description="a pool of public floating IPs, usable by every tenant")
+    egress: bool = Field(
+        False,
+        description="endpoints reach addresses outside the cluster, source NATed to their node's address",
+    )
     shared: bool = Field(False, description="other tenants may attach endpoints and VIPs to it")
     subnet_pool: Name | None = Field(
         None, description="grow by a block of this SubnetPool when subnets are full"
     )
+
+    @model_validator(mode="after")
+    def _inside(self) -> VirtualNetworkSpec:
+        if self.external and self.egress:
+            raise ValueError("an external network is outside already: egress applies to internal networks")
+        return self
 
 
 class VirtualNetwork(Resource):

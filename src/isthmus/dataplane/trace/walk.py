@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from isthmus.compile.compiler import Compiler
+from isthmus.compile.compiler import INTERNAL, Compiler
 from isthmus.compile.netpol import allowing
 from isthmus.compile.state import (
     Address,
@@ -233,18 +233,32 @@ class Tracer:
                 )
                 return "deny"
             hops.append(Hop(node, "egress policy", f"allowed to {destination}:{port}/{protocol}", allow.rule))
-        if source.network is None:
-            return self._arrive(source, node, destination, port, protocol, service, hops, found)
-        route = self.route(source.network, destination)
-        network = self.shared.get(("network", source.network))
+        # from outside, only a service's DNAT leads in: the backend is routed in its own network's table
+        network_name = source.network or (found[0] if service is not None and found else None)
+        if network_name is None:
+            hops.append(
+                Hop(node, "route", f"{destination}: not routed into the cluster from outside", "no route")
+            )
+            return "deny"
+        route = self.route(network_name, destination)
+        network = self.shared.get(("network", network_name))
         table = (
-            f"table {network.table} of network {source.network}"
+            f"table {network.table} of network {network_name}"
             if isinstance(network, NetworkEntry)
-            else (f"network {source.network}")
+            else (f"network {network_name}")
         )
         if route is None or route.kind == "unreachable":
-            hops.append(Hop(node, "route", f"{destination}: unreachable", f"unreachable default in {table}"))
+            internal = route is not None and route.rule == INTERNAL
+            prefix = f"{route.prefix} (cluster-internal)" if route is not None and internal else "default"
+            hops.append(Hop(node, "route", f"{destination}: unreachable", f"unreachable {prefix} in {table}"))
             return "deny"
+        if route.kind == "egress":
+            out = f"{destination}: leaves the cluster through {node}'s uplink"
+            hops.append(Hop(node, "route", out, f"{route.prefix} egress in {table}"))
+            hops += self._snat(
+                node, source.address, f"{destination}:{port}" if protocol == "UDP" else "", route.rule
+            )
+            return "allow"
         if route.kind == "leak" and route.via is not None and (service is None or service.vip != route.via):
             hops.append(
                 Hop(node, "route", f"{destination}: leaked only for traffic to {route.via}", route.rule)
@@ -257,7 +271,7 @@ class Tracer:
         if arrive == node:
             hops.append(Hop(node, "route", f"{destination}: local, through the endpoint's veth", where))
         else:
-            vni = self.shared.get(("network", route.target or source.network))
+            vni = self.shared.get(("network", route.target or network_name))
             vtep = self.shared.get(("node", arrive))
             hops.append(
                 Hop(
@@ -268,8 +282,20 @@ class Tracer:
                     where,
                 )
             )
-            hops.append(Hop(arrive, "tunnel", f"decapsulated into network {route.target or source.network}"))
+            hops.append(Hop(arrive, "tunnel", f"decapsulated into network {route.target or network_name}"))
         return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
+
+    def _snat(self, node: str, source: Address, reply: str, rule: str) -> list[Hop]:
+        """Source NAT to the node's address; the `reply` (UDP) returns through connection tracking."""
+        uplink = self.shared.get(("node", node))
+        address = uplink.address if isinstance(uplink, NodeEntry) else "?"
+        hops = [Hop(node, "snat", f"source {source} -> {address} (masquerade)", rule)]
+        if reply:
+            back = f"destination rewritten back to {source}"
+            hops.append(
+                Hop(node, "reply", f"{reply} -> {address}: established in connection tracking, {back}")
+            )
+        return hops
 
     def route(self, network: str, destination: Address) -> RouteEntry | None:
         """The longest prefix of the network's table that holds the destination."""
