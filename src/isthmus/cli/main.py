@@ -339,6 +339,24 @@ def watch(ctx: Context, kubeconfig: str, resync: float) -> None:
     Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
 
 
+@cli.group()
+def agent() -> None:
+    """The node agent."""
+
+
+@agent.command("run")
+@click.option("--node", required=True, help="The Node this agent programs.")
+@click.option("--socket", default="/run/isthmus/cni.sock", show_default=True, help="The CNI plugin's socket.")
+@click.option("--work", default="/var/lib/isthmus/agent", show_default=True, help="The agent's own files.")
+@click.option("--metrics", help="HOST:PORT to serve Prometheus metrics on.")
+@pass_context
+def agent_run(ctx: Context, node: str, socket: str, work: str, metrics: str | None) -> None:
+    """Program this node's network namespace and serve the CNI plugin until stopped."""
+    from isthmus.agent.run import run
+
+    run(ctx.ledger, node, Path(socket), Path(work), metrics)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="isthmus")
 

@@ -1,0 +1,58 @@
+"""Running the agent as a process: the node's sysctls, the CNI socket, the metrics endpoint, signals."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from isthmus.agent.cni import Service, serve
+from isthmus.agent.node import Agent
+from isthmus.dataplane.kernel.driver import Driver
+from isthmus.store import Ledger
+
+SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv4/fwmark_reflect": "1",  # resets and ICMP errors the node sends go back in the pod's table
+    "net/ipv4/fib_multipath_hash_policy": "1",
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+}
+
+
+def _metrics(agent: Agent, listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = agent.metrics.text(agent.node).encode()
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body if self.path == "/metrics" else b"")
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None) -> None:
+    """Program the node and serve the plugin until SIGTERM or SIGINT; the kernel keeps its state."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name, value in SYSCTLS.items():
+        Path("/proc/sys", name).write_text(value)
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    agent = Agent(ledger, node, Driver())
+    server = serve(Service(agent, work), socket)
+    if metrics:
+        _metrics(agent, metrics)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("isthmus.agent").info("node %s programmed at revision %d", node, agent.revision)
+    agent.run(stop)
+    server.shutdown()

@@ -1,0 +1,222 @@
+"""Links, routes, rules and VXLAN peers through netlink (pyroute2), read as plan entries and changed one
+entry at a time. Everything here lives in the node's namespace: devices named isv*/isx*, the tables
+above TABLE_BASE and the `ip rule`s at RULE_PRIORITY."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from isthmus.compile.compiler import TABLE_BASE
+from isthmus.compile.state import Key
+from isthmus.dataplane.kernel.plan import (
+    GATEWAY,
+    MARK_MASK,
+    RULE_PRIORITY,
+    VETH_PREFIX,
+    VXLAN_MTU,
+    VXLAN_PORT,
+    VXLAN_PREFIX,
+    Plan,
+    Route,
+    Veth,
+    Vxlan,
+)
+
+ONLINK = 4
+PERMANENT = 0x80
+MAIN = 254
+ROUTE_TYPES = {1: "unicast", 7: "unreachable", 9: "throw"}
+
+
+class AttachError(RuntimeError):
+    """A sandbox could not be attached; the message says why."""
+
+
+def connect(netns: str | None = None) -> Any:
+    return NetNS(netns) if netns else IPRoute()
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def read(ipr: Any) -> Plan:
+    found: Plan = {}
+    names: dict[int, str] = {}
+    for link in ipr.link("dump"):
+        name = link.get("ifname")
+        names[link["index"]] = name
+        if name.startswith(VXLAN_PREFIX):
+            data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA")) or {}
+            vni = data.get("IFLA_VXLAN_ID") if hasattr(data, "get") else None
+            local = data.get("IFLA_VXLAN_LOCAL") if hasattr(data, "get") else None
+            found[("vxlan", name)] = Vxlan(vni or 0, local or "", link.get("address"))
+            for neigh in ipr.neigh("dump", ifindex=link["index"]):
+                if neigh["state"] & PERMANENT and neigh.get("dst"):
+                    found[("peer", name, neigh.get("dst"))] = neigh.get("lladdr")
+        elif name.startswith(VETH_PREFIX):
+            found[("veth", name)] = None
+    for family in (2, 10):
+        for route in ipr.route("dump", family=family):
+            table = route.get("table")
+            if table is None or table <= TABLE_BASE or table > TABLE_BASE + 2**24:
+                continue
+            dst = route.get("dst") or ("0.0.0.0" if family == 2 else "::")
+            prefix = str(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+            kind = ROUTE_TYPES.get(route["type"], "")
+            if kind == "unicast":
+                device = names.get(route.get("oif"), "")
+                gateway = route.get("gateway") or ""
+                found[("route", table, prefix)] = Route("via" if gateway else "dev", device, gateway)
+            elif kind:
+                found[("route", table, prefix)] = Route(kind)  # type: ignore[arg-type]
+    for rule in ipr.rule("dump", family=2):
+        if rule.get("priority") == RULE_PRIORITY and rule.get("table"):
+            found[("rule", rule.get("table"))] = RULE_PRIORITY
+        elif rule.get("priority") == RULE_PRIORITY - 1 and rule.get("iifname") == "lo":
+            found[("rule", "underlay")] = RULE_PRIORITY - 1
+    return found
+
+
+def put(ipr: Any, key: Key, value: object, old: object) -> None:
+    """Make the kernel hold `value` under `key` (it held `old`, None when absent)."""
+    kind = key[0]
+    if kind == "vxlan" and isinstance(value, Vxlan):
+        if old is not None:
+            remove(ipr, key, old)
+        ipr.link(
+            "add",
+            ifname=key[1],
+            kind="vxlan",
+            vxlan_id=value.vni,
+            vxlan_local=value.local,
+            vxlan_port=VXLAN_PORT,
+            vxlan_learning=0,
+            address=value.mac,
+            mtu=VXLAN_MTU,
+        )
+        ipr.link("set", index=_index(ipr, str(key[1])), state="up")
+    elif kind == "peer":
+        index = _index(ipr, str(key[1]))
+        ipr.neigh("replace", dst=key[2], lladdr=value, ifindex=index, state=PERMANENT)
+        with contextlib.suppress(NetlinkError):
+            ipr.fdb("del", ifindex=index, lladdr=old, dst=key[2]) if old else None
+        ipr.fdb("append", ifindex=index, lladdr=value, dst=key[2], state=PERMANENT)
+    elif kind == "route" and isinstance(value, Route):
+        ipr.route("replace", **_route(ipr, key, value))
+    elif kind == "rule":
+        with contextlib.suppress(NetlinkError):
+            ipr.rule("del", **_rule(key))
+        ipr.rule("add", **_rule(key))
+    elif kind == "veth" and isinstance(value, Veth):
+        index = _index(ipr, str(key[1]))
+        if index is None:
+            raise LookupError(f"{key[1]} of {value.endpoint} is not attached yet (waiting for CNI ADD)")
+
+
+def _rule(key: Key) -> dict[str, Any]:
+    if key[1] == "underlay":
+        port = f"{VXLAN_PORT}:{VXLAN_PORT}"
+        return {
+            "iifname": "lo",
+            "ip_proto": 17,
+            "dport_range": port,
+            "table": MAIN,
+            "priority": RULE_PRIORITY - 1,
+        }
+    return {"fwmark": key[1], "fwmask": MARK_MASK, "table": key[1], "priority": RULE_PRIORITY}
+
+
+def _route(ipr: Any, key: Key, route: Route) -> dict[str, Any]:
+    prefix = ipaddress.ip_network(str(key[2]))
+    spec: dict[str, Any] = {"dst": str(prefix), "table": key[1], "family": 10 if prefix.version == 6 else 2}
+    if route.kind in ("unreachable", "throw"):
+        return spec | {"type": route.kind}
+    index = _index(ipr, route.device)
+    if index is None:
+        raise LookupError(f"route {prefix} in table {key[1]}: device {route.device} does not exist yet")
+    spec["oif"] = index
+    if route.gateway:
+        spec |= {"gateway": route.gateway, "flags": ONLINK}
+    return spec
+
+
+def remove(ipr: Any, key: Key, old: object) -> None:
+    kind = key[0]
+    with contextlib.suppress(NetlinkError, LookupError):
+        if kind in ("vxlan", "veth"):
+            index = _index(ipr, str(key[1]))
+            if index is not None:
+                ipr.link("del", index=index)
+        elif kind == "peer":
+            index = _index(ipr, str(key[1]))
+            ipr.neigh("del", dst=key[2], ifindex=index)
+            ipr.fdb("del", ifindex=index, lladdr=old, dst=key[2])
+        elif kind == "route":
+            prefix = ipaddress.ip_network(str(key[2]))
+            ipr.route("del", dst=str(prefix), table=key[1], family=10 if prefix.version == 6 else 2)
+        elif kind == "rule":
+            ipr.rule("del", **_rule(key))
+
+
+@contextlib.contextmanager
+def _sandbox(path: str) -> Iterator[tuple[Any, int]]:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise AttachError(f"network namespace {path}: {exc.strerror}") from None
+    try:
+        with NetNS(path) as ns:
+            yield ns, fd
+    finally:
+        os.close(fd)
+
+
+def attach(ipr: Any, host: str, veth: Veth, sandbox: str, ifname: str) -> dict[str, Any]:
+    """A veth pair from the node (`host`, holding the pods' gateway address) into the sandbox (`ifname`,
+    with the endpoint's addresses and a default route through the gateway). Returns the interfaces."""
+    with _sandbox(sandbox) as (ns, fd):
+        if ns.link_lookup(ifname=ifname):
+            raise AttachError(f"interface {ifname} already exists in {sandbox}")
+        if _index(ipr, host) is not None:
+            ipr.link("del", index=_index(ipr, host))  # left by an attachment its runtime never deleted
+        peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "mtu": VXLAN_MTU}
+        if veth.mac:
+            peer["address"] = veth.mac
+        ipr.link("add", ifname=host, kind="veth", mtu=VXLAN_MTU, peer=peer)
+        index = _index(ipr, host)
+        ipr.addr("add", index=index, address=GATEWAY, prefixlen=32)
+        ipr.link("set", index=index, state="up")
+        inside = ns.link_lookup(ifname=ifname)[0]
+        for address in veth.addresses:
+            parsed = ipaddress.ip_address(address)
+            ns.addr("add", index=inside, address=address, prefixlen=parsed.max_prefixlen)
+        ns.link("set", index=inside, state="up")
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        ns.route("add", dst=f"{GATEWAY}/32", oif=inside, scope=253)
+        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=inside)
+        mac = ns.get_links(inside)[0].get("address")
+        host_mac = ipr.get_links(index)[0].get("address")
+    return {"host": {"name": host, "mac": host_mac}, "sandbox": {"name": ifname, "mac": mac}}
+
+
+def attached(ipr: Any, host: str, sandbox: str, ifname: str) -> list[str]:
+    """What is missing of an attachment (empty when it is whole)."""
+    problems = []
+    if _index(ipr, host) is None:
+        problems.append(f"host interface {host} is gone")
+    try:
+        with _sandbox(sandbox) as (ns, _):
+            if not ns.link_lookup(ifname=ifname):
+                problems.append(f"interface {ifname} is gone from {sandbox}")
+    except AttachError as exc:
+        problems.append(str(exc))
+    return problems
