@@ -271,7 +271,7 @@ class Tracer:
         if arrive == node:
             hops.append(Hop(node, "route", f"{destination}: local, through the endpoint's veth", where))
         else:
-            vni = self.shared.get(("network", route.target or network_name))
+            vni = self.shared.get(("network", network_name))
             vtep = self.shared.get(("node", arrive))
             hops.append(
                 Hop(
@@ -282,7 +282,7 @@ class Tracer:
                     where,
                 )
             )
-            hops.append(Hop(arrive, "tunnel", f"decapsulated into network {route.target or network_name}"))
+            hops.append(Hop(arrive, "tunnel", f"decapsulated into the table of network {network_name}"))
         return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
 
     def _snat(self, node: str, source: Address, reply: str, rule: str) -> list[Hop]:
