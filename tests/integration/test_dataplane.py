@@ -83,7 +83,10 @@ def lab(tmp_path: Path) -> Iterator[tuple[Fabric, dict[str, str]]]:
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": "nobody", "namespace": "web"},
-            "spec": {"selector": {"app": "none"}, "ports": [{"port": 80}]},
+            "spec": {
+                "selector": {"app": "none"},
+                "ports": [{"name": "tcp", "port": 80}, {"name": "udp", "port": 53, "protocol": "UDP"}],
+            },
         },
     ]
     _apply(state, tmp_path, *docs)
@@ -134,6 +137,10 @@ def test_pods_talk_across_nodes_through_services_and_policy(
     assert _probe(pods["c"], b, protocol="UDP") == "web/b"
     seen = {_probe(pods["c"], _vip(state, "web"), 8080) for _ in range(30)}
     assert seen == {"web/a", "web/b"}  # DNAT spreads over backends on both nodes
+    nobody = _vip(state, "nobody")
+    assert _probe(pods["c"], nobody) == "failed: ConnectionRefusedError"  # no endpoints: refused
+    assert _probe(pods["c"], nobody, 53, "UDP") == "failed: ConnectionRefusedError"
+    assert _probe(pods["c"], nobody, 81) == "failed: OSError"  # not a port of the service: unreachable
     assert _probe(pods["c"], fabric.nodes["node-1"]).startswith("failed")  # pods do not reach nodes
     deny = {
         "apiVersion": "networking.k8s.io/v1",

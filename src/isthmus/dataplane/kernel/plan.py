@@ -17,6 +17,11 @@ Forwarding: a pod's veth and a network's VXLAN device mark packets with the netw
 connection-tracking zone (networks joined by leaked routes share one); `ip rule fwmark T lookup T` picks
 the table; connection tracking keeps the mark of the first packet, so replies return through the table
 of the network that opened the connection. IPv4 only in nftables (IPv6 endpoints get routes, no policy).
+
+Refusal: a VIP with a port that has no target is routed in every table (to the network's VXLAN device),
+and the forward chain refuses that port (TCP reset, ICMP port unreachable) and the VIP's other ports as
+unreachable, as the table does for other VIPs. Prerouting cannot refuse: the kernel routes that answer
+without the packet's mark. Node ports with no target are refused by the input chain.
 """
 
 from __future__ import annotations
@@ -250,10 +255,11 @@ _MARK = f"meta mark and {MARK_MASK:#x}"
 _SERVICES = """ip daddr . meta l4proto . th dport vmap @services
 fib daddr type local meta l4proto . th dport vmap @nodeports
 dnat ip to ip daddr map @floating"""
-_REJECT = """meta l4proto tcp ip daddr . meta l4proto . th dport @rejected reject with tcp reset
+_REFUSE = """meta l4proto tcp ip daddr . meta l4proto . th dport @rejected reject with tcp reset
 ip daddr . meta l4proto . th dport @rejected reject
-meta l4proto tcp fib daddr type local meta l4proto . th dport @nodeport_rejected reject with tcp reset
-fib daddr type local meta l4proto . th dport @nodeport_rejected reject"""
+ip daddr @refused reject with icmp host-unreachable"""
+_REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejected reject with tcp reset
+meta l4proto . th dport @nodeport_rejected reject"""
 _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
 BASE: Plan = {
     ("set", "networks"): "ifname : mark",
@@ -266,6 +272,7 @@ BASE: Plan = {
     ("set", "nodeports"): "inet_proto . inet_service : verdict",
     ("set", "rejected"): "ipv4_addr . inet_proto . inet_service",
     ("set", "nodeport_rejected"): "inet_proto . inet_service",
+    ("set", "refused"): "ipv4_addr",
     ("set", "floating"): "ipv4_addr : ipv4_addr",
     ("set", "ingress"): "ifname : verdict",
     ("set", "egress"): "ifname : verdict",
@@ -276,10 +283,7 @@ ct zone set iifname map @zones""",
 ct zone set oifname map @zones""",
     ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
 ct state new ct direction original ct mark set {_MARK}
-ct direction reply meta mark set ct mark
-{_REJECT}""",
-    ("chain", "out_filter"): f"""type filter hook output priority filter; policy accept;
-{_REJECT}""",
+ct direction reply meta mark set ct mark""",
     ("chain", "pre_nat"): f"""type nat hook prerouting priority dstnat; policy accept;
 {_SERVICES}""",
     ("chain", "out_nat"): f"""type nat hook output priority -100; policy accept;
@@ -290,11 +294,13 @@ ip saddr . ip daddr @hairpin masquerade
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
 ct state established,related accept
 ct state invalid drop
+{_REFUSE}
 iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
 iifname "{VETH_PREFIX}*" jump rules
 iifname vmap @egress
 oifname vmap @ingress""",
     ("chain", "input"): f"""type filter hook input priority filter; policy accept;
+{_REFUSE_NODEPORT}
 iifname "{VETH_PREFIX}*" ct state established,related accept
 iifname "{VETH_PREFIX}*" counter drop comment "pods do not reach the node"
 """,
@@ -341,22 +347,7 @@ def plan(state: NodeState) -> Plan:
         builder.element("networks", f'"{device}"', str(network.table))
         builder.element("zones", f'"{device}"', str(zone[network.ref]))
     made[("rule", "underlay")] = RULE_PRIORITY - 1
-    veths: dict[str, Veth] = {}
-    for entry in state.own.values():
-        if isinstance(entry, LocalEntry):
-            name = veth_name(entry.endpoint)
-            known = veths.get(name)
-            addresses = (*(known.addresses if known else ()), str(entry.address))
-            veths[name] = Veth(entry.endpoint, entry.network, addresses, entry.mac)
-    for name, veth in veths.items():
-        made[("veth", name)] = veth
-        table = networks[veth.network].table if veth.network in networks else 0
-        if table:
-            builder.element("networks", f'"{name}"', str(table))
-            builder.element("zones", f'"{name}"', str(zone[veth.network]))
-        for own in veth.addresses:
-            if _v4(own):
-                builder.element("hairpin", f"{own} . {own}")
+    _veths(builder, networks, zone)
     for key, entry in state.shared.items():
         if isinstance(entry, RouteEntry) and entry.network in networks:
             _route(builder, entry, networks, nodes, state.node)
@@ -372,6 +363,10 @@ def plan(state: NodeState) -> Plan:
             body = _isolation(builder, entry, direction, identity if isinstance(identity, Identity) else None)
             chain = builder.chain("in" if direction == "ingress" else "out", body)
             builder.element(direction, f'"{veth_name(local.endpoint)}"', f"jump {chain}")
+    refused = [str(k[2]) for k in made if k[:2] == ("element", "refused")]
+    for vip in refused if local_address else ():  # routed, so that the forward chain refuses them
+        for network in networks.values():
+            made[("route", network.table, f"{vip}/32")] = Route("dev", vxlan_name(network.vni))
     ordered = sorted((k, e) for k, e in state.shared.items() if k[0] == "rule" and isinstance(e, RuleEntry))
     rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for _, e in ordered))))
     for base, declared in BASE.items():
@@ -380,6 +375,25 @@ def plan(state: NodeState) -> Plan:
         else:
             made[base] = declared
     return made
+
+
+def _veths(builder: _Builder, networks: dict[str, NetworkEntry], zone: dict[str, int]) -> None:
+    """One veth per local endpoint, holding all its addresses."""
+    veths: dict[str, Veth] = {}
+    for entry in builder.state.own.values():
+        if isinstance(entry, LocalEntry):
+            name = veth_name(entry.endpoint)
+            known = veths.get(name)
+            addresses = (*(known.addresses if known else ()), str(entry.address))
+            veths[name] = Veth(entry.endpoint, entry.network, addresses, entry.mac)
+    for name, veth in veths.items():
+        builder.plan[("veth", name)] = veth
+        if veth.network in networks:
+            builder.element("networks", f'"{name}"', str(networks[veth.network].table))
+            builder.element("zones", f'"{name}"', str(zone[veth.network]))
+        for own in veth.addresses:
+            if _v4(own):
+                builder.element("hairpin", f"{own} . {own}")
 
 
 def _route(
@@ -419,6 +433,7 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
         element = f"{address} . {protocol.lower()} . {port}"
         if chain is None:
             builder.element("rejected", element)
+            builder.element("refused", address)
         else:
             builder.element("services", element, f"goto {chain}")
         return
