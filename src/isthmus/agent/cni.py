@@ -14,7 +14,10 @@ from typing import Any
 
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel import netlink
-from isthmus.dataplane.kernel.plan import GATEWAY, veth_name
+from isthmus.dataplane.kernel.plan import GATEWAY, Veth, veth_name
+from isthmus.model import Endpoint
+
+BROKEN = 100  # plugin-specific CNI code: an attachment could not be made, or is no longer whole
 
 
 class Refused(Exception):
@@ -68,14 +71,15 @@ class Service:
         namespace = args.get("K8S_POD_NAMESPACE") or config.get("namespace", "default")
         if not name:
             raise Refused(7, "no endpoint named: CNI_ARGS K8S_POD_NAME or config 'endpoint' is required")
-        deadline = time.monotonic() + self.wait
-        while (veth := self.agent.endpoint(namespace, name)) is None:
-            if time.monotonic() > deadline:
-                raise Refused(11, f"endpoint {namespace}/{name} is not scheduled to {self.agent.node} yet")
-            time.sleep(0.05)
+        veth = self._scheduled(namespace, name)
         host = veth_name(veth.endpoint)
         with self.agent.lock:
-            made = self.agent.driver.attach(veth, host, request["netns"], request["ifname"])
+            try:
+                made = self.agent.driver.attach(veth, host, request["netns"], request["ifname"])
+            except (netlink.AttachError, OSError) as exc:
+                raise Refused(BROKEN, f"cannot attach {veth.endpoint} in {request['netns']}: {exc}") from None
+            for superseded in [k for k, v in self.attachments.held.items() if v["host"] == host]:
+                del self.attachments.held[superseded]  # attach replaced its veth: its DEL must not undo ours
             self.attachments.held[_id(request)] = {
                 "endpoint": veth.endpoint,
                 "host": host,
@@ -98,6 +102,22 @@ class Service:
             "dns": {},
         }
 
+    def _scheduled(self, namespace: str, name: str) -> Veth:
+        """The endpoint's attachment on this node. An endpoint the ledger places on another node is
+        refused at once; one not (yet) known here is waited for, since the runtime may call ADD before
+        the ledger's change reaches this agent."""
+        deadline = time.monotonic() + self.wait
+        while (veth := self.agent.endpoint(namespace, name)) is None:
+            with self.agent.lock:
+                found = self.agent.compiler.objects["Endpoint"].get((namespace, name))
+            elsewhere = found.spec.node if isinstance(found, Endpoint) else None
+            if elsewhere and elsewhere != self.agent.node:
+                raise Refused(11, f"endpoint {namespace}/{name} is on {elsewhere}, not {self.agent.node}")
+            if time.monotonic() > deadline:
+                raise Refused(11, f"endpoint {namespace}/{name} is not scheduled to {self.agent.node} yet")
+            time.sleep(0.05)
+        return veth
+
     def _forget(self, key: str) -> None:
         held = self.attachments.held.pop(key, None)
         if held is not None:
@@ -117,7 +137,7 @@ class Service:
                 self.agent.driver.ipr, held["host"], request["netns"], request["ifname"]
             )
         if problems:
-            raise Refused(100, f"attachment of {held['endpoint']} is broken: {'; '.join(problems)}")
+            raise Refused(BROKEN, f"attachment of {held['endpoint']} is broken: {'; '.join(problems)}")
 
     def gc(self, request: dict[str, Any]) -> None:
         valid = {

@@ -3,7 +3,7 @@ socket, prints the result. Standard library only, so that it starts fast; the ag
 
 Errors follow libcni: a JSON error on stdout and exit status 1. Codes: 1 incompatible version, 3 unknown
 container, 4 invalid environment, 6 undecodable config, 7 invalid network config, 11 try again later,
-50 plugin not available.
+50 plugin not available; from the agent, 100: the attachment could not be made or is no longer whole.
 """
 
 from __future__ import annotations
@@ -78,6 +78,15 @@ def _config(raw: str, command: str) -> dict[str, Any]:
     return config
 
 
+def _declared(raw: str) -> str:
+    """The config's cniVersion, read leniently (a config that is no JSON still gets an answer)."""
+    try:
+        version = json.loads(raw).get("cniVersion")
+    except (ValueError, AttributeError):
+        version = None
+    return version if isinstance(version, str) else SUPPORTED[-1]
+
+
 def _args(text: str) -> dict[str, str]:
     pairs = [p.split("=", 1) for p in text.split(";") if p]
     if any(len(p) != 2 for p in pairs):
@@ -87,6 +96,7 @@ def _args(text: str) -> dict[str, str]:
 
 def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the agent; an agent that does not answer is 'try again later' (STATUS: 50)."""
+    unavailable = 50 if request["command"] == "STATUS" else 11
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(60)
@@ -95,9 +105,13 @@ def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
             conn.shutdown(socket.SHUT_WR)
             answer = b"".join(iter(lambda: conn.recv(65536), b""))
     except OSError as exc:
-        code = 50 if request["command"] == "STATUS" else 11
-        raise CniError(code, f"the isthmus agent is not available at {path}: {exc.strerror or exc}") from None
-    reply: dict[str, Any] = json.loads(answer)
+        raise CniError(
+            unavailable, f"the isthmus agent is not available at {path}: {exc.strerror or exc}"
+        ) from None
+    try:
+        reply: dict[str, Any] = json.loads(answer)
+    except ValueError:
+        raise CniError(unavailable, f"the isthmus agent at {path} gave no answer") from None
     if "error" in reply:
         error = reply["error"]
         raise CniError(int(error["code"]), error["msg"], error.get("details", ""))
@@ -105,12 +119,12 @@ def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(env: dict[str, str], stdin: str) -> tuple[int, str]:
-    """The exit status and stdout of one invocation."""
-    version = "1.1.0"
+    """The exit status and stdout of one invocation; every answer, errors too, speaks the config's
+    cniVersion when it has one."""
+    version = _declared(stdin)
     try:
         command = _environment(env)
         config = _config(stdin, command)
-        version = config.get("cniVersion", version)
         if command == "VERSION":
             return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED)})
         request = {
