@@ -6,63 +6,32 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import click
 
-from isthmus import __version__, intent
+from isthmus import __version__
+from isthmus.cli.common import Context, apply_manifests, delete_objects, errors, pass_context
+from isthmus.cli.lab import lab
 from isthmus.cli.output import document, table
-from isthmus.compile import Compiler
+from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Source, Tracer
 from isthmus.dataplane.trace.matrix import grid, matrix
 from isthmus.kube.config import KubeConfig
-from isthmus.kube.sync import reconcile
-from isthmus.kube.translate import TranslationError
 from isthmus.model import (
     KINDS,
     KindInfo,
-    ManifestError,
     Object,
     ServiceVIP,
-    kind_of,
-    load_manifests,
     lookup_kind,
 )
-from isthmus.store import Ledger, LedgerError, objects, open_ledger
+from isthmus.store import Ledger, objects
 
 
 def default_state() -> str:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "isthmus")
-
-
-class Context:
-    def __init__(self, state: str) -> None:
-        self.state = state
-        self._ledger: Ledger | None = None
-
-    @property
-    def ledger(self) -> Ledger:
-        if self._ledger is None:
-            self._ledger = open_ledger(self.state)
-        return self._ledger
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn every expected failure into one line and exit code 1."""
-    try:
-        yield
-    except (intent.IntentError, ManifestError, LedgerError, TranslationError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyError as exc:
-        raise click.ClickException(str(exc.args[0])) from None
-
-
-pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,13 +49,6 @@ def cli(ctx: click.Context, state: str) -> None:
     ctx.obj = Context(state)
 
 
-def _report(applied: list[intent.Applied]) -> None:
-    """One line per object the user named or the change made; what stayed the same is not news."""
-    for item in applied:
-        obj = item.object
-        click.echo(f"{kind_of(obj).kind.lower()}/{obj.metadata.name} {item.action}")
-
-
 @cli.command()
 @click.option(
     "-f",
@@ -100,16 +62,8 @@ def _report(applied: list[intent.Applied]) -> None:
 @pass_context
 def apply(ctx: Context, paths: tuple[str, ...], namespace: str) -> None:
     """Create or replace objects from manifests, all of them or none."""
-    with _errors():
-        items = load_manifests(paths, namespace)
-        if not items:
-            raise click.ClickException(f"no objects in {', '.join(paths)}")
-        if any(kind_of(o).model is None for o in items):
-            named = {objects.object_key(o) for o in items}
-            done = reconcile(ctx.ledger, KubeConfig(), items)
-            _report([a for a in done if a.action != "unchanged" or objects.object_key(a.object) in named])
-        else:
-            _report(intent.apply(ctx.ledger, items))
+    with errors():
+        apply_manifests(ctx.ledger, paths, namespace)
 
 
 @cli.command()
@@ -123,7 +77,7 @@ def get(
     ctx: Context, kind: str, name: str | None, namespace: str, all_namespaces: bool, output: str | None
 ) -> None:
     """Show objects of a KIND (or `all`), or one by NAME."""
-    with _errors():
+    with errors():
         kinds = [k for k in KINDS if k.model is not None] + [k for k in KINDS if k.model is None]
         infos = kinds if kind == "all" else [lookup_kind(kind)]
         shown: list[tuple[KindInfo, list[Object]]] = []
@@ -174,36 +128,13 @@ def delete(
     ignore_not_found: bool,
 ) -> None:
     """Delete objects by KIND NAME... or by manifests (-f), all of them or none."""
-    with _errors():
-        if paths and kind:
-            raise click.UsageError("give either KIND NAME... or -f, not both")
-        if paths:
-            targets = [
-                (kind_of(o), o.metadata.namespace, o.metadata.name) for o in load_manifests(paths, namespace)
-            ]
-        elif kind and names:
-            info = lookup_kind(kind)
-            targets = [(info, namespace if info.namespaced else None, n) for n in names]
-        else:
-            raise click.UsageError("name what to delete: KIND NAME... or -f PATH")
-        if any(info.model is None for info, _, _ in targets):
-            present = [t for t in targets if objects.list_one(ctx.ledger, *t) is not None]
-            if len(present) < len(targets) and not ignore_not_found:
-                info, ns, name = next(t for t in targets if t not in present)
-                raise KeyError(f"{info.kind} {f'{ns}/' if ns else ''}{name} not found")
-            _report(
-                [a for a in reconcile(ctx.ledger, KubeConfig(), removed=present) if a.action != "unchanged"]
-            )
-        else:
-            _report(intent.delete(ctx.ledger, targets, missing_ok=ignore_not_found))
+    with errors():
+        delete_objects(ctx.ledger, kind, names, paths, namespace, ignore_not_found)
 
 
 def _tracer(ledger: Ledger) -> Tracer:
     """The compiled state of everything the ledger holds, ready to walk packets through."""
-    found: list[Object] = []
-    for kind in Compiler.KINDS:
-        found += objects.list_objects(ledger, lookup_kind(kind))[0]
-    return Tracer(Compiler(found))
+    return Tracer(compiled(ledger)[0])
 
 
 def _source(tracer: Tracer, given: str, namespace: str) -> Source:
@@ -244,7 +175,7 @@ def trace_command(
 ) -> None:
     """Walk a packet from SOURCE (NAMESPACE/POD, an endpoint or an address) to DESTINATION (NAMESPACE/POD,
     svc/NAMESPACE/NAME or an address) through the compiled state; each hop names the rule that decided."""
-    with _errors():
+    with errors():
         tracer = _tracer(ctx.ledger)
         walked = tracer.trace(
             _source(tracer, source, namespace),
@@ -276,7 +207,7 @@ def matrix_command(
     output: str | None,
 ) -> None:
     """The trace verdict for every source pod and every destination pod or service ClusterIP."""
-    with _errors():
+    with errors():
         result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces)
     click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))
 
@@ -355,6 +286,9 @@ def agent_run(ctx: Context, node: str, socket: str, work: str, metrics: str | No
     from isthmus.agent.run import run
 
     run(ctx.ledger, node, Path(socket), Path(work), metrics)
+
+
+cli.add_command(lab)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,8 +109,12 @@ def table(info: KindInfo, items: Sequence[Object], all_namespaces: bool, wide: b
     if all_namespaces and info.namespaced:
         columns.insert(0, ("NAMESPACE", lambda o: o.metadata.namespace or "", False))
     columns += [c for c in COLUMNS.get(info.kind, []) if wide or not c[2]]
-    rows = [[h for h, _, _ in columns]] + [[cell(o) for _, cell, _ in columns] for o in items]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    return aligned([[h for h, _, _ in columns]] + [[cell(o) for _, cell, _ in columns] for o in items])
+
+
+def aligned(rows: list[list[str]]) -> str:
+    """Rows as columns, the first row a header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 

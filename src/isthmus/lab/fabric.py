@@ -48,14 +48,28 @@ class Fabric:
     def socket(self, node: str) -> Path:
         return self.work / node / "cni.sock"
 
-    def build(self, nodes: list[str]) -> None:
-        """The switch and the nodes' namespaces, each node on the switch at SUBNET.(10 + i)/24."""
+    @classmethod
+    def load(cls, work: Path) -> Fabric:
+        """The lab saved in `work`."""
+        saved = json.loads((work / "fabric.json").read_text())
+        return cls(saved["prefix"], work / "state", work, nodes=saved["nodes"], processes=saved["processes"])
+
+    def sandbox(self, namespace: str, name: str) -> str:
+        """The netns of a pod."""
+        return f"{self.prefix}p-{namespace}-{name}"[:60]
+
+    def build(self, nodes: list[str] | dict[str, str], prefixlen: int = 24) -> None:
+        """The switch and the nodes' namespaces on it: at the given addresses, or SUBNET.(10 + i)."""
         self.work.mkdir(parents=True, exist_ok=True)
+        self.save()
+        addresses = (
+            nodes if isinstance(nodes, dict) else {n: f"{self.subnet}.{10 + i}" for i, n in enumerate(nodes)}
+        )
         ip("netns", "add", self.underlay)
         ip("-n", self.underlay, "link", "add", "br0", "type", "bridge")
         ip("-n", self.underlay, "link", "set", "br0", "up")
-        for i, node in enumerate(nodes):
-            netns, address = self.node_netns(node), f"{self.subnet}.{10 + i}"
+        for i, (node, address) in enumerate(addresses.items()):
+            netns = self.node_netns(node)
             ip("netns", "add", netns)
             ip(
                 "-n",
@@ -72,7 +86,7 @@ class Fabric:
                 netns,
             )
             ip("-n", self.underlay, "link", "set", f"p{i}", "master", "br0", "up")
-            ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", netns, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
             ip("-n", netns, "link", "set", "eth0", "up")
             ip("-n", netns, "link", "set", "lo", "up")
             self.nodes[node] = address
@@ -85,22 +99,49 @@ class Fabric:
         binary.write_text(f"#!{sys.executable}\nfrom isthmus.cni.plugin import main\nmain()\n")
         binary.chmod(0o755)
 
-    def start_agent(self, node: str) -> None:
-        log = (self.work / node).with_suffix(".agent.log")
-        (self.work / node).mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state), "agent", "run"]
-        argv += ["--node", node, "--socket", str(self.socket(node)), "--work", str(self.work / node)]
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", self.node_netns(node), *argv], stdout=out, stderr=out
-            )
-        self.processes[f"agent/{node}"] = process.pid
+    def log(self, what: str, node: str) -> Path:
+        return self.work / f"{node}.{what}.log"
+
+    def _start(self, what: str, node: str, *argv: str, inside: bool = True) -> subprocess.Popen[bytes]:
+        """`isthmus ARGV` (in the node's namespace when `inside`), logged; recorded as WHAT/NODE."""
+        command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state), *argv]
+        if inside:
+            command = ["ip", "netns", "exec", self.node_netns(node), *command]
+        with self.log(what, node).open("ab") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=out)
+        self.processes[f"{what}/{node}"] = process.pid
         self.save()
+        return process
+
+    def start_agent(self, node: str) -> None:
+        """The node's agent, once its CNI socket answers."""
+        (self.work / node).mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket(node).unlink()  # a dead agent's; the new one's shows it is up
+        argv = [
+            "agent",
+            "run",
+            "--node",
+            node,
+            "--socket",
+            str(self.socket(node)),
+            "--work",
+            str(self.work / node),
+        ]
+        process = self._start("agent", node, *argv)
         deadline = time.monotonic() + 30
         while not self.socket(node).exists():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"agent of {node} did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"agent of {node} did not start: {self.log('agent', node).read_text()[-2000:]}"
+                )
             time.sleep(0.05)
+
+    def start_kubelet(self, node: str) -> None:
+        """The node's lab kubelet: makes the sandboxes of the pods scheduled to the node. It runs in the
+        machine's namespaces: pod namespaces made inside `ip netns exec` (its own mount namespace) could
+        not be entered by the agent."""
+        self._start("kubelet", node, "lab", "--dir", str(self.work), "kubelet", "--node", node, inside=False)
 
     def stop(self, what: str, sig: int = signal.SIGTERM) -> None:
         pid = self.processes.pop(what, None)
@@ -132,31 +173,68 @@ class Fabric:
         return answer
 
     def pod(self, node: str, namespace: str, name: str, ports: list[str]) -> str:
-        """A sandbox for the pod, attached through the plugin, serving its name on `ports`; its netns."""
-        sandbox = f"{self.prefix}p-{namespace}-{name}"[:60]
+        """A sandbox for the pod, attached through the plugin, serving its name on `ports` (PORT/PROTOCOL);
+        its netns. Its processes go with it (`unpod`, `destroy`)."""
+        sandbox = self.sandbox(namespace, name)
         ip("netns", "add", sandbox)
-        self.cni(
-            node, "ADD", sandbox, f"/run/netns/{sandbox}", K8S_POD_NAMESPACE=namespace, K8S_POD_NAME=name
-        )
+        try:
+            self.cni(
+                node, "ADD", sandbox, f"/run/netns/{sandbox}", K8S_POD_NAMESPACE=namespace, K8S_POD_NAME=name
+            )
+        except Exception:
+            ip("netns", "del", sandbox, check=False)
+            raise
         server = [sys.executable, "-m", "isthmus.lab.server", f"{namespace}/{name}", *ports]
-        process = subprocess.Popen(["ip", "netns", "exec", sandbox, *server], stdout=subprocess.DEVNULL)
-        self.processes[f"pod/{sandbox}"] = process.pid
-        self.save()
+        subprocess.Popen(
+            ["ip", "netns", "exec", sandbox, *server], stdout=subprocess.DEVNULL, start_new_session=True
+        )
         return sandbox
+
+    def unpod(self, node: str, namespace: str, name: str) -> None:
+        """Detach the pod (CNI DEL), end its processes, remove its sandbox; nothing left is not an error."""
+        sandbox = self.sandbox(namespace, name)
+        self.cni(
+            node, "DEL", sandbox, f"/run/netns/{sandbox}", K8S_POD_NAMESPACE=namespace, K8S_POD_NAME=name
+        )
+        remove_netns(sandbox)
 
     def save(self) -> None:
         (self.work / "fabric.json").write_text(
             json.dumps({"prefix": self.prefix, "nodes": self.nodes, "processes": self.processes})
         )
 
+    def namespaces(self) -> list[str]:
+        """The lab's network namespaces that exist."""
+        listed = (line.split(" ")[0] for line in ip("netns", "list").stdout.splitlines())
+        return sorted(n for n in listed if n.startswith(self.prefix))
+
     def destroy(self) -> None:
-        """Every process and namespace of the lab, also those of a lab that crashed (by its prefix)."""
+        """Every process and namespace of the lab, also those of a lab that crashed: the processes it
+        recorded, then every process in a namespace named with its prefix, then the namespaces."""
         saved = self.work / "fabric.json"
         if saved.exists():
             self.processes.update(json.loads(saved.read_text()).get("processes", {}))
         for what in list(self.processes):
             self.stop(what)
-        for netns in ip("netns", "list").stdout.split("\n"):
-            name = netns.split(" ")[0]
-            if name.startswith(self.prefix):
-                ip("netns", "del", name, check=False)
+        for netns in self.namespaces():
+            remove_netns(netns)
+
+
+def remove_netns(netns: str) -> None:
+    """End every process in `netns` (by PID: TERM, then KILL after 2 s), then remove it."""
+    pids = [int(p) for p in ip("netns", "pids", netns, check=False).stdout.split()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 2
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            time.sleep(0.02)
+    ip("netns", "del", netns, check=False)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return True

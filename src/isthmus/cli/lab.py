@@ -1,0 +1,203 @@
+"""`isthmus lab`: a whole multi-node cluster on this machine, from network namespaces, with the real agent,
+the real CNI plugin and real traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import click
+
+from isthmus.cli.common import apply_manifests, delete_objects, errors
+from isthmus.cli.output import aligned
+from isthmus.dataplane.trace.matrix import grid
+from isthmus.lab.control import Lab, LabError
+from isthmus.lab.topology import DEFAULT, TopologyError, load
+
+_PROTOCOL = click.Choice(["TCP", "UDP"], case_sensitive=False)
+_TIMEOUT = click.option(
+    "--timeout", default=120.0, show_default=True, help="Seconds to wait for agents and pods to settle."
+)
+
+
+@contextmanager
+def _failures() -> Iterator[None]:
+    with errors():
+        try:
+            yield
+        except (LabError, TopologyError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _lab(ctx: click.Context) -> Lab:
+    with _failures():
+        return Lab.open(ctx.obj)
+
+
+def _settle(lab: Lab, timeout: float) -> None:
+    """Wait for the lab to program the change; fail naming each node or pod that did not."""
+    problems = lab.settle(timeout, lambda line: click.echo(line, err=True))
+    if problems:
+        raise click.ClickException("the lab did not settle:\n  " + "\n  ".join(problems))
+
+
+@click.group()
+@click.option(
+    "--dir",
+    "work",
+    envvar="ISTHMUS_LAB",
+    default="/run/isthmus/lab",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The lab's directory: its ledger, logs and what it started ($ISTHMUS_LAB).",
+)
+@click.pass_context
+def lab(ctx: click.Context, work: Path) -> None:
+    """A multi-node cluster on this machine, in network namespaces (needs root)."""
+    ctx.obj = work
+
+
+@lab.command()
+@click.option(
+    "-f", "--filename", "path", type=click.Path(path_type=Path), help=f"Topology (default: {DEFAULT.name})."
+)
+@_TIMEOUT
+@click.pass_context
+def up(ctx: click.Context, path: Path | None, timeout: float) -> None:
+    """Build the lab: an underlay switch, nodes running the agent and a kubelet, then its manifests."""
+    say = click.echo
+    with _failures():
+        topology = load(path or DEFAULT)
+        say(f"lab {topology.name}: {len(topology.nodes)} nodes, in {ctx.obj}")
+        built = Lab.up(topology, ctx.obj, say)
+        if topology.manifests:
+            apply_manifests(built.ledger, tuple(topology.manifests), "default")
+    _settle(built, timeout)
+    say(f"lab {topology.name} is up; next: isthmus lab status | apply -f FILE | probe --port P | down")
+
+
+@lab.command("apply")
+@click.option("-f", "--filename", "paths", multiple=True, required=True, help="Manifests; may repeat.")
+@click.option("-n", "--namespace", default="default", show_default=True, help="For objects that name none.")
+@_TIMEOUT
+@click.pass_context
+def lab_apply(ctx: click.Context, paths: tuple[str, ...], namespace: str, timeout: float) -> None:
+    """Create or replace objects of the running lab, then wait until it has programmed them."""
+    running = _lab(ctx)
+    with _failures():
+        apply_manifests(running.ledger, paths, namespace)
+    _settle(running, timeout)
+
+
+@lab.command("delete")
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@click.option("-f", "--filename", "paths", multiple=True, help="Delete the objects these manifests name.")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--ignore-not-found", is_flag=True, help="Succeed when an object is already gone.")
+@_TIMEOUT
+@click.pass_context
+def lab_delete(
+    ctx: click.Context,
+    kind: str | None,
+    names: tuple[str, ...],
+    paths: tuple[str, ...],
+    namespace: str,
+    ignore_not_found: bool,
+    timeout: float,
+) -> None:
+    """Delete objects of the running lab (KIND NAME... or -f), then wait until it has programmed that."""
+    running = _lab(ctx)
+    with _failures():
+        delete_objects(running.ledger, kind, names, paths, namespace, ignore_not_found)
+    _settle(running, timeout)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def lab_exec(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the network namespace of NAME: a node, or a pod (NAMESPACE/POD, or POD in default)."""
+    with _failures():
+        netns = _lab(ctx).netns(name)
+    os.execvp("ip", ["ip", "netns", "exec", netns, *command])
+
+
+@lab.command()
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--protocol", type=_PROTOCOL, default="TCP", show_default=True)
+@click.option("--to", "to", type=click.Choice(["pods", "services"]), default="pods", show_default=True)
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat).")
+@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@click.pass_context
+def probe(
+    ctx: click.Context,
+    port: int,
+    protocol: str,
+    to: Literal["pods", "services"],
+    namespaces: tuple[str, ...],
+    output: str | None,
+) -> None:
+    """Real connections from every pod to every pod or service ClusterIP, as `isthmus matrix` shows them."""
+    with _failures():
+        result = _lab(ctx).probe(port, protocol.upper(), to, namespaces)
+    click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))
+
+
+@lab.command()
+@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@click.pass_context
+def status(ctx: click.Context, output: str | None) -> None:
+    """The lab's nodes (agent revision, endpoints programmed, problems) and pods (node, address, phase)."""
+    running = _lab(ctx)
+    agents = {n: running.agent(n) for n in running.fabric.nodes}
+    pods = [vars(p) for p in running.pods()]
+    if output == "json":
+        nodes = {n: {"address": a, "agent": agents[n]} for n, a in running.fabric.nodes.items()}
+        click.echo(json.dumps({"nodes": nodes, "pods": pods}, indent=2))
+        return
+    rows = [["NODE", "ADDRESS", "REVISION", "ENDPOINTS", "PROBLEMS"]]
+    for name, agent in agents.items():
+        endpoints = dict(agent.get("endpoints") or {})
+        programmed = sum(1 for e in endpoints.values() if e.get("programmed"))
+        problems = agent.get("error") or "; ".join(
+            f"{k}: {v}" for k, v in dict(agent.get("problems") or {}).items()
+        )
+        address = running.fabric.nodes[name]
+        rows.append(
+            [name, address, str(agent.get("revision", "-")), f"{programmed}/{len(endpoints)}", problems]
+        )
+    click.echo(aligned(rows))
+    rows = [["POD", "NODE", "ADDRESS", "STATUS", "PROBLEM"]]
+    rows += [
+        [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["problem"]] for p in pods
+    ]
+    click.echo("\n" + aligned(rows))
+
+
+@lab.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Remove every namespace and process of the lab, also after a crash."""
+    try:
+        running = Lab.open(ctx.obj)
+    except LabError:
+        click.echo(f"no lab in {ctx.obj}")
+        return
+    running.down()
+    click.echo(f"lab {running.fabric.prefix.rstrip('-')} is down: no namespace or process of it is left")
+
+
+@lab.command(hidden=True)
+@click.option("--node", required=True)
+@click.pass_context
+def kubelet(ctx: click.Context, node: str) -> None:
+    """The lab kubelet of NODE (started by `lab up`)."""
+    from isthmus.lab.kubelet import main
+
+    main(ctx.obj, node)

@@ -1,0 +1,196 @@
+"""A lab as its user sees it: brought up from a topology, changed through its ledger, settled (every agent
+has programmed the latest change and every pod has its sandbox), probed with real connections, and torn
+down. Everything of a lab lives in one directory: its ledger (`state`), logs, and what it started."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from isthmus import intent
+from isthmus.compile.source import compiled
+from isthmus.dataplane.trace import Tracer
+from isthmus.dataplane.trace.matrix import destinations
+from isthmus.lab import probe
+from isthmus.lab.fabric import Fabric
+from isthmus.lab.topology import Topology
+from isthmus.model import KubeObject, Node, lookup_kind
+from isthmus.store import Ledger, objects, open_ledger
+
+Echo = Callable[[str], None]
+
+
+class LabError(Exception):
+    pass
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request to an agent's socket (the CNI plugin's protocol); its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        conn.sendall(json.dumps(request).encode())
+        conn.shutdown(socket.SHUT_WR)
+        answer: dict[str, Any] = json.loads(b"".join(iter(lambda: conn.recv(65536), b"")))
+    return answer
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    node: str
+    address: str
+    phase: str
+    problem: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Lab:
+    def __init__(self, fabric: Fabric) -> None:
+        self.fabric = fabric
+        self.ledger: Ledger = open_ledger(str(fabric.state))
+
+    @classmethod
+    def open(cls, work: Path) -> Lab:
+        if not (work / "fabric.json").exists():
+            raise LabError(f"no lab in {work}: `isthmus lab up` makes one")
+        return cls(Fabric.load(work))
+
+    @classmethod
+    def up(cls, topology: Topology, work: Path, echo: Echo) -> Lab:
+        """Build the lab: nodes in the ledger, the underlay switch, each node with its agent and kubelet.
+        A step that fails names the node and the reason; what was made is removed again."""
+        if (work / "fabric.json").exists():
+            if Fabric.load(work).namespaces():
+                raise LabError(f"a lab is already up in {work}: `isthmus lab down` first")
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        lab = cls(Fabric(f"{topology.name}-", work / "state", work))
+        addresses = topology.addresses()
+        nodes = [
+            Node.model_validate({"metadata": {"name": n}, "spec": {"address": a}})
+            for n, a in addresses.items()
+        ]
+        try:
+            intent.apply(lab.ledger, nodes)
+            lab.fabric.build(addresses, topology.underlay.prefixlen)
+            echo(f"underlay switch {lab.fabric.underlay}: {topology.underlay}")
+            for node, address in addresses.items():
+                step = "agent"
+                try:
+                    lab.fabric.start_agent(node)
+                    step = "kubelet"
+                    lab.fabric.start_kubelet(node)
+                except Exception as exc:
+                    raise LabError(f"node {node}: {step} failed: {exc}") from None
+                netns = lab.fabric.node_netns(node)
+                echo(f"node {node}: {address} on the underlay, agent and kubelet running (netns {netns})")
+        except BaseException:
+            lab.fabric.destroy()
+            raise
+        return lab
+
+    def pods(self) -> list[Pod]:
+        """The Pods of the ledger, with their sandbox's state as the kubelets reported it."""
+        found: list[Pod] = []
+        for obj in objects.list_objects(self.ledger, lookup_kind("Pod"))[0]:
+            if not isinstance(obj, KubeObject):
+                continue
+            status = obj.body.get("status") or {}
+            reasons = [
+                f"{c.get('reason')}: {c.get('message')}"
+                for c in status.get("conditions") or []
+                if c.get("reason")
+            ]
+            found.append(
+                Pod(
+                    obj.metadata.namespace or "",
+                    obj.metadata.name,
+                    str((obj.body.get("spec") or {}).get("nodeName", "")),
+                    str(status.get("podIP", "")),
+                    str(status.get("phase", "Pending")),
+                    "; ".join(reasons),
+                )
+            )
+        return found
+
+    def agent(self, node: str) -> dict[str, Any]:
+        """The agent's report (revision, endpoints, problems, metrics), or its error."""
+        try:
+            answer = ask(self.fabric.socket(node), {"command": "AGENT"})
+        except OSError as exc:
+            return {"error": f"agent not answering: {exc.strerror or exc}"}
+        return dict(answer.get("result") or answer)
+
+    def settle(self, timeout: float, echo: Echo) -> list[str]:
+        """Wait until every agent has programmed the ledger as it is now, every pod on a lab node is
+        running or has failed, and no pod that is gone has a sandbox; what is wrong then (empty when
+        all is well)."""
+        revision = self.ledger.revision()
+        deadline = time.monotonic() + timeout
+        shown: set[str] = set()
+        while True:
+            agents = {n: self.agent(n) for n in self.fabric.nodes}
+            behind = [n for n, a in agents.items() if int(a.get("revision", -1)) < revision]
+            pods = [p for p in self.pods() if p.node in self.fabric.nodes]
+            waiting = [p for p in pods if p.phase != "Running" and not p.problem]
+            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods}
+            left = [
+                n
+                for n in self.fabric.namespaces()
+                if n.startswith(f"{self.fabric.prefix}p-") and n not in kept
+            ]
+            for pod in pods:
+                if pod.phase == "Running" and pod.ref not in shown:
+                    shown.add(pod.ref)
+                    echo(f"pod {pod.ref}: running on {pod.node} at {pod.address}")
+            if (not behind and not waiting and not left) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        problems = [
+            f"node {n}: {agents[n].get('error', 'has not programmed the latest change')}" for n in behind
+        ]
+        problems += [
+            f"node {n}: {k}: {v}" for n, a in agents.items() for k, v in (a.get("problems") or {}).items()
+        ]
+        problems += [f"pod {p.ref} on {p.node}: {p.problem}" for p in pods if p.problem]
+        problems += [f"pod {p.ref} on {p.node}: no sandbox after {timeout:.0f} s" for p in waiting]
+        problems += [f"sandbox {n}: its pod is gone, yet it is still there" for n in left]
+        return problems
+
+    def netns(self, name: str) -> str:
+        """The network namespace of a node (NODE) or of a pod (NAMESPACE/POD, or POD in default)."""
+        if name in self.fabric.nodes:
+            return self.fabric.node_netns(name)
+        namespace, _, pod = name.rpartition("/")
+        sandbox = self.fabric.sandbox(namespace or "default", pod)
+        if sandbox not in self.fabric.namespaces():
+            raise LabError(f"{name}: no such node or running pod in the lab")
+        return sandbox
+
+    def probe(
+        self, port: int, protocol: str, to: Literal["pods", "services"], namespaces: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Real connections from every pod to every destination, in the shape of `isthmus matrix`."""
+        tracer = Tracer(compiled(self.ledger)[0])
+        sources = list(destinations(tracer, "pods", namespaces))
+        targets = {name: str(address) for name, address in destinations(tracer, to, namespaces).items()}
+        existing = set(self.fabric.namespaces())
+        sandboxes = {s: self.fabric.sandbox(*s.split("/", 1)) for s in sources}
+        answers = probe.probe({s: n for s, n in sandboxes.items() if n in existing}, targets, port, protocol)
+        return probe.as_matrix(answers, port, protocol, to, sources, list(targets))
+
+    def down(self) -> None:
+        """Every process and namespace of the lab, and its directory."""
+        self.fabric.destroy()
+        shutil.rmtree(self.fabric.work, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""The lab's kubelet, one per node: it follows the ledger's Pods scheduled to its node, gives each a
+sandbox attached through the real CNI plugin with a server of the pod's container ports, removes the
+sandboxes of pods that are gone or replaced, and writes each pod's phase and readiness back.
+
+What it made is kept in `<lab>/<node>.pods.json` (pod -> uid), so a restarted kubelet adopts it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import reconcile
+from isthmus.lab.fabric import Fabric
+from isthmus.model import KubeObject, lookup_kind
+from isthmus.store import Compacted, Ledger, objects, open_ledger
+
+log = logging.getLogger("isthmus.lab.kubelet")
+PODS = lookup_kind("Pod")
+RETRY = 2.0  # seconds between attempts for a pod whose sandbox failed
+
+PodKey = tuple[str, str]
+
+
+def ports(pod: KubeObject) -> list[str]:
+    """PORT/PROTOCOL of every TCP and UDP container port the pod declares."""
+    found = []
+    for container in (pod.body.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            protocol = str(port.get("protocol", "TCP")).upper()
+            if protocol in ("TCP", "UDP"):
+                found.append(f"{port['containerPort']}/{protocol}")
+    return sorted(set(found))
+
+
+class Kubelet:
+    def __init__(self, ledger: Ledger, fabric: Fabric, node: str) -> None:
+        self.ledger, self.fabric, self.node = ledger, fabric, node
+        self.saved = fabric.work / f"{node}.pods.json"
+        loaded = json.loads(self.saved.read_text()) if self.saved.exists() else {}
+        self.running: dict[PodKey, str] = {tuple(k.split("/", 1)): uid for k, uid in loaded.items()}
+        self.failed: dict[PodKey, float] = {}  # pod -> when to try again
+
+    def _scheduled(self) -> tuple[dict[PodKey, KubeObject], int]:
+        found, revision = objects.list_objects(self.ledger, PODS)
+        pods = {
+            (o.metadata.namespace or "", o.metadata.name): o
+            for o in found
+            if isinstance(o, KubeObject) and (o.body.get("spec") or {}).get("nodeName") == self.node
+        }
+        return pods, revision
+
+    def sync(self) -> int:
+        """Make the sandboxes match the pods scheduled here; the ledger revision that was read."""
+        pods, revision = self._scheduled()
+        for key in [k for k, uid in self.running.items() if k not in pods or pods[k].metadata.uid != uid]:
+            self._stop(key)
+        now = time.monotonic()
+        for key, pod in pods.items():
+            if key not in self.running and self.failed.get(key, 0.0) <= now:
+                self._start(key, pod)
+        self.failed = {k: t for k, t in self.failed.items() if k in pods}
+        return revision
+
+    def _start(self, key: PodKey, pod: KubeObject) -> None:
+        namespace, name = key
+        try:
+            self.fabric.pod(self.node, namespace, name, ports(pod))
+        except Exception as exc:  # reported on the pod, tried again
+            self.failed[key] = time.monotonic() + RETRY
+            log.warning("pod %s/%s: %s", namespace, name, exc)
+            self._report(pod, False, "SandboxFailed", str(exc))
+            return
+        self.running[key] = pod.metadata.uid or ""
+        self.failed.pop(key, None)
+        self._save()
+        self._report(pod, True)
+        log.info("pod %s/%s running in %s", namespace, name, self.fabric.sandbox(namespace, name))
+
+    def _stop(self, key: PodKey) -> None:
+        namespace, name = key
+        try:
+            self.fabric.unpod(self.node, namespace, name)
+        except Exception as exc:
+            log.warning("pod %s/%s: removing its sandbox: %s", namespace, name, exc)
+            return
+        del self.running[key]
+        self._save()
+        log.info("pod %s/%s removed", namespace, name)
+
+    def _report(self, pod: KubeObject, ready: bool, reason: str = "", message: str = "") -> None:
+        """The pod's phase and Ready condition, as a kubelet writes them; readiness drives its services."""
+        condition: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False"}
+        condition |= {"reason": reason, "message": message[-500:]} if reason else {}
+        status = {**(pod.body.get("status") or {}), "phase": "Running" if ready else "Pending"}
+        status["conditions"] = [condition]
+        if status == pod.body.get("status"):
+            return
+        body = pod.model_dump(by_alias=True, exclude_none=True) | {"status": status}
+        current = objects.list_one(self.ledger, PODS, pod.metadata.namespace, pod.metadata.name)
+        if current is not None and current.metadata.uid == pod.metadata.uid:
+            reconcile(self.ledger, KubeConfig(), [KubeObject.model_validate(body)])
+
+    def _save(self) -> None:
+        temporary = self.saved.with_suffix(".tmp")
+        temporary.write_text(json.dumps({f"{ns}/{name}": uid for (ns, name), uid in self.running.items()}))
+        temporary.replace(self.saved)
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the ledger's Pods until `stop` is set; pods that failed are tried again."""
+        revision = self.sync()
+        while not stop.is_set():
+            try:
+                watch = self.ledger.watch(objects.kind_prefix(PODS), revision)
+                while not stop.is_set():
+                    if watch.poll(timeout=0.5) or self.failed:
+                        revision = self.sync()
+            except Compacted:
+                revision = self.sync()
+
+
+def main(work: Path, node: str) -> None:
+    """Run the kubelet of `node` for the lab in `work` until SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    fabric = Fabric.load(work)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    Kubelet(open_ledger(str(fabric.state)), fabric, node).run(stop)
