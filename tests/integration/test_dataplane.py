@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -158,3 +160,85 @@ def test_pods_talk_across_nodes_through_services_and_policy(
     assert _probe(pods["c"], b) == "failed: TimeoutError"  # c is not app=web
     assert _probe(pods["a"], b) == "web/b"  # a is
     assert _probe(pods["c"], a) == "web/a"  # a is not isolated
+
+
+def _tenant(name: str, pods: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """A tenant with one network on 10.100.0.0/24 and pods NAME -> (node, address)."""
+    meta = {"namespace": name}
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "isthmus.io/v1", "kind": "Tenant", "metadata": {"name": name}},
+        {"apiVersion": "isthmus.io/v1", "kind": "VirtualNetwork", "metadata": {"name": "net", **meta}},
+        {
+            "apiVersion": "isthmus.io/v1",
+            "kind": "Subnet",
+            "metadata": {"name": "net-v4", **meta},
+            "spec": {"network": "net", "cidr": "10.100.0.0/24"},
+        },
+    ]
+    docs += [
+        {
+            "apiVersion": "isthmus.io/v1",
+            "kind": "Endpoint",
+            "metadata": {"name": pod, **meta},
+            "spec": {"kind": "pod", "network": "net", "node": node, "addresses": [address]},
+        }
+        for pod, (node, address) in pods.items()
+    ]
+    return docs
+
+
+def test_tenants_with_overlapping_addresses_stay_apart(
+    lab: tuple[Fabric, dict[str, str]], tmp_path: Path
+) -> None:
+    fabric, _ = lab
+    red = {"r1": ("node-1", "10.100.0.11"), "r2": ("node-2", "10.100.0.12")}
+    blue = {"b1": ("node-1", "10.100.0.12"), "b2": ("node-2", "10.100.0.11"), "b3": ("node-1", "10.100.0.13")}
+    _apply(fabric.state, tmp_path, *_tenant("red", red), *_tenant("blue", blue))
+    sandboxes = {
+        f"{tenant}/{pod}": fabric.pod(node, tenant, pod, ["80/TCP", "80/UDP"])
+        for tenant, pods in (("red", red), ("blue", blue))
+        for pod, (node, _) in pods.items()
+    }
+    assert _probe(sandboxes["red/r1"], "10.100.0.12") == "red/r2"  # across nodes, in red's VNI
+    assert _probe(sandboxes["blue/b2"], "10.100.0.12") == "blue/b1"  # the same address, blue's pod
+    assert _probe(sandboxes["blue/b1"], "10.100.0.11") == "blue/b2"
+    assert _probe(sandboxes["red/r2"], "10.100.0.11", protocol="UDP") == "red/r1"
+    assert _probe(sandboxes["red/r1"], "10.100.0.13").startswith("failed")  # blue's b3: not in red
+    assert _probe(sandboxes["red/r2"], "10.100.0.13").startswith("failed")
+
+
+STREAM = """
+import json, socket, sys, time
+host, count = sys.argv[1], int(sys.argv[2])
+answered = 0
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.settimeout(1.0)
+    s.connect((host, 80))
+    for i in range(count):
+        s.send(str(i).encode())
+        try:
+            s.recv(100)
+            answered += 1
+        except OSError:
+            pass
+        time.sleep(0.01)
+print(json.dumps({"sent": count, "answered": answered}))
+"""
+
+
+def test_agent_killed_and_restarted_loses_no_packet(lab: tuple[Fabric, dict[str, str]]) -> None:
+    fabric, pods = lab
+    b = _address(fabric.state, "b")
+    stream = subprocess.Popen(
+        ["ip", "netns", "exec", pods["c"], sys.executable, "-c", STREAM, b, "600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    fabric.stop("agent/node-1", signal.SIGKILL)  # c's node
+    connections = [_probe(pods["c"], b) for _ in range(3)]  # new connections while no agent runs
+    fabric.start_agent("node-1")
+    connections += [_probe(pods["a"], b) for _ in range(3)]
+    out, _ = stream.communicate(timeout=60)
+    assert json.loads(out) == {"sent": 600, "answered": 600}
+    assert connections == ["web/b"] * 6
