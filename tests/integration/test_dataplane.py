@@ -84,6 +84,16 @@ def lab(tmp_path: Path) -> Iterator[tuple[Fabric, dict[str, str]]]:
         {
             "apiVersion": "v1",
             "kind": "Service",
+            "metadata": {"name": "sticky", "namespace": "web"},
+            "spec": {
+                "selector": {"app": "web"},
+                "ports": [{"port": 8080, "targetPort": 80}],
+                "sessionAffinity": "ClientIP",
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {"name": "nobody", "namespace": "web"},
             "spec": {
                 "selector": {"app": "none"},
@@ -139,6 +149,10 @@ def test_pods_talk_across_nodes_through_services_and_policy(
     assert _probe(pods["c"], b, protocol="UDP") == "web/b"
     seen = {_probe(pods["c"], _vip(state, "web"), 8080) for _ in range(30)}
     assert seen == {"web/a", "web/b"}  # DNAT spreads over backends on both nodes
+    hairpin = {_probe(pods["a"], _vip(state, "web"), 8080) for _ in range(30)}
+    assert hairpin == {"web/a", "web/b"}  # a backend reaches its own service, itself included
+    for client in ("a", "c"):  # ClientIP affinity: each client always reaches the same backend
+        assert len({_probe(pods[client], _vip(state, "sticky"), 8080) for _ in range(15)}) == 1
     nobody = _vip(state, "nobody")
     assert _probe(pods["c"], nobody) == "failed: ConnectionRefusedError"  # no endpoints: refused
     assert _probe(pods["c"], nobody, 53, "UDP") == "failed: ConnectionRefusedError"

@@ -107,6 +107,7 @@ def test_pods_run_on_every_node_and_answer(work: Path) -> None:
     for node in NODES:
         agent = status["nodes"][node]["agent"]
         assert agent["problems"] == {} and len(agent["endpoints"]) == 3
+        assert f'isthmus_agent_reconciles_total{{node="{node}"}}' in agent["metrics"]
     shown = isthmus(work, "get", "pods", "-n", "x").output
     assert shown.count("Running") == 3
     address = next(p["address"] for p in status["pods"] if (p["namespace"], p["name"]) == ("y", "b"))
