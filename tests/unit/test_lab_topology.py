@@ -42,6 +42,7 @@ def test_given_addresses_are_kept_and_the_others_skip_them(tmp_path: Path) -> No
         ("name: t\nnodes: [{name: a, address: 10.0.0.1}]", "not in the underlay 192.168.77.0/24"),
         ("name: t\nunderlay: 8.8.8.0/24\nnodes: [{name: a}]", "must be a private subnet"),
         ("name: t\nnodes: [{name: a}]\nrouters: []", "routers"),
+        ("name: t\nnodes: [{name: a}]\nmanifests: [nowhere.yaml]", "manifests not found"),
     ],
 )
 def test_bad_topologies_are_refused_naming_the_problem(tmp_path: Path, text: str, message: str) -> None:

@@ -72,4 +72,8 @@ def load(path: Path) -> Topology:
         raise TopologyError(f"{path}: not YAML: {exc}") from None
     except ValidationError as exc:
         raise TopologyError(f"{path}: {describe(exc)}") from None
-    return topology.model_copy(update={"manifests": [str(path.parent / m) for m in topology.manifests]})
+    manifests = [path.parent / m for m in topology.manifests]
+    missing = [str(m) for m in manifests if not m.exists()]
+    if missing:
+        raise TopologyError(f"{path}: manifests not found: {', '.join(missing)}")
+    return topology.model_copy(update={"manifests": [str(m) for m in manifests]})
