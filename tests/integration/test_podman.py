@@ -29,7 +29,7 @@ import pytest
 
 from isthmus.dataplane.kernel.plan import veth_name
 from isthmus.lab.fabric import PLUGIN, Fabric, netns_exec
-from tests.integration.test_cni import NODE, Runtime, declare, destroy, node_has
+from tests.integration.runtime import NODE, Runtime, declare, destroy, node_has
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 CONTAINER, IMAGE = "box", "localhost/isthmus-busybox:test"
