@@ -1,18 +1,22 @@
 """The node agent: watches the ledger from a revision, compiles, and has the kernel driver hold its node's
-plan. Level-triggered: after a restart it lists, compiles and applies only what the kernel lacks."""
+plan. Incremental: a batch of ledger changes gives the compiler's delta, the delta the plan keys that
+changed, and the driver applies those alone (nftables in one transaction). Level-triggered where it
+matters: at start and after a relist it plans from scratch and compares the whole plan with what the
+kernel holds, so a restart applies only the difference."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from isthmus.compile import Compiler
 from isthmus.compile.compiler import Unit
-from isthmus.compile.state import LocalEntry
+from isthmus.compile.state import Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
-from isthmus.dataplane.kernel.plan import Veth, plan, veth_name
+from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
 from isthmus.model import Object
 from isthmus.store import Compacted, Event, EventType, Ledger
 from isthmus.store.ledger import prefix_end
@@ -26,9 +30,9 @@ class Metrics:
     reconciles: int = 0
     errors: int = 0
     last_seconds: float = 0.0
+    last_kernel_seconds: float = 0.0
     total_seconds: float = 0.0
     objects: int = 0
-    latencies: list[float] = field(default_factory=list)
 
     def text(self, node: str) -> str:
         """Prometheus exposition format."""
@@ -40,6 +44,7 @@ class Metrics:
                 ("reconcile_errors_total", "counter", self.errors),
                 ("reconcile_seconds_total", "counter", round(self.total_seconds, 6)),
                 ("reconcile_last_seconds", "gauge", round(self.last_seconds, 6)),
+                ("reconcile_last_kernel_seconds", "gauge", round(self.last_kernel_seconds, 6)),
                 ("objects_programmed", "gauge", self.objects),
             )
         )
@@ -54,40 +59,63 @@ class Agent:
         self.lock = threading.RLock()
         self.metrics = Metrics()
         self.problems: dict[str, str] = {}
-        self.compiler, self.revision = self._list()
-        self.reconcile()
+        self._list()
 
-    def _list(self) -> tuple[Compiler, int]:
-        found, revision = self.ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
-        return Compiler(decode(kv) for kv in found if _kind(kv.key) in Compiler.KINDS), revision
-
-    def reconcile(self) -> None:
+    def _list(self) -> None:
+        """List the ledger, compile and plan from scratch, and compare the whole plan with the kernel."""
         with self.lock:
             started = time.perf_counter()
-            failed = self.driver.apply(plan(self.compiler.node_state(self.node)))
-            self.problems = {" ".join(map(str, k)): reason for k, reason in failed.items()}
-            elapsed = time.perf_counter() - started
-            self.metrics.reconciles += 1
-            self.metrics.errors += 1 if failed else 0
-            self.metrics.last_seconds, self.metrics.total_seconds = (
-                elapsed,
-                self.metrics.total_seconds + elapsed,
-            )
-            self.metrics.objects = len(self.driver.current)
+            found, self.revision = self.ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
+            self.compiler = Compiler(decode(kv) for kv in found if _kind(kv.key) in Compiler.KINDS)
+            self.planner = Planner(self.compiler.node_state(self.node))
+            self._program(None, started)
+
+    def reconcile(self) -> None:
+        """Try again what the kernel could not hold yet (after a CNI ADD made a veth, and periodically)."""
+        with self.lock:
+            self._program((), time.perf_counter())
+
+    def changed(self, events: list[Event], revision: int) -> None:
+        """A batch of ledger changes: compile their delta, update the plan by it, program what changed."""
+        last = {e.key: e for e in events if _kind(e.key) in Compiler.KINDS}  # the last change of each wins
+        puts: list[Object] = []
+        deletes: list[Unit] = []
+        for event in last.values():
+            if event.type is EventType.PUT:
+                puts.append(_decode(event.value, event.revision))
+            else:
+                info, namespace, name = parse_key(event.key)
+                deletes.append((info.kind, namespace or "", name))
+        with self.lock:
+            started = time.perf_counter()
+            self.revision = revision
+            if not (puts or deletes):
+                return
+            delta = self.compiler.change(puts, deletes)
+            keys = self.planner.update(self.compiler.node_state(self.node), delta)
+            if keys:
+                self._program(keys, started)
+
+    def _program(self, keys: Collection[Key] | None, started: float) -> None:
+        """Have the driver apply the plan's `keys` (None: compare all of it), and count the reconcile."""
+        kernel = time.perf_counter()
+        if keys is None:
+            failed = self.driver.sync(self.planner.plan)
+        else:
+            failed = self.driver.apply(self.planner.plan, keys)
+        self.problems = {" ".join(map(str, k)): reason for k, reason in failed.items()}
+        done = time.perf_counter()
+        self.metrics.reconciles += 1
+        self.metrics.errors += 1 if failed else 0
+        self.metrics.last_seconds, self.metrics.last_kernel_seconds = done - started, done - kernel
+        self.metrics.total_seconds += done - started
+        self.metrics.objects = len(self.driver.current)
 
     def endpoint(self, namespace: str, name: str) -> Veth | None:
-        """The local endpoint's attachment, as the compiled state of this node has it."""
+        """The local endpoint's attachment, as this node's plan has it."""
         with self.lock:
-            ref = f"{namespace}/{name}" if namespace else name
-            entries = [
-                e
-                for e in self.compiler.node_state(self.node).own.values()
-                if isinstance(e, LocalEntry) and e.endpoint == ref
-            ]
-            if not entries:
-                return None
-            addresses = tuple(str(e.address) for e in entries)
-            return Veth(ref, entries[0].network, addresses, entries[0].mac)
+            veth = self.planner.plan.get(("veth", veth_name(f"{namespace}/{name}" if namespace else name)))
+            return veth if isinstance(veth, Veth) else None
 
     def status(self) -> dict[str, object]:
         with self.lock:
@@ -113,30 +141,12 @@ class Agent:
                 while not stop.is_set():
                     events = watch.poll(timeout=0.5)
                     if events:
-                        self._changed(events, watch.revision)
+                        self.changed(events, watch.revision)
                     elif self.problems:
                         self.reconcile()  # retry what could not be made
             except Compacted:
                 log.warning("watch from %d compacted; listing again", self.revision)
-                with self.lock:
-                    self.compiler, self.revision = self._list()
-                self.reconcile()
-
-    def _changed(self, events: list[Event], revision: int) -> None:
-        last = {e.key: e for e in events if _kind(e.key) in Compiler.KINDS}  # the last change of each wins
-        puts: list[Object] = []
-        deletes: list[Unit] = []
-        for event in last.values():
-            if event.type is EventType.PUT:
-                puts.append(_decode(event.value, event.revision))
-            else:
-                info, namespace, name = parse_key(event.key)
-                deletes.append((info.kind, namespace or "", name))
-        with self.lock:
-            self.revision = revision
-            delta = self.compiler.change(puts, deletes) if puts or deletes else None
-        if delta and (delta.puts.keys() | delta.deletes.keys()) & {"", self.node}:
-            self.reconcile()
+                self._list()
 
 
 def _kind(key: str) -> str:

@@ -86,8 +86,9 @@ def read(ipr: Any) -> Plan:
     return found
 
 
-def put(ipr: Any, key: Key, value: object, old: object) -> None:
-    """Make the kernel hold `value` under `key` (it held `old`, None when absent)."""
+def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int]) -> None:
+    """Make the kernel hold `value` under `key` (it held `old`, None when absent). `devices`: indexes of
+    the devices routes went through in this apply (routes come last, after any device is made)."""
     kind = key[0]
     if kind == "vxlan" and isinstance(value, Vxlan):
         if old is not None:
@@ -111,7 +112,7 @@ def put(ipr: Any, key: Key, value: object, old: object) -> None:
             ipr.fdb("del", ifindex=index, lladdr=old, dst=key[2]) if old else None
         ipr.fdb("append", ifindex=index, lladdr=value, dst=key[2], state=PERMANENT)
     elif kind == "route" and isinstance(value, Route):
-        ipr.route("replace", **_route(ipr, key, value))
+        ipr.route("replace", **_route(ipr, key, value, devices))
     elif kind == "rule":
         with contextlib.suppress(NetlinkError):
             ipr.rule("del", **_rule(key))
@@ -135,15 +136,15 @@ def _rule(key: Key) -> dict[str, Any]:
     return {"fwmark": key[1], "fwmask": MARK_MASK, "table": key[1], "priority": RULE_PRIORITY}
 
 
-def _route(ipr: Any, key: Key, route: Route) -> dict[str, Any]:
+def _route(ipr: Any, key: Key, route: Route, devices: dict[str, int]) -> dict[str, Any]:
     prefix = ipaddress.ip_network(str(key[2]))
     spec: dict[str, Any] = {"dst": str(prefix), "table": key[1], "family": 10 if prefix.version == 6 else 2}
     if route.kind in ("unreachable", "throw"):
         return spec | {"type": route.kind}
-    index = _index(ipr, route.device)
+    index = devices.get(route.device) or _index(ipr, route.device)
     if index is None:
         raise LookupError(f"route {prefix} in table {key[1]}: device {route.device} does not exist yet")
-    spec["oif"] = index
+    spec["oif"] = devices[route.device] = index
     if route.gateway:
         spec |= {"gateway": route.gateway, "flags": ONLINK}
     return spec

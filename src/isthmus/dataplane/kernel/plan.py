@@ -22,20 +22,33 @@ Refusal: a VIP with a port that has no target is routed in every table (to the n
 and the forward chain refuses that port (TCP reset, ICMP port unreachable) and the VIP's other ports as
 unreachable, as the table does for other VIPs. Prerouting cannot refuse: the kernel routes that answer
 without the packet's mark. Node ports with no target are refused by the input chain.
+
+Incremental: `Planner` keeps a node's plan as a union of contributions. Each entry (a network, a route, a
+service) and each aggregate (a local endpoint: its veth and isolation; the base chains with the rules; a
+refused VIP's routes; a peer set's elements) gives kernel objects; an object given by several (a shared
+chain, set or element) is held while one still gives it. A contribution records what it read beyond its
+own entry (a node's address, a network, a zone, an identity, a service's VIPs) and is made again only
+when that changes; a peer set's elements follow identities one by one. `update` returns the plan keys
+that changed, for the driver. Invariant (a property test checks it on random sequences): after every
+update the plan equals `plan(state)`, computed from scratch. VNIs are unique (admission sees to it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from isthmus.compile.state import (
+    SHARED,
     Address,
     Allow,
+    Delta,
+    Entries,
+    Entry,
     Identity,
     Isolation,
     Key,
@@ -58,6 +71,8 @@ RULE_PRIORITY = 1000
 MARK_MASK = 0x1FFFFFF  # the bits of a mark that name a table (1000 + a 24-bit VNI)
 MASQUERADE = 0x40000000  # a mark bit: source NAT this packet (hairpin)
 VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -104,21 +119,18 @@ def _v4(address: Address | str) -> bool:
     return ipaddress.ip_address(address).version == 4
 
 
-class _Builder:
-    """Collects a plan; named chains and peer sets are made once, whoever asks for them."""
+Topic = tuple[str | int, ...]  # what a contribution read: ("node", name), ("zone", network)...
+_ABSENT = object()
 
-    def __init__(self, state: NodeState) -> None:
-        self.state = state
+
+class _Builder:
+    """One contribution being made: the objects it gives and the topics it read of the planner's context.
+    Named chains and sets are content-addressed, so two contributions asking for one give the same."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
         self.plan: Plan = {}
-        self.vips: dict[str, set[str]] = defaultdict(set)
-        for entry in state.shared.values():
-            if isinstance(entry, ServiceEntry) and _v4(entry.vip):
-                self.vips[entry.service].add(str(entry.vip))
-        self.identities = [
-            (ipaddress.ip_address(str(k[2])), e)
-            for k, e in state.shared.items()
-            if k[0] == "identity" and isinstance(e, Identity)
-        ]
+        self.reads: set[Topic] = set()
 
     def chain(self, prefix: str, body: str) -> str:
         name = f"{prefix}_{_hash(body)}"
@@ -130,42 +142,72 @@ class _Builder:
 
     def peer_set(self, peer: Peer, port: tuple[str, str] | None = None) -> str:
         """A set of the addresses `peer` matches; with `port` (name, protocol), address . port pairs of
-        the matching endpoints that have that named port."""
-        name = "peer_" + _hash(repr((peer, port)))
-        if ("set", name) in self.plan:
-            return name
-        if port is None:
-            self.plan[("set", name)] = "ipv4_addr; flags interval"
-            for prefix in _intervals(peer, self.identities):
-                self.element(name, prefix)
+        the matching endpoints that have that named port. Its elements are the planner's to keep. Only a
+        set of CIDRs is an interval set: nft reads every such set whole before any change to elements."""
+        if port is not None:
+            declared = "ipv4_addr . inet_service"
         else:
-            self.plan[("set", name)] = "ipv4_addr . inet_service"
-            for address, identity in self.identities:
-                number = identity.named_port(*port)
-                if number is not None and address.version == 4 and peer.matches(address, identity):
-                    self.element(name, f"{address} . {number}")
+            declared = "ipv4_addr; flags interval" if peer.cidrs else "ipv4_addr"
+        name = "peer_" + _hash(f"{declared} {peer!r} {port!r}")  # the name says the type
+        self.planner.peers[name] = (peer, port)
+        self.plan[("set", name)] = declared
         return name
 
+    def nodes(self) -> dict[str, Address]:
+        self.reads.add(("nodes",))
+        return self.planner.nodes
 
-def _intervals(peer: Peer, identities: Iterable[tuple[Address, Identity]]) -> list[str]:
-    if peer.cidrs:
-        found: list[ipaddress.IPv4Network] = []
-        for cidr in peer.cidrs:
-            if isinstance(cidr, ipaddress.IPv4Network):
-                parts = [cidr]
-                for excluded in peer.excepts:
-                    if isinstance(excluded, ipaddress.IPv4Network):
-                        parts = [
-                            q
-                            for p in parts
-                            for q in ((p,) if not excluded.overlaps(p) else _exclude(p, excluded))
-                        ]
-                found += parts
-        return [str(n) for n in ipaddress.collapse_addresses(found)]
-    return sorted(
-        {str(a) for a, identity in identities if a.version == 4 and peer.matches(a, identity)},
-        key=lambda a: int(ipaddress.ip_address(a)),
-    )
+    def address(self, node: str | None) -> Address | None:
+        self.reads.add(("node", node or ""))
+        return self.planner.nodes.get(node or "")
+
+    def network(self, ref: str) -> NetworkEntry | None:
+        self.reads.add(("network", ref))
+        return self.planner.networks.get(ref)
+
+    def networks(self) -> list[NetworkEntry]:
+        self.reads.add(("networks",))
+        return list(self.planner.networks.values())
+
+    def zone(self, ref: str) -> int:
+        self.reads.add(("zone", ref))
+        return self.planner.zone[ref]
+
+    def vips(self, service: str) -> list[str]:
+        self.reads.add(("vips", service))
+        return sorted(self.planner.vips.get(service, ()))
+
+    def identity(self, network: str, address: str) -> Identity | None:
+        self.reads.add(("identity", network, address))
+        found = self.planner.identities.get(("identity", network, address))
+        return found[1] if found else None
+
+
+def _member(peer: Peer, port: tuple[str, str] | None, address: Address, identity: Identity) -> str | None:
+    """The element an endpoint's address gives a peer set, if any."""
+    if address.version != 4 or not peer.matches(address, identity):
+        return None
+    if port is None:
+        return str(address)
+    number = identity.named_port(*port)
+    return None if number is None else f"{address} . {number}"
+
+
+def _intervals(peer: Peer) -> list[str]:
+    """A CIDR peer's IPv4 prefixes, less its exceptions, aggregated."""
+    found: list[ipaddress.IPv4Network] = []
+    for cidr in peer.cidrs:
+        if isinstance(cidr, ipaddress.IPv4Network):
+            parts = [cidr]
+            for excluded in peer.excepts:
+                if isinstance(excluded, ipaddress.IPv4Network):
+                    parts = [
+                        q
+                        for p in parts
+                        for q in ((p,) if not excluded.overlaps(p) else _exclude(p, excluded))
+                    ]
+            found += parts
+    return [str(n) for n in ipaddress.collapse_addresses(found)]
 
 
 def _exclude(
@@ -238,7 +280,7 @@ def _service(builder: _Builder, service: ServiceEntry, protocol: str, port: int)
 def _rule(builder: _Builder, rule: RuleEntry) -> str:
     source = "" if rule.source == Peer() else f"ip saddr @{builder.peer_set(rule.source)} "
     if rule.service is not None:
-        vips = sorted(builder.vips.get(rule.service, ()))
+        vips = builder.vips(rule.service)
         if not vips:
             return ""  # a service with no VIP: nothing reaches it to match
         destination = f"ct original ip daddr {{ {', '.join(vips)} }} "
@@ -307,9 +349,9 @@ iifname "{VETH_PREFIX}*" counter drop comment "pods do not reach the node"
 }
 
 
-def zones(state: NodeState) -> dict[str, int]:
-    """Networks joined by leaked routes share a conntrack zone (a reply may come from the other one):
-    the smallest VNI among them."""
+def zones(networks: Mapping[str, NetworkEntry], leaks: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Networks joined by leaked routes (network, target) share a conntrack zone (a reply may come from
+    the other one): the smallest VNI among them."""
     parent: dict[str, str] = {}
 
     def find(n: str) -> str:
@@ -317,103 +359,368 @@ def zones(state: NodeState) -> dict[str, int]:
             n = parent[n]
         return n
 
-    for entry in state.shared.values():
-        if isinstance(entry, RouteEntry) and entry.kind == "leak" and entry.target:
-            parent[find(entry.network)] = find(entry.target)
-    vnis = {e.ref: e.vni for e in state.shared.values() if isinstance(e, NetworkEntry)}
+    for network, target in leaks:
+        parent[find(network)] = find(target)
     groups: dict[str, list[int]] = defaultdict(list)
-    for network, vni in vnis.items():
-        groups[find(network)].append(vni)
-    return {network: min(groups[find(network)]) & 0xFFFF or 1 for network in vnis}
+    for ref, network_entry in networks.items():
+        groups[find(ref)].append(network_entry.vni)
+    return {ref: min(groups[find(ref)]) & 0xFFFF or 1 for ref in networks}
 
 
 def plan(state: NodeState) -> Plan:
-    """Every kernel object the node's state asks for."""
-    builder = _Builder(state)
-    made = builder.plan
-    me = state.get(("node", state.node))
-    nodes = {e.name: e.address for e in state.shared.values() if isinstance(e, NodeEntry)}
-    networks = {e.ref: e for e in state.shared.values() if isinstance(e, NetworkEntry)}
-    zone = zones(state)
-    local_address = str(me.address) if isinstance(me, NodeEntry) else ""
-    for network in networks.values():
-        device = vxlan_name(network.vni)
-        if local_address:
-            made[("vxlan", device)] = Vxlan(network.vni, local_address, node_mac(nodes[state.node]))
-            for name, address in nodes.items():
-                if name != state.node:
-                    made[("peer", device, str(address))] = node_mac(address)
-        made[("rule", network.table)] = RULE_PRIORITY
-        builder.element("networks", f'"{device}"', str(network.table))
-        builder.element("zones", f'"{device}"', str(zone[network.ref]))
-    made[("rule", "underlay")] = RULE_PRIORITY - 1
-    _veths(builder, networks, zone)
-    for key, entry in state.shared.items():
-        if isinstance(entry, RouteEntry) and entry.network in networks:
-            _route(builder, entry, networks, nodes, state.node)
-        elif isinstance(entry, ServiceEntry) and key[0] in ("service", "nodeport"):
-            _service_elements(builder, key, entry)
-    for key, entry in state.own.items():
-        if isinstance(entry, Isolation):
-            direction, where, own = str(key[0]), str(key[1]), str(key[2])
-            local = state.get(("local", where, own))
-            if not isinstance(local, LocalEntry) or not _v4(own):
+    """Every kernel object the node's state asks for, computed from scratch."""
+    return Planner(state).plan
+
+
+CONTRIBUTORS = ("network", "route", "service", "nodeport", "endpoint", "base")  # made again when fired
+
+
+class Planner:
+    """A node's plan, made from scratch from its state, then kept in step with it by `update`."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.node = state.node
+        self.plan: Plan = {}
+        self.given: dict[Key, Plan] = {}  # contributor -> what it gives
+        self.givers: dict[Key, dict[Key, object]] = {}  # plan key -> contributor -> what it gives there
+        self.reads: dict[Key, set[Topic]] = {}  # contributor -> what it read
+        self.readers: dict[Topic, set[Key]] = defaultdict(set)
+        self.peers: dict[str, tuple[Peer, tuple[str, str] | None]] = {}  # peer set -> what it matches
+        self.members: dict[str, Counter[str]] = {}  # live peer set of endpoints -> element -> identities
+        self.dirty: set[Key] = set()  # plan keys whose givers changed
+        self.changed: set[Key] = set()  # plan keys changed since `update` last returned
+        # the context, from scratch: the state as seen, and what contributions read of it
+        self.entries: Entries = {**state.shared, **state.own}
+        self.nodes = {e.name: e.address for e in self.entries.values() if isinstance(e, NodeEntry)}
+        self.networks = {e.ref: e for e in self.entries.values() if isinstance(e, NetworkEntry)}
+        self.leaks = Counter(leak for e in self.entries.values() if (leak := _leak(e)))
+        self.zone = zones(self.networks, self.leaks)
+        self.vips: dict[str, Counter[str]] = defaultdict(Counter)  # service -> its IPv4 VIPs -> entries
+        self.rules: dict[Key, RuleEntry] = {}
+        self.identities: dict[Key, tuple[Address, Identity]] = {}
+        self.endpoints: dict[str, set[Key]] = defaultdict(set)  # local endpoint -> its "local" keys
+        for key, entry in self.entries.items():
+            if (vip := _vip(entry)) is not None:
+                self.vips[vip[0]][vip[1]] += 1
+            elif isinstance(entry, RuleEntry):
+                self.rules[key] = entry
+            elif isinstance(entry, Identity):
+                self.identities[key] = (ipaddress.ip_address(str(key[2])), entry)
+            elif isinstance(entry, LocalEntry):
+                self.endpoints[entry.endpoint].add(key)
+        for key in [k for k in self.entries if k[0] in CONTRIBUTORS]:
+            self._make(key)
+        for endpoint in self.endpoints:
+            self._make(("endpoint", endpoint))
+        self._make(("base",))
+        self._settle()
+        self.changed.clear()
+
+    def update(self, state: NodeState, delta: Delta) -> set[Key]:
+        """Bring the plan in step with `state`, which `delta` changed; returns the plan keys that changed.
+        Only the contributions of changed entries, and of those that read what changed, are made again."""
+        fired: set[Topic] = set()
+        for scope in (SHARED, self.node):
+            for key in (*delta.puts.get(scope, {}), *delta.deletes.get(scope, ())):
+                old, new = self.entries.pop(key, None), state.get(key)
+                if new is not None:
+                    self.entries[key] = new
+                fired |= {key, *self._context(key, old, new)}
+        if ("zones",) in fired:
+            zone, self.zone = self.zone, zones(self.networks, self.leaks)
+            fired |= {("zone", n) for n in zone.keys() | self.zone.keys() if zone.get(n) != self.zone.get(n)}
+        remake = {topic for topic in fired if topic[0] in CONTRIBUTORS}
+        for topic in fired:
+            remake |= self.readers.get(topic, set())
+        for contributor in remake:
+            self._make(contributor)
+        self._settle()
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def _context(self, key: Key, old: Entry | None, new: Entry | None) -> set[Topic]:
+        """Keep the context in step with one entry's change; returns what else that changes."""
+        kind = key[0]
+        if kind == "node":
+            _keep(self.nodes, str(key[1]), new.address if isinstance(new, NodeEntry) else None)
+            return {("nodes",)}
+        if kind == "network":
+            _keep(self.networks, str(key[1]), new if isinstance(new, NetworkEntry) else None)
+            return {("networks",), ("zones",)}
+        if kind == "route":
+            return {("zones",)} if _count(self.leaks, _leak(old), _leak(new)) else set()
+        if kind == "rule":
+            _keep(self.rules, key, new if isinstance(new, RuleEntry) else None)
+            return {("base",)}
+        if kind == "identity":
+            self._identity(key, old, new)
+        elif kind == "local":
+            return self._local(key, old, new)
+        elif kind in ("service", "nodeport"):
+            return self._vips(old, new)
+        return set()
+
+    def _vips(self, old: Entry | None, new: Entry | None) -> set[Topic]:
+        before, after = _vip(old), _vip(new)
+        if before == after:
+            return set()
+        fired: set[Topic] = set()
+        for vip, gone in ((before, True), (after, False)):
+            if vip is not None:
+                counts = self.vips[vip[0]]
+                if _count(counts, vip[1] if gone else None, None if gone else vip[1]):
+                    fired.add(("vips", vip[0]))
+                if not counts:
+                    del self.vips[vip[0]]
+        return fired
+
+    def _local(self, key: Key, old: Entry | None, new: Entry | None) -> set[Topic]:
+        fired: set[Topic] = set()
+        for entry, held in ((old, False), (new, True)):
+            if isinstance(entry, LocalEntry):
+                keys = self.endpoints[entry.endpoint]
+                if held:
+                    keys.add(key)
+                else:
+                    keys.discard(key)
+                if not keys:
+                    del self.endpoints[entry.endpoint]
+                fired.add(("endpoint", entry.endpoint))
+        return fired
+
+    def _identity(self, key: Key, old: Entry | None, new: Entry | None) -> None:
+        """An identity changed: the live peer sets of endpoints gain or lose its address."""
+        address = ipaddress.ip_address(str(key[2]))
+        _keep(self.identities, key, (address, new) if isinstance(new, Identity) else None)
+        for name, counts in self.members.items():
+            peer, port = self.peers[name]
+            before = _member(peer, port, address, old) if isinstance(old, Identity) else None
+            after = _member(peer, port, address, new) if isinstance(new, Identity) else None
+            if before == after:
                 continue
-            identity = state.shared.get(("identity", where, own))
-            body = _isolation(builder, entry, direction, identity if isinstance(identity, Identity) else None)
-            chain = builder.chain("in" if direction == "ingress" else "out", body)
-            builder.element(direction, f'"{veth_name(local.endpoint)}"', f"jump {chain}")
-    refused = [str(k[2]) for k in made if k[:2] == ("element", "refused")]
-    for vip in refused if local_address else ():  # routed, so that the forward chain refuses them
-        for network in networks.values():
-            made[("route", network.table, f"{vip}/32")] = Route("dev", vxlan_name(network.vni))
-    ordered = sorted((k, e) for k, e in state.shared.items() if k[0] == "rule" and isinstance(e, RuleEntry))
-    rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for _, e in ordered))))
+            contributor, given = ("peers", name), self.given.setdefault(("peers", name), {})
+            if before is not None and _count(counts, before, None):
+                del given[("element", name, before)]
+                self._source(("element", name, before), contributor, _ABSENT)
+            if after is not None and _count(counts, None, after):
+                given[("element", name, after)] = ""
+                self._source(("element", name, after), contributor, "")
+
+    def _make(self, contributor: Key) -> None:
+        """Make one contribution again: give what it gives now, and note what it read."""
+        builder = _Builder(self)
+        kind = contributor[0]
+        if kind == "endpoint":
+            _endpoint(builder, str(contributor[1]))
+        elif kind == "base":
+            _base(builder)
+        elif kind == "refused":
+            _refused(builder, str(contributor[1]))
+        else:
+            entry = self.entries.get(contributor)
+            if isinstance(entry, NetworkEntry):
+                _network(builder, entry)
+            elif isinstance(entry, RouteEntry):
+                _route(builder, entry)
+            elif isinstance(entry, ServiceEntry):
+                _service_elements(builder, contributor, entry)
+        self._give(contributor, builder.plan)
+        old = self.reads.pop(contributor, set())
+        for topic in old - builder.reads:
+            readers = self.readers[topic]
+            readers.discard(contributor)
+            if not readers:
+                del self.readers[topic]
+        for topic in builder.reads - old:
+            self.readers[topic].add(contributor)
+        if builder.reads:
+            self.reads[contributor] = builder.reads
+
+    def _give(self, contributor: Key, made: Plan) -> None:
+        """`contributor` now gives exactly `made`."""
+        old = self.given.pop(contributor, {})
+        for key in old.keys() - made.keys():
+            self._source(key, contributor, _ABSENT)
+        for key, value in made.items():
+            if old.get(key, _ABSENT) != value:
+                self._source(key, contributor, value)
+        if made:
+            self.given[contributor] = made
+
+    def _source(self, key: Key, contributor: Key, value: object) -> None:
+        givers = self.givers.setdefault(key, {})
+        if value is _ABSENT:
+            givers.pop(contributor, None)
+            if not givers:
+                del self.givers[key]
+        else:
+            givers[contributor] = value
+        self.dirty.add(key)
+
+    def _settle(self) -> None:
+        """Resolve the plan keys whose givers changed. A refused VIP's element, and a peer set, appearing
+        or going, make what depends on them: the VIP's routes, the set's elements."""
+        while self.dirty:
+            key = self.dirty.pop()
+            givers = self.givers.get(key)
+            value = _winner(givers) if givers else _ABSENT
+            if value == self.plan.get(key, _ABSENT):
+                continue
+            if value is _ABSENT:
+                del self.plan[key]
+            else:
+                self.plan[key] = value
+            self.changed.add(key)
+            if key[:2] == ("element", "refused"):
+                self._make(("refused", key[2]))
+            elif key[0] == "set" and key[1] in self.peers:
+                self._peer_set(str(key[1]), value is not _ABSENT)
+
+    def _peer_set(self, name: str, live: bool) -> None:
+        """A peer set's elements: every one when it appears (then kept per identity, unless it is of
+        CIDRs only), none when it goes."""
+        made: Plan = {}
+        if live:
+            peer, port = self.peers[name]
+            if port is None and peer.cidrs:
+                made = {("element", name, e): "" for e in _intervals(peer)}
+            else:
+                found = (_member(peer, port, a, i) for a, i in self.identities.values())
+                self.members[name] = Counter(e for e in found if e is not None)
+                made = {("element", name, e): "" for e in self.members[name]}
+        else:
+            self.members.pop(name, None)
+            self.peers.pop(name, None)
+        self._give(("peers", name), made)
+
+
+def _winner(givers: dict[Key, object]) -> object:
+    """What the plan holds of an object several give: a refused VIP's route rather than the table's own
+    route to it; anything else several give, they give alike."""
+    if len(givers) > 1:
+        for contributor, value in givers.items():
+            if contributor[0] == "refused":
+                return value
+    return next(iter(givers.values()))
+
+
+def _leak(entry: Entry | None) -> tuple[str, str] | None:
+    if isinstance(entry, RouteEntry) and entry.kind == "leak" and entry.target:
+        return entry.network, entry.target
+    return None
+
+
+def _vip(entry: Entry | None) -> tuple[str, str] | None:
+    if isinstance(entry, ServiceEntry) and _v4(entry.vip):
+        return entry.service, str(entry.vip)
+    return None
+
+
+def _keep(index: dict[_K, _V], key: _K, value: _V | None) -> None:
+    if value is None:
+        index.pop(key, None)
+    else:
+        index[key] = value
+
+
+def _count(counts: Counter[_K], old: _K | None, new: _K | None) -> bool:
+    """Move one count from `old` to `new`; True when a value appears or goes."""
+    if old == new:
+        return False
+    moved = False
+    if old is not None:
+        counts[old] -= 1
+        if not counts[old]:
+            del counts[old]
+            moved = True
+    if new is not None:
+        counts[new] += 1
+        moved |= counts[new] == 1
+    return moved
+
+
+def _base(builder: _Builder) -> None:
+    """The base sets and chains, the chain of Isthmus rules (in key order) the forward chain jumps to, and
+    the underlay's `ip rule`."""
+    ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
+    rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
     for base, declared in BASE.items():
         if base[0] == "chain":
             builder.chain(str(base[1]), str(declared).replace("jump rules", f"jump {rules}"))
         else:
-            made[base] = declared
-    return made
+            builder.plan[base] = declared
+    builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
 
 
-def _veths(builder: _Builder, networks: dict[str, NetworkEntry], zone: dict[str, int]) -> None:
-    """One veth per local endpoint, holding all its addresses."""
-    veths: dict[str, Veth] = {}
-    for entry in builder.state.own.values():
-        if isinstance(entry, LocalEntry):
-            name = veth_name(entry.endpoint)
-            known = veths.get(name)
-            addresses = (*(known.addresses if known else ()), str(entry.address))
-            veths[name] = Veth(entry.endpoint, entry.network, addresses, entry.mac)
-    for name, veth in veths.items():
-        builder.plan[("veth", name)] = veth
-        if veth.network in networks:
-            builder.element("networks", f'"{name}"', str(networks[veth.network].table))
-            builder.element("zones", f'"{name}"', str(zone[veth.network]))
-        for own in veth.addresses:
-            if _v4(own):
-                builder.element("hairpin", f"{own} . {own}")
+def _network(builder: _Builder, network: NetworkEntry) -> None:
+    """Its VXLAN device (with every other node as a peer), its `ip rule`, its device's mark and zone."""
+    device, me, nodes = vxlan_name(network.vni), builder.planner.node, builder.nodes()
+    if me in nodes:
+        builder.plan[("vxlan", device)] = Vxlan(network.vni, str(nodes[me]), node_mac(nodes[me]))
+        for name, address in nodes.items():
+            if name != me:
+                builder.plan[("peer", device, str(address))] = node_mac(address)
+    builder.plan[("rule", network.table)] = RULE_PRIORITY
+    builder.element("networks", f'"{device}"', str(network.table))
+    builder.element("zones", f'"{device}"', str(builder.zone(network.ref)))
 
 
-def _route(
-    builder: _Builder,
-    route: RouteEntry,
-    networks: dict[str, NetworkEntry],
-    nodes: dict[str, Address],
-    me: str,
-) -> None:
-    network = networks[route.network]
+def _endpoint(builder: _Builder, endpoint: str) -> None:
+    """A local endpoint: one veth holding its addresses, its mark, zone and hairpin, and per direction the
+    NetworkPolicy isolation of its first IPv4 address that has one."""
+    planner = builder.planner
+    builder.reads.add(("endpoint", endpoint))
+    found = [planner.entries.get(k) for k in planner.endpoints.get(endpoint, ())]
+    attached = sorted(
+        (e for e in found if isinstance(e, LocalEntry)), key=lambda e: (e.address.version, int(e.address))
+    )
+    if not attached:
+        return
+    name, first = veth_name(endpoint), attached[0]
+    addresses = tuple(str(e.address) for e in attached)
+    builder.plan[("veth", name)] = Veth(endpoint, first.network, addresses, first.mac)
+    network = builder.network(first.network)
+    if network is not None:
+        builder.element("networks", f'"{name}"', str(network.table))
+        builder.element("zones", f'"{name}"', str(builder.zone(first.network)))
+    for local in attached:
+        if _v4(local.address):
+            builder.element("hairpin", f"{local.address} . {local.address}")
+    for direction in ("ingress", "egress"):
+        for local in attached:
+            key = (direction, local.network, str(local.address))
+            builder.reads.add(key)
+            isolation = planner.entries.get(key)
+            if isinstance(isolation, Isolation) and _v4(local.address):
+                identity = builder.identity(local.network, str(local.address))
+                body = _isolation(builder, isolation, direction, identity)
+                chain = builder.chain("in" if direction == "ingress" else "out", body)
+                builder.element(direction, f'"{name}"', f"jump {chain}")
+                break
+
+
+def _refused(builder: _Builder, vip: str) -> None:
+    """A refused VIP is routed in every table (to the network's VXLAN device), so that the forward chain
+    refuses it."""
+    if ("element", "refused", vip) in builder.planner.plan and builder.planner.node in builder.nodes():
+        for network in builder.networks():
+            builder.plan[("route", network.table, f"{vip}/32")] = Route("dev", vxlan_name(network.vni))
+
+
+def _route(builder: _Builder, route: RouteEntry) -> None:
+    network = builder.network(route.network)
+    if network is None:
+        return
     key = ("route", network.table, str(route.prefix))
     if route.kind == "unreachable":
         builder.plan[key] = Route("unreachable")
     elif route.kind == "egress":
         builder.plan[key] = Route("throw")  # on to the node's own tables, out of its uplink
         builder.element("egress_networks", str(network.table))
-    elif route.node == me and route.endpoint:
+    elif route.node == builder.planner.node and route.endpoint:
         builder.plan[key] = Route("dev", veth_name(route.endpoint))
-    elif route.node in nodes:
-        builder.plan[key] = Route("via", vxlan_name(network.vni), str(nodes[route.node]))
+    elif (address := builder.address(route.node)) is not None:
+        builder.plan[key] = Route("via", vxlan_name(network.vni), str(address))
     if route.kind == "leak" and route.via is not None and _v4(route.prefix.network_address):
         backend = route.prefix.network_address
         builder.element("via_only", f"{network.table} . {backend}")
