@@ -1,7 +1,7 @@
 """Benchmarks of the kernel dataplane on a real lab (lab/fabric.py: two node namespaces on a switch, the
 real agent in each, pods attached through the real CNI plugin): TCP throughput across nodes over VXLAN and
 through a node's routing, against a bare veth pair; connect latency to a service VIP with 10 and 10,000
-services programmed; CNI ADD to a reachable pod. Needs root and nftables; installs iperf3 when missing.
+services programmed; CNI ADD to a reachable pod. Needs root, nftables and iperf3 (scripts/bootstrap).
 Everything made is named with the lab's prefix (isd<hex>-) and removed at the end, also on failure."""
 
 from __future__ import annotations
@@ -153,17 +153,6 @@ def _percentile(values: list[float], share: float) -> float:
     return sorted(values)[math.ceil(share * len(values)) - 1]
 
 
-def _iperf3() -> None:
-    """iperf3 from Debian when it is missing."""
-    if shutil.which("iperf3"):
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "iperf3"], check=True, env=env
-    )
-
-
 def _veth_pair(fabric: Fabric) -> tuple[str, str]:
     """Two namespaces joined by a bare veth pair (10.99.0.1 and .2/30, default MTU, nothing else)."""
     a, b = f"{fabric.prefix}raw-a", f"{fabric.prefix}raw-b"
@@ -200,7 +189,8 @@ def throughput() -> Figures:
     VXLAN, and to a pod on node-1 through the node's routing (routed veths, nftables, conntrack), and
     over a bare veth pair between two namespaces: three rounds of the three, interleaved so that the
     machine's other load touches each alike; each figure is its median over the rounds."""
-    _iperf3()
+    if not shutil.which("iperf3"):
+        raise RuntimeError("iperf3 is missing: scripts/bootstrap installs it")
     docs = [NAMESPACE_DOC, _pod("client", "node-1"), _pod("local", "node-1"), _pod("remote", "node-2")]
     with _lab(docs) as fabric:
         raw_client, raw_server = _veth_pair(fabric)

@@ -5,9 +5,11 @@ above TABLE_BASE and the `ip rule`s at RULE_PRIORITY."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import json
 import os
-from collections.abc import Iterator
+import subprocess
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS
@@ -168,45 +170,58 @@ def remove(ipr: Any, key: Key, old: object) -> None:
             ipr.rule("del", **_rule(key))
 
 
-@contextlib.contextmanager
-def _sandbox(path: str) -> Iterator[tuple[Any, int]]:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise AttachError(f"network namespace {path}: {exc.strerror}") from None
-    try:
-        with NetNS(path) as ns:
-            yield ns, fd
-    finally:
-        os.close(fd)
+def _inside(sandbox: str, commands: list[str]) -> str:
+    """`ip -j -batch` of `commands` in the network namespace at path `sandbox` (one process: a netlink
+    socket there costs pyroute2 a helper process); what the commands printed."""
+    if not os.path.exists(sandbox):
+        raise AttachError(f"network namespace {sandbox}: no such file")
+    done = subprocess.run(
+        ["nsenter", f"--net={sandbox}", "ip", "-j", "-batch", "-"],
+        input="\n".join(commands),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AttachError(f"in {sandbox}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
 
 
 def attach(ipr: Any, host: str, veth: Veth, sandbox: str, ifname: str) -> dict[str, Any]:
     """A veth pair from the node (`host`, holding the pods' gateway address) into the sandbox (`ifname`,
     with the endpoint's addresses and a default route through the gateway). Returns the interfaces."""
-    with _sandbox(sandbox) as (ns, fd):
-        if ns.link_lookup(ifname=ifname):
-            raise AttachError(f"interface {ifname} already exists in {sandbox}")
+    try:
+        fd = os.open(sandbox, os.O_RDONLY)
+    except OSError as exc:
+        raise AttachError(f"network namespace {sandbox}: {exc.strerror}") from None
+    try:
         if _index(ipr, host) is not None:
             ipr.link("del", index=_index(ipr, host))  # left by an attachment its runtime never deleted
         peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "mtu": VXLAN_MTU}
         if veth.mac:
             peer["address"] = veth.mac
-        ipr.link("add", ifname=host, kind="veth", mtu=VXLAN_MTU, peer=peer)
-        index = _index(ipr, host)
-        ipr.addr("add", index=index, address=GATEWAY, prefixlen=32)
-        ipr.link("set", index=index, state="up")
-        inside = ns.link_lookup(ifname=ifname)[0]
-        for address in veth.addresses:
-            parsed = ipaddress.ip_address(address)
-            ns.addr("add", index=inside, address=address, prefixlen=parsed.max_prefixlen)
-        ns.link("set", index=inside, state="up")
-        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-        ns.route("add", dst=f"{GATEWAY}/32", oif=inside, scope=253)
-        ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=inside)
-        mac = ns.get_links(inside)[0].get("address")
-        host_mac = ipr.get_links(index)[0].get("address")
-    return {"host": {"name": host, "mac": host_mac}, "sandbox": {"name": ifname, "mac": mac}}
+        try:
+            ipr.link("add", ifname=host, kind="veth", mtu=VXLAN_MTU, peer=peer)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise AttachError(f"interface {ifname} already exists in {sandbox}") from None
+            raise
+    finally:
+        os.close(fd)
+    index = _index(ipr, host)
+    ipr.addr("add", index=index, address=GATEWAY, prefixlen=32)
+    ipr.link("set", index=index, state="up")
+    commands = [f"addr add {a}/{ipaddress.ip_address(a).max_prefixlen} dev {ifname}" for a in veth.addresses]
+    commands += [
+        f"link set {ifname} up",
+        "link set lo up",
+        f"route add {GATEWAY}/32 dev {ifname} scope link",
+        f"route add default via {GATEWAY} dev {ifname}",
+        f"link show dev {ifname}",
+    ]
+    shown = json.loads(_inside(sandbox, commands))
+    host_mac = ipr.get_links(index)[0].get("address")
+    return {"host": {"name": host, "mac": host_mac}, "sandbox": {"name": ifname, "mac": shown[0]["address"]}}
 
 
 def attached(ipr: Any, host: str, sandbox: str, ifname: str) -> list[str]:
@@ -215,9 +230,9 @@ def attached(ipr: Any, host: str, sandbox: str, ifname: str) -> list[str]:
     if _index(ipr, host) is None:
         problems.append(f"host interface {host} is gone")
     try:
-        with _sandbox(sandbox) as (ns, _):
-            if not ns.link_lookup(ifname=ifname):
-                problems.append(f"interface {ifname} is gone from {sandbox}")
+        names = [link["ifname"] for link in json.loads(_inside(sandbox, ["link show"]))]
+        if ifname not in names:
+            problems.append(f"interface {ifname} is gone from {sandbox}")
     except AttachError as exc:
         problems.append(str(exc))
     return problems
