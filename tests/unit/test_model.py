@@ -126,6 +126,34 @@ def error_of(*docs: dict[str, Any]) -> str:
             "Node is not namespaced; remove metadata.namespace",
         ),
         (
+            obj("Node", "n1", None, {"address": "192.168.0.1", "bgp": {"asn": 64512, "peers": []}}),
+            "spec.bgp.peers: List should have at least 1 item",
+        ),
+        (
+            obj(
+                "Node",
+                "n1",
+                None,
+                {
+                    "address": "192.168.0.1",
+                    "bgp": {"asn": 0, "peers": [{"address": "192.168.0.9", "asn": 1}]},
+                },
+            ),
+            "spec.bgp.asn: Input should be greater than or equal to 1",
+        ),
+        (
+            obj(
+                "Node",
+                "n1",
+                None,
+                {
+                    "address": "192.168.0.1",
+                    "bgp": {"asn": 1, "peers": [{"address": "192.168.0.9", "asn": 2}] * 2},
+                },
+            ),
+            "peers repeat an address: 192.168.0.9, 192.168.0.9",
+        ),
+        (
             {"apiVersion": "isthmus.io/v1", "kind": "Gadget", "metadata": {"name": "g"}},
             "unknown kind 'Gadget'",
         ),

@@ -49,8 +49,35 @@ class Tenant(Resource):
     spec: TenantSpec = TenantSpec()
 
 
+ASN = Annotated[int, Field(ge=1, le=4_294_967_295)]
+Announced = Literal["floatingIPs", "serviceVIPs", "egressIPs", "routedBlocks"]
+
+
+class BgpPeer(Model):
+    address: IPAddress
+    asn: ASN
+
+
+class NodeBgp(Model):
+    """The node's BGP speaker: its AS, its peers (the routers), and what it announces: floating IPs and
+    service VIPs only while it hosts a ready backend, egress addresses it owns, its blocks of routed
+    networks."""
+
+    asn: ASN
+    peers: list[BgpPeer] = Field(min_length=1)
+    announce: list[Announced] = ["floatingIPs", "egressIPs", "routedBlocks"]
+
+    @model_validator(mode="after")
+    def _unique(self) -> NodeBgp:
+        addresses = [p.address for p in self.peers]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"peers repeat an address: {', '.join(map(str, addresses))}")
+        return self
+
+
 class NodeSpec(Model):
     address: IPAddress = Field(description="underlay address, also the VXLAN tunnel endpoint")
+    bgp: NodeBgp | None = None
 
 
 class Node(Resource):
