@@ -292,7 +292,14 @@ class Compiler:
 
     def _part(self, obj: Object) -> Made:
         if isinstance(obj, Node):
-            return [(SHARED, ("node", obj.metadata.name), NodeEntry(obj.metadata.name, obj.spec.address))]
+            announce = tuple(obj.spec.bgp.announce) if obj.spec.bgp else ()
+            return [
+                (
+                    SHARED,
+                    ("node", obj.metadata.name),
+                    NodeEntry(obj.metadata.name, obj.spec.address, announce),
+                )
+            ]
         if isinstance(obj, VirtualNetwork):
             return self._network(obj)
         if isinstance(obj, Endpoint):

@@ -36,6 +36,7 @@ SHARED = ""  # the scope of cluster-wide entries
 class NodeEntry:
     name: str
     address: Address
+    announce: tuple[str, ...] = ()  # what its BGP speaker announces: floatingIPs, serviceVIPs, ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ import hashlib
 import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
 from isthmus.compile.state import (
@@ -302,6 +302,7 @@ ip daddr . meta l4proto . th dport @rejected reject
 ip daddr @refused reject with icmp host-unreachable"""
 _REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejected reject with tcp reset
 meta l4proto . th dport @nodeport_rejected reject"""
+_OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
 _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
 BASE: Plan = {
     ("set", "networks"): "ifname : mark",
@@ -316,11 +317,15 @@ BASE: Plan = {
     ("set", "nodeport_rejected"): "inet_proto . inet_service",
     ("set", "refused"): "ipv4_addr",
     ("set", "floating"): "ipv4_addr : ipv4_addr",
+    ("set", "outside_marks"): "ipv4_addr : mark",
+    ("set", "outside_zones"): "typeof ip daddr : ct zone",
     ("set", "ingress"): "ifname : verdict",
     ("set", "egress"): "ifname : verdict",
-    ("chain", "pre_raw"): """type filter hook prerouting priority raw; policy accept;
+    ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
 meta mark set iifname map @networks
-ct zone set iifname map @zones""",
+ct zone set iifname map @zones
+{_OUTSIDE} meta mark set ip daddr map @outside_marks
+{_OUTSIDE} ct zone set ip daddr map @outside_zones""",
     ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
 ct zone set oifname map @zones""",
     ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
@@ -727,6 +732,19 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         builder.element("via_allowed", f"{network.table} . {backend} . {route.via}")
 
 
+def _outside(builder: _Builder, address: str, target: Target) -> None:
+    """Flows to `address` from the uplink go to `target` when it is local: they get its network's mark
+    (the table) and conntrack zone before DNAT, so that its replies find them."""
+    if target.node != builder.planner.node or not target.endpoint:
+        return
+    builder.reads.add(("endpoint", target.endpoint))
+    for key in builder.planner.endpoints.get(target.endpoint, ()):
+        network = builder.network(str(key[1]))
+        if network is not None and str(key[2]) == str(target.address):
+            builder.element("outside_marks", address, str(network.table))
+            builder.element("outside_zones", address, str(builder.zone(network.ref)))
+
+
 def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> None:
     if key[0] == "service":
         address, protocol, port = str(key[1]), str(key[2]), int(key[3])
@@ -735,7 +753,12 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
         if protocol == "any":  # a floating IP of endpoints: every port to the first
             if service.targets and _v4(service.targets[0].address):
                 builder.element("floating", address, str(service.targets[0].address))
+                _outside(builder, address, service.targets[0])
             return
+        local = tuple(t for t in service.targets if t.node == builder.planner.node)
+        if address != str(service.vip) and local:  # a floating or external IP: to a backend here
+            service = replace(service, targets=local)
+            _outside(builder, address, local[0])
         chain = _service(builder, service, protocol, port)
         element = f"{address} . {protocol.lower()} . {port}"
         if chain is None:

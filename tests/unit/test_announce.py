@@ -1,0 +1,77 @@
+"""Floating IPs on the node side: a node announces a service's floating IP only while it hosts a ready
+backend of it, and flows from its uplink to that address go to the local backend, marked with the backend
+network's table and conntrack zone so that replies find them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isthmus.compile import Compiler
+from isthmus.compile.announce import announced
+from isthmus.dataplane.kernel.plan import plan
+from isthmus.model import parse_object
+from tests.unit.test_compile import _meta
+
+BGP = {"asn": 64512, "peers": [{"address": "192.0.2.254", "asn": 64500}]}
+
+
+def _cluster(backends: list[tuple[str, str]], announce: list[str] | None = None) -> Compiler:
+    """Nodes n1 (speaking BGP) and n2, network x/a (VNI 7), endpoints e1 on n1 and e2 on n2, service s
+    with the given (endpoint, node) backends and floating IP 203.0.113.5."""
+    bgp = BGP | ({"announce": announce} if announce is not None else {})
+    docs: list[dict[str, Any]] = [
+        {"kind": "Node", "metadata": _meta("n1"), "spec": {"address": "192.0.2.1", "bgp": bgp}},
+        {"kind": "Node", "metadata": _meta("n2"), "spec": {"address": "192.0.2.2"}},
+        {"kind": "VirtualNetwork", "metadata": _meta("a", "x"), "spec": {"vni": 7}},
+        {
+            "kind": "Endpoint",
+            "metadata": _meta("e1", "x"),
+            "spec": {"network": "a", "node": "n1", "addresses": ["10.0.0.1"]},
+        },
+        {
+            "kind": "Endpoint",
+            "metadata": _meta("e2", "x"),
+            "spec": {"network": "a", "node": "n2", "addresses": ["10.0.0.2"]},
+        },
+        {
+            "kind": "ServiceVIP",
+            "metadata": _meta("s", "x"),
+            "spec": {
+                "network": "a",
+                "vip": "10.254.0.1",
+                "type": "LoadBalancer",
+                "ports": [{"port": 80}],
+                "backends": [
+                    {"endpoint": e, "address": f"10.0.0.{e[1]}", "node": node, "ready": True}
+                    for e, node in backends
+                ],
+            },
+        },
+        {
+            "kind": "FloatingIP",
+            "metadata": _meta("s", "x"),
+            "spec": {"pool": "public", "address": "203.0.113.5", "service": "s"},
+        },
+    ]
+    return Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs)
+
+
+def test_a_node_announces_a_floating_ip_only_while_it_hosts_a_backend() -> None:
+    both = _cluster([("e1", "n1"), ("e2", "n2")])
+    assert announced(both.node_state("n1")) == {"203.0.113.5/32"}
+    assert announced(both.node_state("n2")) == set()  # no BGP configured there
+    assert announced(_cluster([("e2", "n2")]).node_state("n1")) == set()
+    vips = _cluster([("e1", "n1")], ["floatingIPs", "serviceVIPs"])
+    assert announced(vips.node_state("n1")) == {"203.0.113.5/32", "10.254.0.1/32"}
+
+
+def test_uplink_flows_to_a_floating_ip_go_to_the_local_backend_in_its_table_and_zone() -> None:
+    made = plan(_cluster([("e1", "n1"), ("e2", "n2")]).node_state("n1"))
+    assert made[("element", "outside_marks", "203.0.113.5")] == "1007"
+    assert made[("element", "outside_zones", "203.0.113.5")] == "7"
+    chain = str(made[("element", "services", "203.0.113.5 . tcp . 80")]).removeprefix("goto ")
+    assert made[("chain", chain)] == "meta l4proto tcp dnat ip to 10.0.0.1:80"  # local only
+    vip_chain = str(made[("element", "services", "10.254.0.1 . tcp . 80")]).removeprefix("goto ")
+    assert "10.0.0.2" in str(made[("chain", vip_chain)])  # the ClusterIP keeps every backend
+    remote = plan(_cluster([("e2", "n2")]).node_state("n1"))
+    assert ("element", "outside_marks", "203.0.113.5") not in remote
