@@ -6,6 +6,7 @@ kernel holds, so a restart applies only the difference."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
 from isthmus.model import Object
 from isthmus.store import Compacted, Event, EventType, Ledger
 from isthmus.store.ledger import prefix_end
-from isthmus.store.objects import OBJECTS, _decode, decode, parse_key
+from isthmus.store.objects import OBJECTS, STATUS, _decode, decode, parse_key
 
 log = logging.getLogger("isthmus.agent")
 
@@ -59,6 +60,7 @@ class Agent:
         self.lock = threading.RLock()
         self.metrics = Metrics()
         self.problems: dict[str, str] = {}
+        self.published = b""
         self._list()
 
     def _list(self) -> None:
@@ -133,6 +135,16 @@ class Agent:
                 "problems": self.problems,
             }
 
+    def publish(self) -> None:
+        """The node's status into the ledger (under STATUS, outside the objects), when it changed."""
+        with self.lock:
+            report = self.status()
+            report.pop("revision")
+            body = json.dumps(report, sort_keys=True).encode()
+            if body != self.published:
+                self.ledger.commit({}, [(STATUS + self.node, body)])
+                self.published = body
+
     def run(self, stop: threading.Event) -> None:
         """Follow the ledger until `stop` is set."""
         while not stop.is_set():
@@ -142,8 +154,11 @@ class Agent:
                     events = watch.poll(timeout=0.5)
                     if events:
                         self.changed(events, watch.revision)
-                    elif self.problems:
-                        self.reconcile()  # retry what could not be made
+                    else:
+                        self.revision = watch.revision  # nothing of ours changed up to here
+                        if self.problems:
+                            self.reconcile()  # retry what could not be made
+                    self.publish()
             except Compacted:
                 log.warning("watch from %d compacted; listing again", self.revision)
                 self._list()

@@ -14,7 +14,7 @@ import click
 from isthmus import __version__
 from isthmus.cli.common import Context, apply_manifests, delete_objects, errors, pass_context
 from isthmus.cli.lab import lab
-from isthmus.cli.output import document, table
+from isthmus.cli.output import aligned, document, table
 from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Source, Tracer
 from isthmus.dataplane.trace.matrix import grid, matrix
@@ -76,7 +76,11 @@ def apply(ctx: Context, paths: tuple[str, ...], namespace: str) -> None:
 def get(
     ctx: Context, kind: str, name: str | None, namespace: str, all_namespaces: bool, output: str | None
 ) -> None:
-    """Show objects of a KIND (or `all`), or one by NAME."""
+    """Show objects of a KIND (or `all`), or one by NAME; `bgp`: each node's BGP sessions and
+    announced prefixes, as its agent reports them."""
+    if kind == "bgp":
+        _bgp(ctx.ledger, name, output)
+        return
     with errors():
         kinds = [k for k in KINDS if k.model is not None] + [k for k in KINDS if k.model is None]
         infos = kinds if kind == "all" else [lookup_kind(kind)]
@@ -106,6 +110,25 @@ def get(
             for info, items in shown
         ]
         click.echo("\n\n".join(blocks))
+
+
+def _bgp(ledger: Ledger, node: str | None, output: str | None) -> None:
+    reports = {
+        kv.key.removeprefix(objects.STATUS): json.loads(kv.value).get("bgp") or {}
+        for kv in ledger.list(objects.STATUS)[0]
+    }
+    shown = {n: r for n, r in sorted(reports.items()) if node in (None, n)}
+    if output in ("json", "yaml"):
+        click.echo(json.dumps(shown, indent=2))
+        return
+    rows = [["NODE", "PEER", "AS", "STATE", "SINCE", "ANNOUNCED"]]
+    for name, report in shown.items():
+        announced = ",".join(report.get("announced") or []) or "-"
+        for peer in report.get("peers") or [{}]:
+            state = str(peer.get("state", "no speaker")) + (f" ({peer['info']})" if peer.get("info") else "")
+            row = [str(peer.get(f, "-")) for f in ("address", "asn")] + [state, str(peer.get("since", "-"))]
+            rows.append([name, *row, announced])
+    click.echo(aligned(rows))
 
 
 def _order(obj: Object) -> tuple[str, str]:

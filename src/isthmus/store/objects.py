@@ -14,6 +14,7 @@ from isthmus.store.ledger import KeyValue, Ledger, prefix_end
 from isthmus.store.txn import Txn
 
 OBJECTS = "/objects/"
+STATUS = "/status/nodes/"  # NODE -> its agent's report (JSON): endpoints programmed or why not, BGP
 REFS = "/refs"
 _BY_PATH = {(k.group, k.kind): k for k in KINDS}
 
