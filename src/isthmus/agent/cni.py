@@ -149,7 +149,7 @@ class Service:
 
     def report(self, request: dict[str, Any]) -> dict[str, Any]:
         """Not CNI: the agent's status and metrics, for `isthmus lab status`."""
-        return self.agent.status() | {"metrics": self.agent.metrics.text(self.agent.node)}
+        return self.agent.status() | {"metrics": self.agent.metrics_text()}
 
     def status(self, request: dict[str, Any]) -> None:
         if not self.agent.driver.current:

@@ -13,12 +13,15 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from isthmus.agent.bgp import Announcer
+from isthmus.agent.bgp import metrics as bgp_metrics
 from isthmus.compile import Compiler
+from isthmus.compile.announce import announced
 from isthmus.compile.compiler import Unit
 from isthmus.compile.state import Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
-from isthmus.model import Object
+from isthmus.model import Node, Object
 from isthmus.store import Compacted, Event, EventType, Ledger
 from isthmus.store.ledger import prefix_end
 from isthmus.store.objects import OBJECTS, STATUS, _decode, decode, parse_key
@@ -55,8 +58,8 @@ class Agent:
     """Holds the node's compiler and driver; every method takes the lock, so CNI requests and ledger
     changes are applied one at a time."""
 
-    def __init__(self, ledger: Ledger, node: str, driver: Driver) -> None:
-        self.ledger, self.node, self.driver = ledger, node, driver
+    def __init__(self, ledger: Ledger, node: str, driver: Driver, announcer: Announcer | None = None) -> None:
+        self.ledger, self.node, self.driver, self.announcer = ledger, node, driver, announcer
         self.lock = threading.RLock()
         self.metrics = Metrics()
         self.problems: dict[str, str] = {}
@@ -71,6 +74,7 @@ class Agent:
             self.compiler = Compiler(decode(kv) for kv in found if _kind(kv.key) in Compiler.KINDS)
             self.planner = Planner(self.compiler.node_state(self.node))
             self._program(None, started)
+            self._announce()
 
     def reconcile(self) -> None:
         """Try again what the kernel could not hold yet (after a CNI ADD made a veth, and periodically)."""
@@ -97,6 +101,19 @@ class Agent:
             keys = self.planner.update(self.compiler.node_state(self.node), delta)
             if keys:
                 self._program(keys, started)
+            touched = [
+                *(k for e in delta.puts.values() for k in e),
+                *(k for d in delta.deletes.values() for k in d),
+            ]
+            if any(k[0] in ("service", "node") for k in touched):
+                self._announce()
+
+    def _announce(self) -> None:
+        """Have the BGP speaker announce what the node's state says (nothing without settings)."""
+        if self.announcer is not None:
+            node = self.compiler.objects["Node"].get(("", self.node))
+            state = self.compiler.node_state(self.node)
+            self.announcer.update(node if isinstance(node, Node) else None, announced(state))
 
     def _program(self, keys: Collection[Key] | None, started: float) -> None:
         """Have the driver apply the plan's `keys` (None: compare all of it), and count the reconcile."""
@@ -112,6 +129,14 @@ class Agent:
         self.metrics.last_seconds, self.metrics.last_kernel_seconds = done - started, done - kernel
         self.metrics.total_seconds += done - started
         self.metrics.objects = len(self.driver.current)
+
+    def metrics_text(self) -> str:
+        """The agent's metrics, and its BGP speaker's when it has one."""
+        text = self.metrics.text(self.node)
+        if self.announcer is not None:
+            with self.lock:
+                text += bgp_metrics(self.node, self.announcer.report())
+        return text
 
     def endpoint(self, namespace: str, name: str) -> Veth | None:
         """The local endpoint's attachment, as this node's plan has it."""
@@ -133,7 +158,7 @@ class Agent:
                 "revision": self.revision,
                 "endpoints": endpoints,
                 "problems": self.problems,
-            }
+            } | ({"bgp": self.announcer.report()} if self.announcer else {})
 
     def publish(self) -> None:
         """The node's status into the ledger (under STATUS, outside the objects), when it changed."""
@@ -158,6 +183,9 @@ class Agent:
                         self.revision = watch.revision  # nothing of ours changed up to here
                         if self.problems:
                             self.reconcile()  # retry what could not be made
+                        if self.announcer is not None and self.announcer.error:
+                            with self.lock:
+                                self._announce()
                     self.publish()
             except Compacted:
                 log.warning("watch from %d compacted; listing again", self.revision)

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from isthmus.agent.bgp import Announcer
 from isthmus.agent.cni import Service, serve
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel.driver import Driver
@@ -27,7 +28,7 @@ def _metrics(agent: Agent, listen: str) -> None:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = agent.metrics.text(agent.node).encode()
+            body = agent.metrics_text().encode()
             self.send_response(200 if self.path == "/metrics" else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.end_headers()
@@ -46,7 +47,8 @@ def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None
     for name, value in SYSCTLS.items():
         Path("/proc/sys", name).write_text(value)
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
-    agent = Agent(ledger, node, Driver())
+    announcer = Announcer(work / "bgp")
+    agent = Agent(ledger, node, Driver(), announcer)
     server = serve(Service(agent, work), socket)
     if metrics:
         _metrics(agent, metrics)
@@ -56,3 +58,5 @@ def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None
     logging.getLogger("isthmus.agent").info("node %s programmed at revision %d", node, agent.revision)
     agent.run(stop)
     server.shutdown()
+    with agent.lock:
+        announcer.stop(withdraw=True)  # a clean stop withdraws; a killed agent's BIRD keeps announcing
