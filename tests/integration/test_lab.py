@@ -8,17 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
-from isthmus.cli.main import cli
+from tests.integration.labs import isthmus, lab, lab_exec, running
 from tests.unit.netpol_model import ALL_PODS, NAMESPACES, model_objects, service_name, split
 from tests.unit.test_netpol_matrix import CASES, Case, Probe
 
@@ -47,21 +44,6 @@ CHOSEN = (
 )
 
 
-def lab(work: Path, *args: str) -> Result:
-    result = CliRunner().invoke(cli, ["lab", "--dir", str(work), *args])
-    if result.exit_code != 0:
-        pytest.fail(
-            f"`isthmus lab {' '.join(args)}` exited {result.exit_code}:\n{result.output}", pytrace=False
-        )
-    return result
-
-
-def isthmus(work: Path, *args: str) -> Result:
-    result = CliRunner().invoke(cli, ["--state", str(work / "state"), *args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
 def write(path: Path, docs: list[dict[str, Any]]) -> str:
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return str(path)
@@ -82,22 +64,11 @@ def model(
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("lab")
-    name = f"t{uuid.uuid4().hex[:6]}"
-    topology = {"name": name, "nodes": [{"name": n} for n in NODES]}
-    (base / "topology.yaml").write_text(yaml.safe_dump(topology))
-    work = base / "lab"
-    try:
-        up = lab(work, "up", "-f", str(base / "topology.yaml"), "--timeout", "60")
+    topology = {"name": "t", "nodes": [{"name": n} for n in NODES]}
+    with running(base, topology, "--timeout", "60") as (work, up):
         assert "node node-3: 192.168.77.12 on the underlay" in up.output
         lab(work, "apply", "-f", write(base / "model.yaml", model()), "--timeout", "60")
         yield work
-    finally:
-        down = CliRunner().invoke(cli, ["lab", "--dir", str(work), "down"])
-        assert down.exit_code == 0, down.output
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert f"{name}-" not in netns  # no namespace left
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(work) not in processes  # no agent or kubelet left
 
 
 def test_pods_run_on_every_node_and_answer(work: Path) -> None:
@@ -112,8 +83,7 @@ def test_pods_run_on_every_node_and_answer(work: Path) -> None:
     assert shown.count("Running") == 3
     address = next(p["address"] for p in status["pods"] if (p["namespace"], p["name"]) == ("y", "b"))
     probe = f"import socket; s = socket.create_connection(('{address}', 81), 2); print(s.recv(64).decode())"
-    command = [sys.executable, "-m", "isthmus.cli.main", "lab", "--dir", str(work), "exec", "x/a", "--"]
-    answer = subprocess.run([*command, "python3", "-c", probe], capture_output=True, text=True, check=False)
+    answer = lab_exec(work, "x/a", "python3", "-c", probe)
     assert answer.stdout.strip() == "y/b", answer.stderr
 
 

@@ -1,5 +1,5 @@
 """`isthmus lab`: a whole multi-node cluster on this machine, from network namespaces, with the real agent,
-the real CNI plugin and real traffic."""
+the real CNI plugin, a gateway router speaking BGP with the nodes, and real traffic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
@@ -122,7 +122,8 @@ def lab_delete(
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def lab_exec(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND in the network namespace of NAME: a node, or a pod (NAMESPACE/POD, or POD in default)."""
+    """Run COMMAND in the network namespace of NAME: a node, `router`, `outside`, or a pod (NAMESPACE/POD, or
+    POD in default)."""
     with _failures():
         netns = _lab(ctx).netns(name)
     os.execvp("ip", ["ip", "netns", "exec", netns, *command])
@@ -153,13 +154,17 @@ def probe(
 @click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
 @click.pass_context
 def status(ctx: click.Context, output: str | None) -> None:
-    """The lab's nodes (agent revision, endpoints programmed, problems) and pods (node, address, phase)."""
+    """The lab's nodes (agent revision, endpoints programmed, problems), pods (node, address, phase) and the
+    router's BGP session with each node (state, routes received, last error)."""
     running = _lab(ctx)
     agents = {n: running.agent(n) for n in running.fabric.nodes}
     pods = [vars(p) for p in running.pods()]
+    router = _router(running)
     if output == "json":
         nodes = {n: {"address": a, "agent": agents[n]} for n, a in running.fabric.nodes.items()}
-        click.echo(json.dumps({"nodes": nodes, "pods": pods}, indent=2))
+        click.echo(
+            json.dumps({"nodes": nodes, "pods": pods} | ({"router": router} if router else {}), indent=2)
+        )
         return
     rows = [["NODE", "ADDRESS", "REVISION", "ENDPOINTS", "PROBLEMS"]]
     for name, agent in agents.items():
@@ -178,6 +183,40 @@ def status(ctx: click.Context, output: str | None) -> None:
         [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["problem"]] for p in pods
     ]
     click.echo("\n" + aligned(rows))
+    if router:
+        rows = [["ROUTER PEER", "ADDRESS", "ASN", "BGP STATE", "ROUTES", "LAST ERROR"]]
+        rows += [
+            [n, s["address"], s["asn"], s["state"], s["routes"], s["error"]]
+            for n, s in router.get("sessions", {}).items()
+        ]
+        click.echo("\n" + (router.get("error") or aligned(rows)))
+
+
+def _router(running: Lab) -> dict[str, Any] | None:
+    """The router's address and its session with each node (or why they cannot be read), if there is one."""
+    if not running.fabric.router:
+        return None
+    try:
+        return {"address": running.fabric.router, "sessions": running.sessions()}
+    except LabError as exc:
+        return {"address": running.fabric.router, "error": str(exc)}
+
+
+@lab.group()
+def router() -> None:
+    """The lab's gateway router (BIRD 2; `lab exec router -- CMD` for anything else)."""
+
+
+@router.command()
+@click.argument("prefix", required=False)
+@click.pass_context
+def routes(ctx: click.Context, prefix: str | None) -> None:
+    """The router's BGP routes (`birdc show route all`: every path, the one chosen marked *) and its kernel
+    routes (`ip route`: equal paths merged into one multipath route); of PREFIX only when given."""
+    with _failures():
+        bgp, kernel = _lab(ctx).routes(prefix)
+    click.echo(f"BGP routes (birdc show route all):\n{bgp.rstrip()}\n")
+    click.echo(f"Kernel routes (ip route):\n{kernel.rstrip()}")
 
 
 @lab.command()

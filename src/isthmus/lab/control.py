@@ -1,9 +1,11 @@
 """A lab as its user sees it: brought up from a topology, changed through its ledger, settled (every agent
-has programmed the latest change and every pod has its sandbox), probed with real connections, and torn
-down. Everything of a lab lives in one directory: its ledger (`state`), logs, and what it started."""
+has programmed the latest change and every pod has its sandbox), probed with real connections, its router's
+sessions and routes read, and torn down. Everything of a lab lives in one directory: its ledger (`state`),
+logs, the router's files, and what it started."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -18,7 +20,8 @@ from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Tracer
 from isthmus.dataplane.trace.matrix import destinations
 from isthmus.lab import probe
-from isthmus.lab.fabric import Fabric
+from isthmus.lab.fabric import Fabric, ip
+from isthmus.lab.router import Peer, config
 from isthmus.lab.topology import Topology
 from isthmus.model import KubeObject, Node, lookup_kind
 from isthmus.store import Ledger, objects, open_ledger
@@ -55,6 +58,14 @@ class Pod:
         return f"{self.namespace}/{self.name}"
 
 
+def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
+    """A ledger Node's spec: its underlay address and, with a router, its BGP speaker peering with it."""
+    if router is None:
+        return {"address": node.address}
+    bgp = {"asn": node.asn, "peers": [{"address": router.address, "asn": router.asn}]}
+    return {"address": node.address, "bgp": bgp}
+
+
 class Lab:
     def __init__(self, fabric: Fabric) -> None:
         self.fabric = fabric
@@ -77,14 +88,15 @@ class Lab:
         work.mkdir(parents=True)
         lab = cls(Fabric(f"{topology.name}-", work / "state", work))
         addresses = topology.addresses()
-        nodes = [
-            Node.model_validate({"metadata": {"name": n}, "spec": {"address": a}})
-            for n, a in addresses.items()
-        ]
+        peers = [Peer(n.name, addresses[n.name], n.asn) for n in topology.nodes]
+        router = Peer("router", topology.router_address(), topology.router.asn) if topology.router else None
+        nodes = [Node.model_validate({"metadata": {"name": p.name}, "spec": _spec(p, router)}) for p in peers]
         try:
             intent.apply(lab.ledger, nodes)
-            lab.fabric.build(addresses, topology.underlay.prefixlen)
+            lab.fabric.build(addresses, topology.underlay.prefixlen, router.address if router else None)
             echo(f"underlay switch {lab.fabric.underlay}: {topology.underlay}")
+            if router:
+                lab._router(router, peers, topology, echo)
             for node, address in addresses.items():
                 step = "agent"
                 try:
@@ -99,6 +111,19 @@ class Lab:
             lab.fabric.destroy()
             raise
         return lab
+
+    def _router(self, router: Peer, peers: list[Peer], topology: Topology, echo: Echo) -> None:
+        """The router with a session to every node, and the outside client behind it if declared."""
+        outside = str(topology.outside.address) if topology.outside else None
+        try:
+            self.fabric.build_router(router.address, topology.underlay.prefixlen, outside)
+            self.fabric.start_router(config(router.address, router.asn, peers))
+        except Exception as exc:
+            raise LabError(f"router: {exc}") from None
+        netns = self.fabric.router_netns
+        echo(f"router {router.address}: BIRD 2, AS {router.asn}, a session with each node (netns {netns})")
+        if outside:
+            echo(f"outside client {outside}, behind the router (netns {self.fabric.outside_netns})")
 
     def pods(self) -> list[Pod]:
         """The Pods of the ledger, with their sandbox's state as the kubelets reported it."""
@@ -169,14 +194,43 @@ class Lab:
         return problems
 
     def netns(self, name: str) -> str:
-        """The network namespace of a node (NODE) or of a pod (NAMESPACE/POD, or POD in default)."""
+        """The network namespace of a node (NODE), the `router`, the `outside` client, or a pod
+        (NAMESPACE/POD, or POD in default)."""
         if name in self.fabric.nodes:
             return self.fabric.node_netns(name)
+        if name == "router" and self.fabric.router:
+            return self.fabric.router_netns
+        if name == "outside" and self.fabric.outside:
+            return self.fabric.outside_netns
         namespace, _, pod = name.rpartition("/")
         sandbox = self.fabric.sandbox(namespace or "default", pod)
         if sandbox not in self.fabric.namespaces():
             raise LabError(f"{name}: no such node or running pod in the lab")
         return sandbox
+
+    def sessions(self) -> dict[str, dict[str, str]]:
+        """The router's BGP session with each node (by name): state, neighbor address and AS, routes,
+        last error."""
+        self._has_router()
+        try:
+            return self.fabric.bird.sessions()
+        except RuntimeError as exc:
+            raise LabError(f"router: {exc}") from None
+
+    def routes(self, prefix: str | None = None) -> tuple[str, str]:
+        """The router's BGP routes (`birdc show route all`) and its kernel's (`ip route`), of `prefix`
+        only when given."""
+        self._has_router()
+        try:
+            only = [str(ipaddress.ip_network(prefix, strict=False))] if prefix else []
+            bgp = self.fabric.bird.ask("show", "route", *only, "all")
+        except (ValueError, RuntimeError) as exc:
+            raise LabError(f"router: {exc}") from None
+        return bgp, ip("-n", self.fabric.router_netns, "route", "show", *only).stdout
+
+    def _has_router(self) -> None:
+        if not self.fabric.router:
+            raise LabError("this lab has no router (the topology's `router`)")
 
     def probe(
         self, port: int, protocol: str, to: Literal["pods", "services"], namespaces: tuple[str, ...] = ()

@@ -1,12 +1,14 @@
 """The lab's namespaces and processes: an underlay switch, nodes running the real agent, pod sandboxes
-attached through the real CNI plugin. Nothing links to the machine's own namespace; everything made is
-named with the lab's prefix and removed by name or PID."""
+attached through the real CNI plugin, and optionally a gateway router (BIRD 2) with an outside client
+behind it. Nothing links to the machine's own namespace; everything made is named with the lab's prefix
+and removed by name or PID."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from isthmus.lab.router import Bird
+from isthmus.lab.topology import OUTSIDE
 
 PLUGIN = "isthmus"  # the CNI plugin's executable name, in the lab's CNI_PATH
 
@@ -37,10 +42,25 @@ class Fabric:
     subnet: str = "192.168.77"
     nodes: dict[str, str] = field(default_factory=dict)  # name -> underlay address
     processes: dict[str, int] = field(default_factory=dict)  # what -> pid
+    router: str | None = None  # its underlay address, when the lab has one
+    outside: str | None = None  # the outside client's address, when the lab has one
 
     @property
     def underlay(self) -> str:
         return f"{self.prefix}underlay"
+
+    @property
+    def router_netns(self) -> str:
+        return f"{self.prefix}router"
+
+    @property
+    def outside_netns(self) -> str:
+        return f"{self.prefix}outside"
+
+    @property
+    def bird(self) -> Bird:
+        """The router's BIRD: its files in the lab's `router/`."""
+        return Bird(self.work / "router")
 
     def node_netns(self, node: str) -> str:
         return f"{self.prefix}{node}"
@@ -52,14 +72,25 @@ class Fabric:
     def load(cls, work: Path) -> Fabric:
         """The lab saved in `work`."""
         saved = json.loads((work / "fabric.json").read_text())
-        return cls(saved["prefix"], work / "state", work, nodes=saved["nodes"], processes=saved["processes"])
+        return cls(
+            saved["prefix"],
+            work / "state",
+            work,
+            nodes=saved["nodes"],
+            processes=saved["processes"],
+            router=saved.get("router"),
+            outside=saved.get("outside"),
+        )
 
     def sandbox(self, namespace: str, name: str) -> str:
         """The netns of a pod."""
         return f"{self.prefix}p-{namespace}-{name}"[:60]
 
-    def build(self, nodes: list[str] | dict[str, str], prefixlen: int = 24) -> None:
-        """The switch and the nodes' namespaces on it: at the given addresses, or SUBNET.(10 + i)."""
+    def build(
+        self, nodes: list[str] | dict[str, str], prefixlen: int = 24, gateway: str | None = None
+    ) -> None:
+        """The switch and the nodes' namespaces on it: at the given addresses, or SUBNET.(10 + i); with a
+        default route via `gateway` (the router's address) when given."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.save()
         addresses = (
@@ -69,29 +100,49 @@ class Fabric:
         ip("-n", self.underlay, "link", "add", "br0", "type", "bridge")
         ip("-n", self.underlay, "link", "set", "br0", "up")
         for i, (node, address) in enumerate(addresses.items()):
-            netns = self.node_netns(node)
-            ip("netns", "add", netns)
-            ip(
-                "-n",
-                self.underlay,
-                "link",
-                "add",
-                f"p{i}",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                netns,
-            )
-            ip("-n", self.underlay, "link", "set", f"p{i}", "master", "br0", "up")
-            ip("-n", netns, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
-            ip("-n", netns, "link", "set", "eth0", "up")
-            ip("-n", netns, "link", "set", "lo", "up")
+            self._switch_port(self.node_netns(node), f"p{i}", f"{address}/{prefixlen}", gateway)
             self.nodes[node] = address
         self._install_plugin()
         self.save()
+
+    def build_router(self, address: str, prefixlen: int, outside: str | None) -> None:
+        """The router's namespace, a port on the switch at `address`, forwarding with a layer-4 multipath
+        hash and no default route; the outside client's namespace behind it on OUTSIDE when `outside`."""
+        self._switch_port(self.router_netns, "rtr", f"{address}/{prefixlen}")
+        sysctl = ("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
+        done = netns_exec(self.router_netns, *sysctl)
+        if done.returncode != 0:
+            raise RuntimeError(f"router: {' '.join(sysctl)}: {done.stderr.strip()}")
+        if outside:
+            at = f"{outside}/{OUTSIDE.network.prefixlen}"
+            _plug(self.outside_netns, at, self.router_netns, "outside", str(OUTSIDE.ip))
+            ip("-n", self.router_netns, "addr", "add", str(OUTSIDE), "dev", "outside")
+        self.router, self.outside = address, outside
+        self.save()
+
+    def _switch_port(self, netns: str, port: str, address: str, gateway: str | None = None) -> None:
+        """A new namespace `netns` on the switch's `port`, at `address` (CIDR)."""
+        _plug(netns, address, self.underlay, port, gateway)
+        ip("-n", self.underlay, "link", "set", port, "master", "br0")
+
+    def start_router(self, config: str) -> None:
+        """BIRD with `config`, inside the router's namespace (so `destroy` ends it even after a crash), once
+        its control socket answers."""
+        if not shutil.which("bird"):
+            raise RuntimeError(
+                "BIRD 2 is not installed (Debian package bird2; scripts/bootstrap installs it)"
+            )
+        bird = self.bird
+        bird.directory.mkdir(exist_ok=True)
+        bird.path("conf").write_text(config)
+        with contextlib.suppress(FileNotFoundError):
+            bird.path("ctl").unlink()  # a dead BIRD's; the new one's shows it is up
+        process = self._spawn("bird/router", self.router_netns, bird.argv(), bird.path("log"))
+        deadline = time.monotonic() + 10
+        while not bird.path("ctl").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"BIRD did not start: {bird.path('log').read_text()[-2000:]}")
+            time.sleep(0.05)
 
     def _install_plugin(self) -> None:
         binary = self.work / "cni-bin" / PLUGIN
@@ -105,11 +156,16 @@ class Fabric:
     def _start(self, what: str, node: str, *argv: str, inside: bool = True) -> subprocess.Popen[bytes]:
         """`isthmus ARGV` (in the node's namespace when `inside`), logged; recorded as WHAT/NODE."""
         command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state), *argv]
-        if inside:
-            command = ["ip", "netns", "exec", self.node_netns(node), *command]
-        with self.log(what, node).open("ab") as out:
+        netns = self.node_netns(node) if inside else None
+        return self._spawn(f"{what}/{node}", netns, command, self.log(what, node))
+
+    def _spawn(self, what: str, netns: str | None, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+        """`command` (in `netns` when given), its output appended to `log`; its PID recorded as `what`."""
+        if netns:
+            command = ["ip", "netns", "exec", netns, *command]
+        with log.open("ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=out)
-        self.processes[f"{what}/{node}"] = process.pid
+        self.processes[what] = process.pid
         self.save()
         return process
 
@@ -199,9 +255,14 @@ class Fabric:
         remove_netns(sandbox)
 
     def save(self) -> None:
-        (self.work / "fabric.json").write_text(
-            json.dumps({"prefix": self.prefix, "nodes": self.nodes, "processes": self.processes})
-        )
+        saved = {
+            "prefix": self.prefix,
+            "nodes": self.nodes,
+            "processes": self.processes,
+            "router": self.router,
+            "outside": self.outside,
+        }
+        (self.work / "fabric.json").write_text(json.dumps(saved))
 
     def namespaces(self) -> list[str]:
         """The lab's network namespaces that exist."""
@@ -218,6 +279,19 @@ class Fabric:
             self.stop(what)
         for netns in self.namespaces():
             remove_netns(netns)
+
+
+def _plug(netns: str, address: str, into: str, port: str, gateway: str | None = None) -> None:
+    """A new namespace `netns` whose eth0, at `address` (CIDR), is the peer of `port` in `into`, with a
+    default route via `gateway` when given; both ends up."""
+    ip("netns", "add", netns)
+    ip("-n", into, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    ip("-n", into, "link", "set", port, "up")
+    ip("-n", netns, "addr", "add", address, "dev", "eth0")
+    ip("-n", netns, "link", "set", "eth0", "up")
+    ip("-n", netns, "link", "set", "lo", "up")
+    if gateway:
+        ip("-n", netns, "route", "add", "default", "via", gateway)
 
 
 def remove_netns(netns: str) -> None:

@@ -1,6 +1,9 @@
-"""A lab's topology file: its name, the underlay subnet, the nodes, and manifests to apply once it is up.
+"""A lab's topology file: its name, the underlay subnet, the nodes, an optional gateway router with an
+outside client behind it, and manifests to apply once it is up.
 
-Every namespace of the lab is named `<name>-...`; the nodes get underlay addresses in order from .10.
+Every namespace of the lab is named `<name>-...`; the nodes get underlay addresses in order from .10, the
+router the underlay's first host. Addresses outside the underlay come only from the documentation ranges:
+the outside client's link is OUTSIDE, floating IPs are 203.0.113.0/24.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from isthmus.model.manifest import describe
 from isthmus.model.meta import Model, Name
+from isthmus.model.network import ASN
 
 DEFAULT = Path(__file__).resolve().parents[3] / "examples" / "lab" / "three-nodes.yaml"
+OUTSIDE = ipaddress.IPv4Interface("198.51.100.1/24")  # the router's side of the outside client's link
+PUBLIC = (OUTSIDE.network, ipaddress.IPv4Network("203.0.113.0/24"))  # the lab's "internet"
+RESERVED = ("underlay", "router", "outside")  # namespaces of the lab that are not nodes
 
 
 class TopologyError(Exception):
@@ -25,19 +32,45 @@ class TopologyError(Exception):
 class LabNode(Model):
     name: Name
     address: ipaddress.IPv4Address | None = Field(None, description="on the underlay; next free when absent")
+    asn: ASN = Field(64512, description="the AS of the node's BGP speaker, when the lab has a router")
+
+
+class LabRouter(Model):
+    """The gateway router: BIRD 2 on the underlay's first host, an eBGP session with every node."""
+
+    asn: ASN = 64500
+
+
+class LabOutside(Model):
+    """A client outside the cluster, behind the router on OUTSIDE."""
+
+    address: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.10")
+
+    @field_validator("address")
+    @classmethod
+    def _on_the_link(cls, value: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        link = OUTSIDE.network
+        if value not in link or value in (link.network_address, link.broadcast_address, OUTSIDE.ip):
+            raise ValueError(f"{value} must be a host of {link} other than the router's {OUTSIDE.ip}")
+        return value
 
 
 class Topology(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,11}$", description="prefix of the lab's netns")]
     underlay: ipaddress.IPv4Network = ipaddress.IPv4Network("192.168.77.0/24")
     nodes: list[LabNode] = Field(min_length=1)
+    router: LabRouter | None = None
+    outside: LabOutside | None = None
     manifests: list[str] = Field([], description="files or directories, relative to the topology file")
 
     @field_validator("underlay")
     @classmethod
     def _private(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
-        if not value.is_private or value.prefixlen > 28:
-            raise ValueError(f"{value} must be a private subnet of at least 16 addresses")
+        if not value.is_private or value.prefixlen > 28 or any(value.overlaps(p) for p in PUBLIC):
+            raise ValueError(
+                f"{value} must be a private subnet of at least 16 addresses, apart from the lab's public "
+                f"{' and '.join(map(str, PUBLIC))}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -46,10 +79,22 @@ class Topology(Model):
         if len(set(names)) != len(names):
             raise ValueError(f"node names repeat: {', '.join(names)}")
         for node in self.nodes:
+            if node.name in RESERVED:
+                raise ValueError(f"node {node.name}: the names {', '.join(RESERVED)} are the lab's own")
             if node.address is not None and node.address not in self.underlay:
                 raise ValueError(f"node {node.name}: {node.address} is not in the underlay {self.underlay}")
+            if self.router and node.address == next(self.underlay.hosts()):
+                raise ValueError(f"node {node.name}: {node.address} is the router's address")
+            if self.router and node.asn == self.router.asn:
+                raise ValueError(f"node {node.name}: asn {node.asn} is the router's; the sessions are eBGP")
+        if self.outside and not self.router:
+            raise ValueError("outside: the outside client needs a router to reach the lab through")
         self.addresses()
         return self
+
+    def router_address(self) -> str:
+        """The router's underlay address, the nodes' default gateway: the underlay's first host."""
+        return str(next(self.underlay.hosts()))
 
     def addresses(self) -> dict[str, str]:
         """Each node's underlay address: its own, or the next free one from .10."""

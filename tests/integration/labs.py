@@ -1,0 +1,59 @@
+"""Driving `isthmus lab` from tests: its commands through the CLI, and a lab that is up for the length of a
+`with`, then brought down and checked to have left no namespace and no process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from isthmus.cli.main import cli
+
+
+def lab(work: Path, *args: str) -> Result:
+    """`isthmus lab --dir WORK ARGS`, failing the test (with its output) unless it succeeds."""
+    result = CliRunner().invoke(cli, ["lab", "--dir", str(work), *args])
+    if result.exit_code != 0:
+        pytest.fail(
+            f"`isthmus lab {' '.join(args)}` exited {result.exit_code}:\n{result.output}", pytrace=False
+        )
+    return result
+
+
+def isthmus(work: Path, *args: str) -> Result:
+    """`isthmus ARGS` on the lab's ledger, asserting it succeeds."""
+    result = CliRunner().invoke(cli, ["--state", str(work / "state"), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def lab_exec(work: Path, name: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """`isthmus lab exec NAME -- COMMAND` in a process of its own (exec replaces the process)."""
+    argv = [sys.executable, "-m", "isthmus.cli.main", "lab", "--dir", str(work), "exec", name, "--", *command]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+@contextmanager
+def running(base: Path, topology: dict[str, Any], *up: str) -> Iterator[tuple[Path, Result]]:
+    """A lab of `topology` (its name made unique, files in `base`) and the output of its `lab up UP`;
+    afterwards `lab down`, and no namespace or process of it may be left."""
+    name = f"{topology.get('name', 't')[:5]}{uuid.uuid4().hex[:6]}"
+    (base / "topology.yaml").write_text(yaml.safe_dump({**topology, "name": name}))
+    work = base / "lab"
+    try:
+        yield work, lab(work, "up", "-f", str(base / "topology.yaml"), *up)
+    finally:
+        down = CliRunner().invoke(cli, ["lab", "--dir", str(work), "down"])
+        assert down.exit_code == 0, down.output
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"{name}-" not in netns  # no namespace left
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(work) not in processes  # no agent, kubelet or BIRD left
