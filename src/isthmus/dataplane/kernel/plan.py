@@ -16,7 +16,11 @@ Keys:
 Forwarding: a pod's veth and a network's VXLAN device mark packets with the network's table and its
 connection-tracking zone (networks joined by leaked routes share one); `ip rule fwmark T lookup T` picks
 the table; connection tracking keeps the mark of the first packet, so replies return through the table
-of the network that opened the connection. IPv4 only in nftables (IPv6 endpoints get routes, no policy).
+of the network that opened the connection. A flow with a peer outside the cluster (egress; a floating IP
+reached from the uplink) lives in zone 0, where its replies from the uplink find it; that leaves tenants
+with the same addresses apart inside the cluster, not towards the outside. (The first `ct zone set` of
+a packet is the one that counts: it attaches the template the others then leave alone.)
+IPv4 only in nftables (IPv6 endpoints get routes, no policy).
 
 Refusal: a VIP with a port that has no target is routed in every table (to the network's VXLAN device),
 and the forward chain refuses that port (TCP reset, ICMP port unreachable) and the VIP's other ports as
@@ -42,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
+from isthmus.compile.compiler import INTERNAL
 from isthmus.compile.state import (
     SHARED,
     Address,
@@ -318,14 +323,15 @@ BASE: Plan = {
     ("set", "refused"): "ipv4_addr",
     ("set", "floating"): "ipv4_addr : ipv4_addr",
     ("set", "outside_marks"): "ipv4_addr : mark",
-    ("set", "outside_zones"): "typeof ip daddr : ct zone",
+    ("set", "internal"): "ipv4_addr; flags interval",
+    ("set", "served"): "ipv4_addr",
     ("set", "ingress"): "ifname : verdict",
     ("set", "egress"): "ifname : verdict",
     ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
 meta mark set iifname map @networks
+{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ct zone set 0
 ct zone set iifname map @zones
-{_OUTSIDE} meta mark set ip daddr map @outside_marks
-{_OUTSIDE} ct zone set ip daddr map @outside_zones""",
+{_OUTSIDE} meta mark set ip daddr map @outside_marks""",
     ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
 ct zone set oifname map @zones""",
     ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
@@ -655,6 +661,7 @@ def _base(builder: _Builder) -> None:
         else:
             builder.plan[base] = declared
     builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
+    builder.element("internal", GATEWAY)  # hairpinned flows come back to it: they stay in their zone
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
@@ -719,6 +726,8 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
     key = ("route", network.table, str(route.prefix))
     if route.kind == "unreachable":
         builder.plan[key] = Route("unreachable")
+        if route.rule == INTERNAL and _v4(route.prefix.network_address):
+            builder.element("internal", str(route.prefix))
     elif route.kind == "egress":
         builder.plan[key] = Route("throw")  # on to the node's own tables, out of its uplink
         builder.element("egress_networks", str(network.table))
@@ -734,7 +743,7 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
 
 def _outside(builder: _Builder, address: str, target: Target) -> None:
     """Flows to `address` from the uplink go to `target` when it is local: they get its network's mark
-    (the table) and conntrack zone before DNAT, so that its replies find them."""
+    (its table) before DNAT, so that they are routed to it."""
     if target.node != builder.planner.node or not target.endpoint:
         return
     builder.reads.add(("endpoint", target.endpoint))
@@ -742,7 +751,6 @@ def _outside(builder: _Builder, address: str, target: Target) -> None:
         network = builder.network(str(key[1]))
         if network is not None and str(key[2]) == str(target.address):
             builder.element("outside_marks", address, str(network.table))
-            builder.element("outside_zones", address, str(builder.zone(network.ref)))
 
 
 def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> None:
@@ -750,6 +758,7 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
         address, protocol, port = str(key[1]), str(key[2]), int(key[3])
         if not _v4(address):
             return
+        builder.element("served", address)
         if protocol == "any":  # a floating IP of endpoints: every port to the first
             if service.targets and _v4(service.targets[0].address):
                 builder.element("floating", address, str(service.targets[0].address))

@@ -1,0 +1,159 @@
+"""The seeds' LoadBalancer in a 3-node lab with a gateway router: each node's agent announces the floating
+IP by BGP while it hosts a ready nginx pod, the router spreads flows over them by ECMP, scaling down and
+stopping an agent withdraw routes; pods reach the outside through source NAT, the outside never reaches
+a pod's private address."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from isthmus.lab.fabric import Fabric
+from tests.integration.labs import isthmus, lab, lab_exec, running
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
+    reason="needs root, nftables and BIRD 2 (scripts/bootstrap)",
+)
+NODES = ("node-1", "node-2", "node-3")
+TOPOLOGY = {
+    "name": "bgp",
+    "router": {"asn": 64500},
+    "outside": {"address": "198.51.100.10"},
+    "nodes": [{"name": n} for n in NODES],
+}
+CONNECT = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[2])):
+    try:
+        with socket.create_connection((sys.argv[1], 80), 1) as conn:
+            conn.sendall(b"?")  # the lab's server answers at once when asked
+            seen[conn.recv(64).decode()] += 1
+    except OSError as exc:
+        seen["failed: " + type(exc).__name__] += 1
+print(json.dumps(seen))
+"""
+WHO = """
+import socket
+with socket.create_server(("0.0.0.0", 8080)) as server:
+    while True:
+        conn, (address, _) = server.accept()
+        conn.sendall(address.encode())
+        conn.close()
+"""
+
+
+def _nginx(nodes: tuple[str, ...]) -> list[dict[str, Any]]:
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"nginx-{node[-1]}", "labels": {"app": "nginx"}},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "nginx", "image": "nginx", "ports": [{"containerPort": 80}]}],
+            },
+        }
+        for node in nodes
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "nginx"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "nginx"}, "ports": [{"port": 80}]},
+    }
+    return [*pods, service]
+
+
+def _hops(fabric: Fabric, address: str) -> list[str]:
+    """The router's kernel next hops to `address` (one for a plain route, several for multipath)."""
+    shown = subprocess.run(
+        ["ip", "-n", f"{fabric.prefix}router", "-j", "route", "show", address],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    routes = json.loads(shown or "[]")
+    return sorted(h.get("gateway", "") for r in routes for h in (r.get("nexthops") or [r]))
+
+
+def _until(what: Any, expected: Any, seconds: float) -> float:
+    """Seconds until `what()` == `expected` (fails after `seconds`)."""
+    started = time.monotonic()
+    while (got := what()) != expected:
+        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("bgp")
+    with running(base, TOPOLOGY, "--timeout", "60") as (work, _):
+        (base / "nginx.yaml").write_text(yaml.safe_dump_all(_nginx(NODES)))
+        lab(work, "apply", "-f", str(base / "nginx.yaml"))
+        yield work
+
+
+def _fip(work: Path) -> str:
+    service = json.loads(isthmus(work, "get", "service", "nginx", "-o", "json").output)
+    return str(service["status"]["loadBalancer"]["ingress"][0]["ip"])
+
+
+def test_the_router_spreads_the_floating_ip_over_every_node_with_nginx(work: Path) -> None:
+    fabric, fip = Fabric.load(work), _fip(work)
+    _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
+    shown = json.loads(isthmus(work, "get", "bgp", "-o", "json").output)
+    for node in NODES:
+        assert [p["state"] for p in shown[node]["peers"]] == ["Established"]
+        assert shown[node]["announced"] == [f"{fip}/32"]
+    routes = lab(work, "router", "routes").output
+    assert fip in routes
+    done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "1000")
+    seen = json.loads(done.stdout)
+    assert set(seen) == {"default/nginx-1", "default/nginx-2", "default/nginx-3"}, seen
+    assert min(seen.values()) >= 200, seen  # each pod at least 20 % of 1,000 connections
+
+
+def test_pods_reach_the_outside_through_source_nat_and_not_the_other_way(work: Path) -> None:
+    fabric = Fabric.load(work)
+    server = subprocess.Popen(["ip", "netns", "exec", f"{fabric.prefix}outside", "python3", "-c", WHO])
+    try:
+        time.sleep(0.5)
+        probe = "import socket; print(socket.create_connection(('198.51.100.10', 8080), 2).recv(64).decode())"
+        seen = lab_exec(work, "nginx-1", "python3", "-c", probe)
+        assert seen.stdout.strip() == fabric.nodes["node-1"], seen.stderr  # the node's address, not the pod's
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    pod = json.loads(isthmus(work, "get", "pod", "nginx-2", "-o", "json").output)["status"]["podIP"]
+    blocked = lab_exec(work, "outside", "python3", "-c", CONNECT, pod, "1")
+    assert list(json.loads(blocked.stdout)) == ["failed: OSError"], blocked.stdout  # no route to it
+
+
+def test_scaling_down_and_stopping_agents_withdraw_routes(work: Path, tmp_path: Path) -> None:
+    fabric, fip = Fabric.load(work), _fip(work)
+    _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
+    gone = tmp_path / "gone.yaml"
+    gone.write_text(yaml.safe_dump_all(_nginx(("node-2", "node-3"))[:2]))
+    isthmus(work, "delete", "-f", str(gone))
+    seconds = _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 3)
+    print(f"scaled to one pod: one next hop after {seconds:.2f} s")
+    done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "200")
+    assert json.loads(done.stdout) == {"default/nginx-1": 200}  # none fails to the remaining pod
+    fabric.stop("agent/node-1")  # a clean stop withdraws
+    seconds = _until(lambda: _hops(fabric, fip), [], 2)
+    print(f"agent stopped: route withdrawn after {seconds:.2f} s")
+    fabric.start_agent("node-1")
+    _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
