@@ -118,8 +118,9 @@ def test_the_router_spreads_the_floating_ip_over_every_node_with_nginx(work: Pat
     for node in NODES:
         assert [p["state"] for p in shown[node]["peers"]] == ["Established"]
         assert shown[node]["announced"] == [f"{fip}/32"]
-    routes = lab(work, "router", "routes").output
-    assert fip in routes
+    bgp, kernel = lab(work, "router", "routes", fip).output.split("Kernel routes (ip route):\n", 1)
+    assert bgp.count(f"{fip}/32") == 1 and bgp.count("unicast [") == len(NODES)  # one path per node
+    assert kernel.count("nexthop via") == len(NODES)  # merged into one multipath route
     done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "1000")
     seen = json.loads(done.stdout)
     assert set(seen) == {"default/nginx-1", "default/nginx-2", "default/nginx-3"}, seen

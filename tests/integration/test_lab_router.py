@@ -1,19 +1,13 @@
 """The lab's outside world: a gateway router (BIRD 2) with a session to every node and an outside client
-behind it. Before the agents speak BGP, stand-in speakers (BIRD in node namespaces, started here) announce
-one address from three nodes: the router's kernel holds one route with a next hop per node, its layer-4
-hash spreads flows over all of them, and a speaker that stops takes its next hop away."""
+behind it (what the router does with announced floating IPs: test_lab_bgp.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,70 +58,6 @@ def sessions(work: Path) -> dict[str, dict[str, str]]:
         "sessions"
     ]
     return found
-
-
-def next_hops(work: Path, prefix: str) -> list[str]:
-    """The gateways of the router's kernel route to `prefix` (none when it has no route)."""
-    shown = lab_exec(work, "router", "ip", "-j", "route", "show", prefix)
-    assert shown.returncode == 0, shown.stderr
-    return sorted(
-        hop["gateway"] for route in json.loads(shown.stdout) for hop in route.get("nexthops", [route])
-    )
-
-
-def commands(netns: str) -> set[str]:
-    """The names of the processes inside `netns`."""
-    found = set()
-    for pid in ip("netns", "pids", netns).stdout.split():
-        with contextlib.suppress(OSError):  # ended meanwhile
-            found.add(Path(f"/proc/{pid}/comm").read_text().strip())
-    return found
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 20.0) -> float:
-    """Seconds until `what` holds; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not what():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout:.0f} s", pytrace=False)
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
-class Speakers:
-    """Stand-in BGP speakers, one BIRD per node namespace announcing FLOATING (next hop self), by PID."""
-
-    def __init__(self, work: Path, directory: Path) -> None:
-        self.fabric, self.directory = Fabric.load(work), directory
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str) -> None:
-        address = self.fabric.nodes[node]
-        files = {what: self.directory / f"{node}.{what}" for what in ("conf", "ctl", "pid", "log")}
-        files["conf"].write_text(
-            f"router id {address};\nprotocol device {{ }}\n"
-            f"protocol static {{ ipv4; route {FLOATING}/32 unreachable; }}\n"
-            f"protocol bgp uplink {{ local {address} as 64512; neighbor {ROUTER} as 64500; "
-            "connect delay time 1; ipv4 { import none; export all; next hop self; }; }\n"
-        )
-        bird = ["bird", "-f", "-c", str(files["conf"]), "-s", str(files["ctl"]), "-P", str(files["pid"])]
-        with files["log"].open("ab") as log:
-            self.running[node] = subprocess.Popen(
-                ["ip", "netns", "exec", self.fabric.node_netns(node), *bird], stdout=log, stderr=log
-            )
-
-    def stop(self, node: str) -> None:
-        process = self.running.pop(node)
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def speakers(work: Path, tmp_path: Path) -> Iterator[Speakers]:
-    started = Speakers(work, tmp_path)
-    yield started
-    for node in list(started.running):
-        started.stop(node)
 
 
 def test_the_nodes_peer_with_the_router(work: Path) -> None:
@@ -182,42 +112,3 @@ def test_bird_runs_inside_the_router_namespace(work: Path) -> None:
     pid = (work / "router" / "bird.pid").read_text().strip()
     assert fabric.processes["bird/router"] == int(pid)
     assert pid in ip("netns", "pids", fabric.router_netns).stdout.split()
-
-
-def spread(work: Path, directory: Path, flows: int) -> Counter[str]:
-    """The next hop the router picks for each of `flows` TCP flows from the outside client to FLOATING."""
-    batch = directory / "flows"
-    batch.write_text(
-        "".join(
-            f"route get {FLOATING} from {OUTSIDE} iif outside ipproto tcp sport {20000 + i} dport 80\n"
-            for i in range(flows)
-        )
-    )
-    shown = lab_exec(work, "router", "ip", "-batch", str(batch))
-    assert shown.returncode == 0, shown.stderr
-    return Counter(re.findall(r" via (\S+) ", shown.stdout))
-
-
-def test_one_multipath_route_per_announced_address_loses_a_withdrawn_next_hop(
-    work: Path, speakers: Speakers, tmp_path: Path
-) -> None:
-    fabric = Fabric.load(work)
-    if any("bird" in commands(fabric.node_netns(n)) for n in NODES):
-        pytest.skip("the agents run their own BGP speakers: a stand-in would take their place")
-    addresses = fabric.nodes
-    for node in NODES:
-        speakers.start(node)
-    took = wait_for(lambda: next_hops(work, FLOATING) == sorted(addresses.values()))
-    print(f"three speakers to one route with three next hops: {took:.1f} s")
-    assert {s["state"] for s in sessions(work).values()} == {"Established"}
-    shown = lab(work, "router", "routes", FLOATING).output
-    bgp, kernel = shown.split("Kernel routes (ip route):\n", 1)
-    assert bgp.count(f"{FLOATING}/32") == 1 and bgp.count("unicast [") == len(NODES)
-    assert all(f"[{node} " in bgp and f"via {addresses[node]} on eth0" in bgp for node in NODES)
-    assert kernel.count("nexthop via") == len(NODES)
-    chosen = spread(work, tmp_path, 1000)
-    assert set(chosen) == set(addresses.values()) and min(chosen.values()) > 200, chosen
-    speakers.stop("node-2")
-    took = wait_for(lambda: next_hops(work, FLOATING) == [addresses["node-1"], addresses["node-3"]])
-    print(f"a speaker stopped to its next hop withdrawn: {took:.1f} s")
-    assert sessions(work)["node-2"]["state"] != "Established"
