@@ -143,6 +143,36 @@ def test_pods_reach_the_outside_through_source_nat_and_not_the_other_way(work: P
     assert list(json.loads(blocked.stdout)) == ["failed: OSError"], blocked.stdout  # no route to it
 
 
+def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, tmp_path: Path) -> None:
+    fabric, fip = Fabric.load(work), _fip(work)
+    peers = [{"address": "192.168.77.1", "asn": 64500}, {"address": "192.168.77.250", "asn": 64501}]
+    node = {"apiVersion": "isthmus.io/v1", "kind": "Node", "metadata": {"name": "node-3"}}
+    changed = tmp_path / "node.yaml"
+    changed.write_text(
+        yaml.safe_dump(
+            {**node, "spec": {"address": fabric.nodes["node-3"], "bgp": {"asn": 64512, "peers": peers}}}
+        )
+    )
+    isthmus(work, "apply", "-f", str(changed))
+
+    def states() -> dict[str, str]:
+        shown = json.loads(isthmus(work, "get", "bgp", "node-3", "-o", "json").output)["node-3"]
+        return {p["address"]: p["state"] for p in shown.get("peers", [])}
+
+    _until(lambda: states().get("192.168.77.250", "Established") != "Established", True, 10)
+    assert states()["192.168.77.1"] == "Established"  # the router's session never dropped
+    assert _hops(fabric, fip) == sorted(fabric.nodes.values())
+    shown = isthmus(work, "get", "bgp").output
+    assert "192.168.77.250" in shown and shown.count("Established") == 3
+    changed.write_text(
+        yaml.safe_dump(
+            {**node, "spec": {"address": fabric.nodes["node-3"], "bgp": {"asn": 64512, "peers": peers[:1]}}}
+        )
+    )
+    isthmus(work, "apply", "-f", str(changed))
+    _until(lambda: list(states()), ["192.168.77.1"], 10)
+
+
 def test_scaling_down_and_stopping_agents_withdraw_routes(work: Path, tmp_path: Path) -> None:
     fabric, fip = Fabric.load(work), _fip(work)
     _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)

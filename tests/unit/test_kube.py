@@ -173,6 +173,24 @@ def test_an_exhausted_pod_cidr_is_a_clear_error(ledger: Ledger) -> None:
     assert snapshot(ledger) == before
 
 
+def test_an_exhausted_floating_ip_pool_is_a_clear_error_and_keeps_the_rest(ledger: Ledger) -> None:
+    config = KubeConfig(external_pool="203.0.113.0/30")  # type: ignore[arg-type]
+
+    def lb(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]},
+        }
+
+    reconcile(ledger, config, kube(lb("one")))  # a /30 holds one floating IP beside its gateway
+    before = snapshot(ledger)
+    with pytest.raises(IntentError, match=r"isthmus-system/public is exhausted \(203.0.113.0/30\)"):
+        reconcile(ledger, config, kube(lb("two")))
+    assert snapshot(ledger) == before  # the first service and its floating IP stay as they were
+
+
 def test_pods_are_placed_on_declared_nodes(ledger: Ledger) -> None:
     nodes = [
         {

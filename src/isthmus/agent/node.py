@@ -105,7 +105,10 @@ class Agent:
                 *(k for e in delta.puts.values() for k in e),
                 *(k for d in delta.deletes.values() for k in d),
             ]
-            if any(k[0] in ("service", "node") for k in touched):
+            mine = ("Node", "", self.node) in deletes or any(
+                isinstance(o, Node) and o.metadata.name == self.node for o in puts
+            )  # its BGP settings are not part of the compiled state
+            if mine or any(k[0] in ("service", "node") for k in touched):
                 self._announce()
 
     def _announce(self) -> None:
