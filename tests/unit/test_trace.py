@@ -219,6 +219,25 @@ def test_from_outside_only_services_lead_in(state: Path) -> None:
     assert walked["verdict"] == "allow" and walked["hops"][-1]["detail"] == f"to web/a {pod}:8080/TCP"
 
 
+def test_from_outside_a_floating_ip_enters_a_node_with_a_backend_and_stays_there(state: Path) -> None:
+    lb = _service("lb", {"app": "web"}, "http", type="LoadBalancer")
+    path = state.parent / "lb.yaml"
+    path.write_text(manifest(lb))
+    _cli(state, "apply", "-f", str(path))
+    fip = _cli(state, "get", "service", "lb", "-n", "web", "-o", "json")["status"]["loadBalancer"]["ingress"][
+        0
+    ]["ip"]
+    walked = _trace(state, "198.51.100.7", fip)
+    hops = [(h["node"], h["step"]) for h in walked["hops"]]
+    assert hops[:3] == [("node-1", "source"), ("node-1", "enter"), ("node-1", "service")]
+    assert (
+        walked["hops"][1]["detail"]
+        == f"{fip} is announced by node-1, node-2; the router spreads flows over them"
+    )
+    assert "(1 of 1 local backends, random)" in walked["hops"][2]["detail"]  # b, on node-2, is not chosen
+    assert walked["verdict"] == "allow" and walked["hops"][-1]["detail"].startswith("to web/a ")
+
+
 def test_the_matrix_grid_marks_allowed_and_denied(state: Path) -> None:
     grid = _cli(state, "matrix", "--port", "80", "--to", "services", "-n", "web").splitlines()
     assert grid[0].split("\t")[0] == "-" and "web/empty" in grid[0].split("\t")

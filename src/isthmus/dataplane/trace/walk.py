@@ -129,7 +129,12 @@ class Tracer:
         return self.compiler.state.get(node or "", {}).get((kind, network or "", str(address)))
 
     def trace(self, source: Source, destination: Address, protocol: str, port: int) -> Trace:
-        node = source.node or self._entry_node(destination)
+        service = (
+            self.shared.get(("service", str(destination), protocol, port))
+            or self.shared.get(("service", str(destination), "any", 0))
+            or (self.shared.get(("nodeport", protocol, port)) if destination in self.node_addresses else None)
+        )
+        node = source.node or self._entry_node(service)
         hops = [
             Hop(
                 node,
@@ -138,11 +143,6 @@ class Tracer:
                 + (f" in network {source.network}" if source.network else ""),
             )
         ]
-        service = (
-            self.shared.get(("service", str(destination), protocol, port))
-            or self.shared.get(("service", str(destination), "any", 0))
-            or (self.shared.get(("nodeport", protocol, port)) if destination in self.node_addresses else None)
-        )
         if not isinstance(service, ServiceEntry):
             verdict = self._walk(source, node, destination, port, protocol, None, hops)
             return Trace(verdict, hops)
@@ -156,12 +156,20 @@ class Tracer:
                 )
             )
             return Trace("deny", hops)
+        targets = service.targets
+        if source.node is None and destination != service.vip:  # a floating or external IP, from outside
+            hosts = sorted({t.node for t in targets if t.node})
+            how = f"{destination} is announced by {', '.join(hosts)}; the router spreads flows over them"
+            hops.append(Hop(node, "enter", how, "BGP"))
+            targets = tuple(t for t in targets if t.node == node) or targets
         results = []
         first_denied: list[Hop] | None = None
         chosen: list[Hop] | None = None
-        for target in service.targets:
+        for target in targets:
             walked = list(hops)
-            walked.append(self._dnat(node, destination, port, protocol, service, target, source))
+            walked.append(
+                self._dnat(node, destination, port, protocol, service, target, source, len(targets))
+            )
             verdict = self._walk(source, node, target.address, target.port or port, protocol, service, walked)
             results.append({"address": str(target.address), "port": target.port or port, "verdict": verdict})
             chosen = chosen or walked
@@ -171,12 +179,12 @@ class Tracer:
         verdict = "deny" if first_denied else "allow"
         return Trace(verdict, first_denied or chosen, results)
 
-    def _entry_node(self, destination: Address) -> str:
-        """Where traffic from outside enters: a node hosting a target of the address, else the first."""
-        service = self.shared.get(("service", str(destination), "any", 0))
+    def _entry_node(self, service: object) -> str:
+        """Where traffic from outside enters: a node hosting a target of the service (those announce
+        its floating IP; the router spreads flows over them), else the first node."""
         nodes = self.compiler.nodes()
         if isinstance(service, ServiceEntry):
-            nodes = [t.node for t in service.targets if t.node] or nodes
+            nodes = sorted({t.node for t in service.targets if t.node}) or nodes
         return nodes[0] if nodes else ""
 
     @staticmethod
@@ -188,15 +196,16 @@ class Tracer:
         service: ServiceEntry,
         target: Target,
         source: Source,
+        count: int,
     ) -> Hop:
-        count = len(service.targets)
+        local = " local" if count < len(service.targets) else ""
         how = f"ClientIP affinity {service.affinity} s" if service.affinity else "random"
         hairpin = ", hairpin to itself" if target.endpoint == source.name else ""
         return Hop(
             node,
             "service",
             f"{destination}:{port}/{protocol} DNAT to {target.address}:{target.port or port} "
-            f"(1 of {count} backends, {how}{hairpin})",
+            f"(1 of {count}{local} backends, {how}{hairpin})",
             f"ServiceVIP {service.service}",
         )
 
