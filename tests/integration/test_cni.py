@@ -201,6 +201,8 @@ def test_gc_removes_only_attachments_not_listed(lab: Lab) -> None:
     assert lab.run.add("c-drop", drop, "b").status == 0
     valid = [{"containerID": "c-keep", "ifname": "eth0"}]
     unset: dict[str, str | None] = {"CNI_CONTAINERID": None, "CNI_NETNS": None, "CNI_IFNAME": None}
+    other = lab.run("GC", env=unset, config={"name": "other", "cni.dev/valid-attachments": []})
+    assert other == Answer(0, {}) and lab.host_veth("a") and lab.host_veth("b")  # not that network's
     gc = lab.run("GC", env=unset, config={"cni.dev/valid-attachments": valid})
     assert gc == Answer(0, {})  # GC prints nothing on success
     assert _inside(drop) == [] and not lab.host_veth("b")

@@ -84,6 +84,7 @@ class Service:
                 "endpoint": veth.endpoint,
                 "host": host,
                 "netns": request["netns"],
+                "network": request["config"].get("name", ""),
             }
             self.attachments.save()
             self.agent.reconcile()
@@ -140,12 +141,15 @@ class Service:
             raise Refused(BROKEN, f"attachment of {held['endpoint']} is broken: {'; '.join(problems)}")
 
     def gc(self, request: dict[str, Any]) -> None:
+        """Forget the attachments of this network (the config's name) that the runtime does not list."""
+        network = request["config"].get("name", "")
         valid = {
             f"{a['containerID']}/{a['ifname']}"
             for a in request["config"].get("cni.dev/valid-attachments", [])
         }
-        for key in [k for k in self.attachments.held if k not in valid]:
-            self._forget(key)
+        for key, held in list(self.attachments.held.items()):
+            if key not in valid and held.get("network", network) == network:
+                self._forget(key)
 
     def report(self, request: dict[str, Any]) -> dict[str, Any]:
         """Not CNI: the agent's status and metrics, for `isthmus lab status`."""
