@@ -115,9 +115,13 @@ def test_the_router_spreads_the_floating_ip_over_every_node_with_nginx(work: Pat
     fabric, fip = Fabric.load(work), _fip(work)
     _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
     shown = json.loads(isthmus(work, "get", "bgp", "-o", "json").output)
+    status = json.loads(lab(work, "status", "-o", "json").output)
     for node in NODES:
         assert [p["state"] for p in shown[node]["peers"]] == ["Established"]
         assert shown[node]["announced"] == [f"{fip}/32"]
+        metrics = status["nodes"][node]["agent"]["metrics"]
+        assert f'isthmus_bgp_session_established{{node="{node}",peer="192.168.77.1"}} 1' in metrics
+        assert f'isthmus_bgp_announced_prefixes{{node="{node}"}} 1' in metrics
     bgp, kernel = lab(work, "router", "routes", fip).output.split("Kernel routes (ip route):\n", 1)
     assert bgp.count(f"{fip}/32") == 1 and bgp.count("unicast [") == len(NODES)  # one path per node
     assert kernel.count("nexthop via") == len(NODES)  # merged into one multipath route
