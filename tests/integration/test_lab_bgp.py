@@ -44,6 +44,22 @@ for _ in range(int(sys.argv[2])):
         seen["failed: " + type(exc).__name__] += 1
 print(json.dumps(seen))
 """
+STREAM = """
+import json, socket, sys, time
+answered = 0
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.settimeout(1.0)
+    s.connect((sys.argv[1], 80))
+    for i in range(int(sys.argv[2])):
+        s.send(str(i).encode())
+        try:
+            s.recv(100)
+            answered += 1
+        except OSError:
+            pass
+        time.sleep(0.01)
+print(json.dumps({"sent": int(sys.argv[2]), "answered": answered}))
+"""
 WHO = """
 import socket
 with socket.create_server(("0.0.0.0", 8080)) as server:
@@ -62,7 +78,13 @@ def _nginx(nodes: tuple[str, ...]) -> list[dict[str, Any]]:
             "metadata": {"name": f"nginx-{node[-1]}", "labels": {"app": "nginx"}},
             "spec": {
                 "nodeName": node,
-                "containers": [{"name": "nginx", "image": "nginx", "ports": [{"containerPort": 80}]}],
+                "containers": [
+                    {
+                        "name": "nginx",
+                        "image": "nginx",
+                        "ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "UDP"}],
+                    }
+                ],
             },
         }
         for node in nodes
@@ -71,7 +93,11 @@ def _nginx(nodes: tuple[str, ...]) -> list[dict[str, Any]]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "nginx"},
-        "spec": {"type": "LoadBalancer", "selector": {"app": "nginx"}, "ports": [{"port": 80}]},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "nginx"},
+            "ports": [{"name": "http", "port": 80}, {"name": "udp", "port": 80, "protocol": "UDP"}],
+        },
     }
     return [*pods, service]
 
@@ -175,6 +201,25 @@ def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, 
     )
     isthmus(work, "apply", "-f", str(changed))
     _until(lambda: list(states()), ["192.168.77.1"], 10)
+
+
+def test_agents_killed_and_restarted_lose_no_packet_from_outside(work: Path) -> None:
+    """SIGKILL leaves each node's BIRD announcing and its kernel forwarding; restarted agents adopt both."""
+    fabric, fip = Fabric.load(work), _fip(work)
+    stream = subprocess.Popen(
+        ["ip", "netns", "exec", f"{fabric.prefix}outside", "python3", "-c", STREAM, fip, "400"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    for node in NODES:
+        fabric.stop(f"agent/{node}", signal.SIGKILL)
+    time.sleep(0.5)
+    for node in NODES:
+        fabric.start_agent(node)
+    out, _ = stream.communicate(timeout=60)
+    assert json.loads(out) == {"sent": 400, "answered": 400}
+    assert _hops(fabric, fip) == sorted(fabric.nodes.values())
 
 
 def test_scaling_down_and_stopping_agents_withdraw_routes(work: Path, tmp_path: Path) -> None:
