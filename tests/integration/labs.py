@@ -17,6 +17,24 @@ from click.testing import CliRunner, Result
 
 from isthmus.cli.main import cli
 
+STREAM = """
+import json, socket, sys, time
+host, count = sys.argv[1], int(sys.argv[2])
+answered = 0
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.settimeout(1.0)
+    s.connect((host, 80))
+    for i in range(count):
+        s.send(str(i).encode())
+        try:
+            s.recv(100)
+            answered += 1
+        except OSError:
+            pass
+        time.sleep(0.01)
+print(json.dumps({"sent": count, "answered": answered}))
+"""  # a UDP client, one datagram every 10 ms to HOST:80, each waiting up to 1 s for its answer
+
 
 def lab(work: Path, *args: str) -> Result:
     """`isthmus lab --dir WORK ARGS`, failing the test (with its output) unless it succeeds."""

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from isthmus.cli.main import cli
 from isthmus.lab.fabric import Fabric, netns_exec
 from tests.conftest import manifest
+from tests.integration.labs import STREAM
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nftables (scripts/bootstrap lab)"
@@ -219,25 +220,6 @@ def test_tenants_with_overlapping_addresses_stay_apart(
     assert _probe(sandboxes["red/r2"], "10.100.0.11", protocol="UDP") == "red/r1"
     assert _probe(sandboxes["red/r1"], "10.100.0.13").startswith("failed")  # blue's b3: not in red
     assert _probe(sandboxes["red/r2"], "10.100.0.13").startswith("failed")
-
-
-STREAM = """
-import json, socket, sys, time
-host, count = sys.argv[1], int(sys.argv[2])
-answered = 0
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    s.settimeout(1.0)
-    s.connect((host, 80))
-    for i in range(count):
-        s.send(str(i).encode())
-        try:
-            s.recv(100)
-            answered += 1
-        except OSError:
-            pass
-        time.sleep(0.01)
-print(json.dumps({"sent": count, "answered": answered}))
-"""
 
 
 def test_agent_killed_and_restarted_loses_no_packet(lab: tuple[Fabric, dict[str, str]]) -> None:

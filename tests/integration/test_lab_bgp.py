@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from isthmus.lab.fabric import Fabric
-from tests.integration.labs import isthmus, lab, lab_exec, running
+from tests.integration.labs import STREAM, isthmus, lab, lab_exec, running
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
@@ -43,22 +43,6 @@ for _ in range(int(sys.argv[2])):
     except OSError as exc:
         seen["failed: " + type(exc).__name__] += 1
 print(json.dumps(seen))
-"""
-STREAM = """
-import json, socket, sys, time
-answered = 0
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    s.settimeout(1.0)
-    s.connect((sys.argv[1], 80))
-    for i in range(int(sys.argv[2])):
-        s.send(str(i).encode())
-        try:
-            s.recv(100)
-            answered += 1
-        except OSError:
-            pass
-        time.sleep(0.01)
-print(json.dumps({"sent": int(sys.argv[2]), "answered": answered}))
 """
 WHO = """
 import socket
