@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
 from isthmus import intent
+from isthmus.dataplane.trace.matrix import grid
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.kube.translate import TranslationError
@@ -89,3 +92,35 @@ def delete_objects(
         report([a for a in reconcile(ledger, KubeConfig(), removed=present) if a.action != "unchanged"])
     else:
         report(intent.delete(ledger, targets, missing_ok=ignore_not_found))
+
+
+Command = Callable[..., None]
+
+
+def grid_options(protocols: tuple[str, ...]) -> Callable[[Command], Command]:
+    """The options of a reachability grid (`matrix`, `lab probe`): --port, --protocol (one of
+    `protocols`), --to, -n and -o."""
+    options = [
+        click.option("--port", type=click.IntRange(1, 65535), required=True),
+        click.option(
+            "--protocol", type=click.Choice(protocols, case_sensitive=False), default="TCP", show_default=True
+        ),
+        click.option(
+            "--to", "to", type=click.Choice(["pods", "services"]), default="pods", show_default=True
+        ),
+        click.option(
+            "-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat)."
+        ),
+        click.option("-o", "--output", type=click.Choice(["json"]), help="Output format."),
+    ]
+
+    def decorate(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def show_grid(result: dict[str, Any], output: str | None) -> None:
+    click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))

@@ -12,13 +12,11 @@ from typing import Any, Literal
 
 import click
 
-from isthmus.cli.common import apply_manifests, delete_objects, errors
+from isthmus.cli.common import apply_manifests, delete_objects, errors, grid_options, show_grid
 from isthmus.cli.output import aligned
-from isthmus.dataplane.trace.matrix import grid
 from isthmus.lab.control import Lab, LabError
 from isthmus.lab.topology import DEFAULT, TopologyError, load
 
-_PROTOCOL = click.Choice(["TCP", "UDP"], case_sensitive=False)
 _TIMEOUT = click.option(
     "--timeout", default=120.0, show_default=True, help="Seconds to wait for agents and pods to settle."
 )
@@ -130,11 +128,7 @@ def lab_exec(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
 
 
 @lab.command()
-@click.option("--port", type=click.IntRange(1, 65535), required=True)
-@click.option("--protocol", type=_PROTOCOL, default="TCP", show_default=True)
-@click.option("--to", "to", type=click.Choice(["pods", "services"]), default="pods", show_default=True)
-@click.option("-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat).")
-@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@grid_options(("TCP", "UDP"))
 @click.pass_context
 def probe(
     ctx: click.Context,
@@ -147,7 +141,7 @@ def probe(
     """Real connections from every pod to every pod or service ClusterIP, as `isthmus matrix` shows them."""
     with _failures():
         result = _lab(ctx).probe(port, protocol.upper(), to, namespaces)
-    click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))
+    show_grid(result, output)
 
 
 @lab.command()

@@ -12,12 +12,20 @@ from typing import Literal
 import click
 
 from isthmus import __version__
-from isthmus.cli.common import Context, apply_manifests, delete_objects, errors, pass_context
+from isthmus.cli.common import (
+    Context,
+    apply_manifests,
+    delete_objects,
+    errors,
+    grid_options,
+    pass_context,
+    show_grid,
+)
 from isthmus.cli.lab import lab
 from isthmus.cli.output import aligned, document, table
 from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Source, Tracer
-from isthmus.dataplane.trace.matrix import grid, matrix
+from isthmus.dataplane.trace.matrix import matrix
 from isthmus.kube.config import KubeConfig
 from isthmus.model import (
     KINDS,
@@ -215,11 +223,7 @@ def trace_command(
 
 
 @cli.command("matrix")
-@click.option("--port", type=click.IntRange(1, 65535), required=True)
-@click.option("--protocol", type=_PROTOCOL, default="TCP", show_default=True)
-@click.option("--to", "to", type=click.Choice(["pods", "services"]), default="pods", show_default=True)
-@click.option("-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat).")
-@click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
+@grid_options(("TCP", "UDP", "SCTP"))
 @pass_context
 def matrix_command(
     ctx: Context,
@@ -232,7 +236,7 @@ def matrix_command(
     """The trace verdict for every source pod and every destination pod or service ClusterIP."""
     with errors():
         result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces)
-    click.echo(json.dumps(result, indent=2) if output == "json" else grid(result))
+    show_grid(result, output)
 
 
 @cli.group()
