@@ -12,12 +12,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from isthmus.cli.main import cli
 from isthmus.lab.fabric import Fabric
 from tests.integration.labs import STREAM, isthmus, lab, lab_exec, running
 
@@ -141,20 +144,79 @@ def test_the_router_spreads_the_floating_ip_over_every_node_with_nginx(work: Pat
     assert min(seen.values()) >= 200, seen  # each pod at least 20 % of 1,000 connections
 
 
-def test_pods_reach_the_outside_through_source_nat_and_not_the_other_way(work: Path) -> None:
-    fabric = Fabric.load(work)
+@contextmanager
+def _outside_server(fabric: Fabric) -> Iterator[None]:
+    """The outside client serves its peers' addresses on 198.51.100.10:8080."""
     server = subprocess.Popen(["ip", "netns", "exec", f"{fabric.prefix}outside", "python3", "-c", WHO])
     try:
         time.sleep(0.5)
-        probe = "import socket; print(socket.create_connection(('198.51.100.10', 8080), 2).recv(64).decode())"
-        seen = lab_exec(work, "nginx-1", "python3", "-c", probe)
-        assert seen.stdout.strip() == fabric.nodes["node-1"], seen.stderr  # the node's address, not the pod's
+        yield
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait()
+
+
+def _seen_outside(work: Path, pod: str) -> str:
+    """The source address the outside client sees when `pod` connects to it."""
+    probe = "import socket; print(socket.create_connection(('198.51.100.10', 8080), 2).recv(64).decode())"
+    seen = lab_exec(work, pod, "python3", "-c", probe)
+    return seen.stdout.strip() or seen.stderr.strip()
+
+
+def test_pods_reach_the_outside_through_source_nat_and_not_the_other_way(work: Path) -> None:
+    fabric = Fabric.load(work)
+    with _outside_server(fabric):
+        assert _seen_outside(work, "nginx-1") == fabric.nodes["node-1"]  # the node's address, not the pod's
     pod = json.loads(isthmus(work, "get", "pod", "nginx-2", "-o", "json").output)["status"]["podIP"]
     blocked = lab_exec(work, "outside", "python3", "-c", CONNECT, pod, "1")
     assert list(json.loads(blocked.stdout)) == ["failed: OSError"], blocked.stdout  # no route to it
+
+
+def _shop(egress: str) -> list[dict[str, Any]]:
+    """Namespace shop, with an egress address, and a pod of it on every node."""
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "annotations": {"isthmus.io/egress-ip": egress}},
+    }
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"shop-{node[-1]}", "namespace": "shop"},
+            "spec": {"nodeName": node, "containers": [{"name": "shop", "image": "shop"}]},
+        }
+        for node in NODES
+    ]
+    return [namespace, *pods]
+
+
+def test_a_namespace_egress_address_is_announced_by_its_owner_and_seen_outside(
+    work: Path, tmp_path: Path
+) -> None:
+    fabric, manifests = Fabric.load(work), tmp_path / "shop.yaml"
+    manifests.write_text(yaml.safe_dump_all(_shop("198.51.100.77")))  # outside the floating-IP pool
+    refused = CliRunner().invoke(cli, ["lab", "--dir", str(work), "apply", "-f", str(manifests)])
+    assert refused.exit_code != 0
+    assert "198.51.100.77 is in no subnet of network isthmus-system/public" in refused.output
+    assert "shop" not in isthmus(work, "get", "tenants").output  # nothing of it was stored
+    manifests.write_text(yaml.safe_dump_all(_shop("203.0.113.200")))
+    lab(work, "apply", "-f", str(manifests))
+    shown = json.loads(isthmus(work, "get", "bgp", "-o", "json").output)
+    owners = [n for n in NODES if "203.0.113.200/32" in shown[n]["announced"]]
+    assert len(owners) == 1, shown
+    _until(lambda: _hops(fabric, "203.0.113.200"), [fabric.nodes[owners[0]]], 10)
+    with _outside_server(fabric):
+        seen = {pod: _seen_outside(work, f"shop/{pod}") for pod in ("shop-1", "shop-2", "shop-3")}
+        assert set(seen.values()) == {"203.0.113.200"}, seen  # from the owner and from the other nodes
+        assert _seen_outside(work, "nginx-1") == fabric.nodes["node-1"]  # other namespaces: their node
+    elsewhere = next(f"shop/shop-{n[-1]}" for n in NODES if n != owners[0])
+    trace = isthmus(work, "trace", elsewhere, "198.51.100.10", "--port", "8080").output
+    assert f"to {owners[0]}" in trace and "-> 203.0.113.200" in trace, trace
+    refused = lab_exec(work, "outside", "python3", "-c", CONNECT, "203.0.113.200", "1")
+    assert list(json.loads(refused.stdout)) == ["failed: ConnectionRefusedError"], refused.stdout
+    lab(work, "delete", "-f", str(manifests))
+    _until(lambda: _hops(fabric, "203.0.113.200"), [], 10)
 
 
 def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Floating IPs on the node side: a node announces a service's floating IP only while it hosts a ready
-backend of it, and flows from its uplink to that address go to the local backend, marked with the backend
-network's table and conntrack zone so that replies find them."""
+"""Floating IPs and egress addresses on the node side: a node announces a service's floating IP only
+while it hosts a ready backend of it, and flows from its uplink to that address go to the local backend,
+marked with the backend network's table and conntrack zone so that replies find them. The owner of an
+egress address announces it and source NATs its namespace's flows to it; other nodes steer them there."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from isthmus.compile import Compiler
 from isthmus.compile.announce import announced
-from isthmus.dataplane.kernel.plan import plan
+from isthmus.compile.state import EgressEntry
+from isthmus.dataplane.kernel.plan import RULE_PRIORITY, SLOT_SHIFT, Route, plan
 from isthmus.model import parse_object
 from tests.unit.test_compile import _meta
 
@@ -74,3 +76,47 @@ def test_uplink_flows_to_a_floating_ip_go_to_the_local_backend_in_its_table() ->
     assert "10.0.0.2" in str(made[("chain", vip_chain)])  # the ClusterIP keeps every backend
     remote = plan(_cluster([("e2", "n2")]).node_state("n1"))
     assert ("element", "outside_marks", "203.0.113.5") not in remote
+
+
+def _egress(node: str | None = None) -> Compiler:
+    """The cluster above with egress from network x/a and x's egress address 203.0.113.20."""
+    compiler = _cluster([("e1", "n1")])
+    network = {"kind": "VirtualNetwork", "metadata": _meta("a", "x"), "spec": {"vni": 7, "egress": True}}
+    egress = {
+        "kind": "EgressIP",
+        "metadata": _meta("out", "x"),
+        "spec": {"pool": "public", "address": "203.0.113.20", "node": node},
+    }
+    compiler.change([parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in (network, egress)])
+    return compiler
+
+
+def _owner(compiler: Compiler) -> str:
+    entry = compiler.state[""][("egressip", "x")]
+    assert isinstance(entry, EgressEntry)
+    return entry.node
+
+
+def test_an_egress_address_is_owned_by_a_node_announcing_egress_ips_unless_one_is_named() -> None:
+    assert _owner(_egress()) == "n1"  # the only node speaking BGP
+    assert announced(_egress().node_state("n1")) == {"203.0.113.5/32", "203.0.113.20/32"}
+    named = _egress("n2")
+    assert _owner(named) == "n2"
+    assert announced(named.node_state("n1")) == {"203.0.113.5/32"}
+    named.change(deletes=[("Node", "", "n2")])
+    assert _owner(named) == "n1"  # its node gone, it moves
+
+
+def test_the_owner_source_nats_the_namespace_and_other_nodes_steer_to_it() -> None:
+    owner = plan(_egress("n1").node_state("n1"))
+    assert owner[("element", "egress_snat", "1007 . 10.0.0.2")] == "203.0.113.20"  # e2, on n2
+    assert owner[("element", "egress_snat", "1007 . 10.0.0.1")] == "203.0.113.20"
+    assert ("element", "egress_addresses", "203.0.113.20") in owner
+    assert not any(k[:2] == ("element", "egress_marks") for k in owner)
+    other = plan(_egress("n1").node_state("n2"))
+    table = 1007 | 1 << SLOT_SHIFT
+    assert other[("element", "egress_marks", "1007 . 10.0.0.2")] == str(table)  # only its own endpoint
+    assert ("element", "egress_marks", "1007 . 10.0.0.1") not in other
+    assert other[("route", table, "0.0.0.0/0")] == Route("via", "isx7", "192.0.2.1")  # VXLAN to n1
+    assert other[("rule", table)] == RULE_PRIORITY + 1
+    assert not any(k[:2] == ("element", "egress_snat") for k in other)

@@ -26,8 +26,8 @@ def _meta(name: str, namespace: str | None = None, labels: dict[str, str] | None
 @st.composite
 def objects(draw: st.DrawFn) -> Object:
     """One object of a small universe (so that changes collide): a node, a network (with egress, external
-    or growing from a pool), a subnet, a subnet pool, an endpoint, a service, a floating IP, a
-    NetworkPolicy, a namespace's labels or an Isthmus Policy."""
+    or growing from a pool), a subnet, a subnet pool, an endpoint, a service, a floating IP, an egress IP,
+    a NetworkPolicy, a namespace's labels or an Isthmus Policy."""
     ns = draw(st.sampled_from(NAMESPACES))
     kind = draw(
         st.sampled_from(
@@ -38,6 +38,7 @@ def objects(draw: st.DrawFn) -> Object:
                 "Endpoint",
                 "ServiceVIP",
                 "FloatingIP",
+                "EgressIP",
                 "NetworkPolicy",
                 "Namespace",
                 "Policy",
@@ -100,6 +101,15 @@ def objects(draw: st.DrawFn) -> Object:
         body = {
             "metadata": _meta("f", ns),
             "spec": {"pool": "public", "address": "203.0.113.5", "service": "s"},
+        }
+    elif kind == "EgressIP":
+        body = {
+            "metadata": _meta("g", ns),
+            "spec": {
+                "pool": "public",
+                "address": f"203.0.113.{draw(st.integers(20, 21))}",
+                "node": draw(st.sampled_from([None, "n1", "n2"])),
+            },
         }
     elif kind == "NetworkPolicy":
         body = {

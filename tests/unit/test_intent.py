@@ -149,6 +149,14 @@ def test_other_tenants_networks_are_invisible_unless_shared_or_external(ledger: 
     fip, vip = done[1].object, done[2].object
     assert isinstance(fip, FloatingIP) and str(fip.spec.address) == "203.0.113.2"
     assert isinstance(vip, ServiceVIP) and str(vip.spec.vip) == "10.1.0.3"
+    (egress,) = apply(ledger, obj("EgressIP", "out", "acme", {"pool": "admin/public"}))
+    assert str(egress.object.spec.address) == "203.0.113.3"  # type: ignore[attr-defined]
+    failing(
+        ledger,
+        intent.Invalid,
+        r"EgressIP/acme/second: tenant acme already egresses as 203.0.113.3 \(EgressIP/acme/out\)",
+        obj("EgressIP", "second", "acme", {"pool": "admin/public"}),
+    )
 
 
 def test_delete_refuses_what_is_in_use_and_frees_allocations(ledger: Ledger) -> None:

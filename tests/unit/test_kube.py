@@ -222,3 +222,45 @@ def test_declared_nodes_are_never_replaced_by_the_default_one(ledger: Ledger) ->
     reconcile(ledger, KubeConfig(), kube(node, yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())))
     (stored,) = listed(ledger, "Node")
     assert str(stored.spec.address) == "198.51.100.1"
+
+
+def _shop(egress: str) -> list[dict[str, Any]]:
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "annotations": {"isthmus.io/egress-ip": egress}},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"containers": [{"name": "web", "image": "web"}]},
+    }
+    return [namespace, pod]
+
+
+def test_a_namespace_egress_address_becomes_its_egress_ip(ledger: Ledger) -> None:
+    reconcile(ledger, KubeConfig(), kube(*_shop("203.0.113.200")))
+    (egress,) = listed(ledger, "EgressIP", "shop")
+    assert (str(egress.spec.address), egress.spec.pool) == ("203.0.113.200", "isthmus-system/public")
+    # the namespace and its pod deleted together (as `delete -f` of this manifest does)
+    removed = [(lookup_kind("Namespace"), None, "shop"), (lookup_kind("Pod"), "shop", "web")]
+    reconcile(ledger, KubeConfig(), removed=removed)
+    assert listed(ledger, "EgressIP", "shop") == [] and listed(ledger, "Endpoint", "shop") == []
+
+
+@pytest.mark.parametrize(
+    ("address", "error", "message"),
+    [
+        ("198.51.100.77", IntentError, "198.51.100.77 is in no subnet of network isthmus-system/public"),
+        ("not-an-ip", TranslationError, "annotation isthmus.io/egress-ip is 'not-an-ip', not an IP address"),
+    ],
+)
+def test_an_egress_address_outside_the_pool_is_a_clear_error(
+    ledger: Ledger, address: str, error: type[Exception], message: str
+) -> None:
+    reconcile(ledger, KubeConfig(), kube(*_shop("203.0.113.200")))
+    before = snapshot(ledger)
+    with pytest.raises(error, match=message):
+        reconcile(ledger, KubeConfig(), kube(*_shop(address)))
+    assert snapshot(ledger) == before

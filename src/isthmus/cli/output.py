@@ -77,6 +77,11 @@ COLUMNS: dict[str, list[Column]] = {
             False,
         ),
     ],
+    "EgressIP": [
+        ("ADDRESS", lambda o: str(o.spec.address), False),
+        ("POOL", lambda o: o.spec.pool, False),
+        ("NODE", lambda o: o.spec.node or "<by hash>", False),
+    ],
     "Policy": [
         ("PRIORITY", lambda o: str(o.spec.priority), False),
         ("RULES", lambda o: str(len(o.spec.rules)), False),

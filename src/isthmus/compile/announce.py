@@ -1,11 +1,12 @@
 """What a node's BGP speaker announces, from its compiled state: the floating IPs (and external IPs) of
-services, and where configured their VIPs, while the node hosts a ready backend of them. A pure function."""
+services, and where configured their VIPs, while the node hosts a ready backend of them; the egress
+addresses it owns. A pure function."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from isthmus.compile.state import NodeEntry, NodeState, ServiceEntry
+from isthmus.compile.state import EgressEntry, NodeEntry, NodeState, ServiceEntry
 
 
 def announced(state: NodeState) -> set[str]:
@@ -14,6 +15,8 @@ def announced(state: NodeState) -> set[str]:
     kinds = me.announce if isinstance(me, NodeEntry) else ()
     found: set[str] = set()
     for key, entry in state.shared.items():
+        if isinstance(entry, EgressEntry) and entry.node == state.node and "egressIPs" in kinds:
+            found.add(f"{entry.address}/{entry.address.max_prefixlen}")
         if key[0] != "service" or not isinstance(entry, ServiceEntry):
             continue
         if not any(t.node == state.node for t in entry.targets):

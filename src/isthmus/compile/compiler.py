@@ -4,13 +4,15 @@ Invariant: after every change, the state equals `Compiler(objects).state` compil
 objects (a property test checks it on random sequences), and the delta a change returns is exactly the
 difference. The state is the union of units, each a pure function of a few objects: a node, a network,
 an endpoint (its routes, identity, attachment and NetworkPolicy isolation), a service, a floating IP, an
-Isthmus Policy (its rules and the routes it leaks). A change recomputes the units whose inputs it touches.
+egress address, an Isthmus Policy (its rules and the routes it leaks). A change recomputes the units
+whose inputs it touches.
 When two units give one key (two services claiming one external IP), the unit that sorts first wins.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import itertools
 import sys
@@ -25,6 +27,7 @@ from isthmus.compile.state import (
     SHARED,
     Address,
     Delta,
+    EgressEntry,
     Entries,
     Entry,
     Identity,
@@ -42,6 +45,7 @@ from isthmus.compile.state import (
     Target,
 )
 from isthmus.model import (
+    EgressIP,
     Endpoint,
     FloatingIP,
     KubeObject,
@@ -65,6 +69,7 @@ TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
 METADATA_NAME = "kubernetes.io/metadata.name"
 INTERNAL = "cluster-internal prefix"  # the rule of unreachable routes that keep egress inside isolation
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+UNITS = ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "EgressIP", "Policy")
 
 
 def unit_of(obj: Object) -> Unit:
@@ -89,6 +94,7 @@ class Compiler:
         "Endpoint",
         "ServiceVIP",
         "FloatingIP",
+        "EgressIP",
         "Policy",
         "Namespace",
         "NetworkPolicy",
@@ -208,7 +214,7 @@ class Compiler:
         )
 
     def _units(self) -> Iterator[Unit]:
-        for kind in ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "Policy"):
+        for kind in UNITS:
             yield from ((kind, ns, name) for ns, name in self.objects[kind])
 
     def _touches(self, obj: Object | None) -> set[Unit]:
@@ -216,10 +222,9 @@ class Compiler:
         if obj is None:
             return set()
         kind, namespace, name = unit_of(obj)
-        if kind in ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "Policy"):
-            touched = {(kind, namespace, name)}
-        else:
-            touched = set()
+        touched = {(kind, namespace, name)} if kind in UNITS else set()
+        if kind == "Node":  # egress addresses may change owner
+            touched |= {("EgressIP", ns, n) for ns, n in self.objects["EgressIP"]}
         if kind in ("Namespace", "NetworkPolicy"):  # identities and isolation of the namespace's endpoints
             space = name if kind == "Namespace" else namespace
             touched |= {("Endpoint", space, n) for _, n in self.members.get("ns:" + space, ())}
@@ -308,6 +313,8 @@ class Compiler:
             return self._service(obj)
         if isinstance(obj, FloatingIP):
             return self._floating(obj)
+        if isinstance(obj, EgressIP):
+            return self._egress(obj)
         if isinstance(obj, Policy):
             return self._policy(obj)
         return []
@@ -448,6 +455,23 @@ class Compiler:
                 targets.append(Target(endpoint.spec.addresses[0], 0, endpoint.spec.node, ref(ns, name)))
         entry = ServiceEntry(ref(fip.metadata.namespace, fip.metadata.name), fip.spec.address, tuple(targets))
         return [(SHARED, ("service", address, "any", 0), entry)]
+
+    def _egress(self, egress: EgressIP) -> Made:
+        """The tenant's egress address and its owner: the node named, else among the nodes announcing
+        egress addresses (all nodes when none does) the one that wins rendezvous hashing, so that an
+        address moves only when its owner goes."""
+        nodes = [n for n in self.objects["Node"].values() if isinstance(n, Node)]
+        if egress.spec.address is None or not nodes:
+            return []
+        name = ref(egress.metadata.namespace, egress.metadata.name)
+        owner = egress.spec.node
+        if owner not in {n.metadata.name for n in nodes}:
+            speakers = [n for n in nodes if n.spec.bgp and "egressIPs" in n.spec.bgp.announce] or nodes
+            owner = max(
+                speakers, key=lambda n: hashlib.sha256(f"{name} {n.metadata.name}".encode()).digest()
+            ).metadata.name
+        entry = EgressEntry(name, egress.spec.address, owner)
+        return [(SHARED, ("egressip", egress.metadata.namespace or ""), entry)]
 
     def _peer(self, given: PolicyPeer, namespace: str | None) -> Peer:
         selector = netpol.selector(given.selector) if given.selector is not None else None

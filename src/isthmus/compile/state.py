@@ -12,6 +12,7 @@ Keys, by their first element:
   ("identity", network, address)        Identity: who an address is, for NetworkPolicy peers
   ("service", address, protocol, port)  ServiceEntry: a VIP, external IP or floating IP and its backends
   ("nodeport", protocol, port)          ServiceEntry: the same, on every node's own address
+  ("egressip", namespace)               EgressEntry: the source address of the namespace's endpoints outside
   ("rule", priority, policy, index)     RuleEntry: an Isthmus Policy rule, in key order
   ("local", network, address)           LocalEntry (node scope): an endpoint attached to this node
   ("ingress" | "egress", network, address)
@@ -149,6 +150,16 @@ class ServiceEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressEntry:
+    """Flows of a namespace's endpoints to the outside leave through `node`, source NATed to `address`;
+    `node` announces it."""
+
+    egress: str  # NAMESPACE/NAME of the EgressIP
+    address: Address
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class Allow:
     """One NetworkPolicy allowance for a local endpoint: traffic with a peer matching `peer`, `protocol`,
     and a destination port in [low, high] (or named `port_name`, resolved on the destination endpoint)."""
@@ -192,7 +203,17 @@ class LocalEntry:
     kind: str
 
 
-Entry = NodeEntry | NetworkEntry | RouteEntry | Identity | ServiceEntry | RuleEntry | LocalEntry | Isolation
+Entry = (
+    NodeEntry
+    | NetworkEntry
+    | RouteEntry
+    | Identity
+    | ServiceEntry
+    | EgressEntry
+    | RuleEntry
+    | LocalEntry
+    | Isolation
+)
 Entries = dict[Key, Entry]
 
 

@@ -16,6 +16,7 @@ from isthmus import ipam
 from isthmus.intent.errors import InUse, Invalid, NotFound
 from isthmus.model import (
     Backend,
+    EgressIP,
     Endpoint,
     FloatingIP,
     KubeObject,
@@ -126,8 +127,8 @@ def release(txn: Txn, obj: Object) -> None:
     if isinstance(obj, ServiceVIP):
         for port in obj.spec.ports:
             ipam.release(txn, NODE_PORTS, f"{ident(obj)}/{port.port}/{port.protocol}")
-    if isinstance(obj, Endpoint | ServiceVIP | FloatingIP):
-        network_ref = obj.spec.pool if isinstance(obj, FloatingIP) else obj.spec.network
+    if isinstance(obj, Endpoint | ServiceVIP | FloatingIP | EgressIP):
+        network_ref = obj.spec.pool if isinstance(obj, FloatingIP | EgressIP) else obj.spec.network
         ns, name = split_ref(network_ref, obj.metadata.namespace)
         network = _get(txn, VirtualNetwork, ns, name)
         for subnet in subnets_of(txn, network) if network else []:
@@ -339,13 +340,30 @@ def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
     return service.model_copy(update={"spec": service.spec.model_copy(update=spec)})
 
 
-def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
-    pool = network_of(txn, fip.spec.pool, fip.metadata.namespace)
+def _public(txn: Txn, obj: FloatingIP | EgressIP, old: Object | None) -> IPAddress:
+    """The address of a floating or egress IP: the one asked for, or held, or a new one, in its pool."""
+    pool = network_of(txn, obj.spec.pool, obj.metadata.namespace)
     if not pool.spec.external:
-        raise Invalid(f"{ident(fip)}: pool {fip.spec.pool} is not an external network")
-    held = [old.spec.address] if isinstance(old, FloatingIP) and old.spec.address else []
-    address = _addresses(txn, fip, pool, [fip.spec.address] if fip.spec.address else [], held)[0]
+        raise Invalid(f"{ident(obj)}: pool {obj.spec.pool} is not an external network")
+    held = [old.spec.address] if isinstance(old, type(obj)) and old.spec.address else []
+    return _addresses(txn, obj, pool, [obj.spec.address] if obj.spec.address else [], held)[0]
+
+
+def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
+    address = _public(txn, fip, old)
     return fip.model_copy(update={"spec": fip.spec.model_copy(update={"address": address})})
+
+
+def _egress(txn: Txn, egress: EgressIP, old: Object | None) -> EgressIP:
+    """One per tenant: it is the tenant's source address."""
+    for other in objects.scan(txn, _INFO[EgressIP], egress.metadata.namespace):
+        if isinstance(other, EgressIP) and other.metadata.name != egress.metadata.name:
+            raise Invalid(
+                f"{ident(egress)}: tenant {egress.metadata.namespace} already egresses as "
+                f"{other.spec.address} ({ident(other)})"
+            )
+    address = _public(txn, egress, old)
+    return egress.model_copy(update={"spec": egress.spec.model_copy(update={"address": address})})
 
 
 _ADMIT: dict[type, Callable[[Txn, object, Object | None], Object]] = {
@@ -355,4 +373,5 @@ _ADMIT: dict[type, Callable[[Txn, object, Object | None], Object]] = {
     Endpoint: _endpoint,  # type: ignore[dict-item]
     ServiceVIP: _service,  # type: ignore[dict-item]
     FloatingIP: _floating,  # type: ignore[dict-item]
+    EgressIP: _egress,  # type: ignore[dict-item]
 }

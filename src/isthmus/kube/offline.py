@@ -30,7 +30,7 @@ def expand(
         for kind, _, name in removed
         if kind == "Namespace"
         for o in view
-        if o.metadata.namespace == name
+        if o.metadata.namespace == name and key(o) not in deleted
     ]
     wanted = {(p.metadata.namespace, p.metadata.name) for p in pods}
     namespaces = {ns for kind, ns, _ in [*declared, *deleted] if kind in CONTROLLERS}

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from isthmus.kube.config import Isolation, KubeConfig
 from isthmus.kube.view import Key, KubeView, node_name
 from isthmus.model import (
+    EgressIP,
     Endpoint,
     FloatingIP,
     KubeObject,
@@ -32,6 +33,7 @@ from isthmus.model.netpol import parse_network_policy
 
 SOURCE = "isthmus.io/source"
 ISOLATION = "isthmus.io/isolation"
+EGRESS_IP = "isthmus.io/egress-ip"
 KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
 
@@ -354,9 +356,32 @@ def part(view: KubeView, unit: Key, config: KubeConfig) -> list[Resource]:
     return [o for o in (service_vip(found, view, config), floating_ip(found, config)) if o is not None]
 
 
+def egress_ip(view: KubeView, namespace: str, config: KubeConfig) -> list[EgressIP]:
+    """The namespace's egress address (annotation isthmus.io/egress-ip), from the public pool."""
+    declared = view.get("Namespace", None, namespace)
+    address = declared.metadata.annotations.get(EGRESS_IP) if declared else None
+    if address is None:
+        return []
+    try:
+        return [
+            EgressIP.model_validate(
+                {
+                    "metadata": _meta("egress", namespace),
+                    "spec": {"pool": f"{config.system}/public", "address": address},
+                }
+            )
+        ]
+    except ValidationError:
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {EGRESS_IP} is {address!r}, not an IP address"
+        ) from None
+
+
 def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
-    """The namespace's tenant, its own pod networks and, in collection mode, its `uses` policies."""
+    """The namespace's tenant, its egress address, its own pod networks and, in collection mode, its
+    `uses` policies."""
     made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
+    made += egress_ip(view, namespace, config)
     mode = isolation(view, namespace, config)
     if mode == "cluster":
         return made

@@ -21,11 +21,22 @@ from isthmus.model.network import (
 )
 from isthmus.model.policy import Peer, Policy, PolicyRule, PolicySpec, PortRange
 from isthmus.model.selector import LabelSelector, SelectorRequirement
-from isthmus.model.service import Backend, FloatingIP, FloatingIPSpec, ServicePort, ServiceVIP, ServiceVIPSpec
+from isthmus.model.service import (
+    Backend,
+    EgressIP,
+    EgressIPSpec,
+    FloatingIP,
+    FloatingIPSpec,
+    ServicePort,
+    ServiceVIP,
+    ServiceVIPSpec,
+)
 
 __all__ = [
     "KINDS",
     "Backend",
+    "EgressIP",
+    "EgressIPSpec",
     "Endpoint",
     "EndpointSpec",
     "FloatingIP",

@@ -10,7 +10,7 @@ from isthmus.model.kube import KubeObject
 from isthmus.model.meta import Resource
 from isthmus.model.network import Node, Subnet, SubnetPool, Tenant, VirtualNetwork
 from isthmus.model.policy import Policy
-from isthmus.model.service import FloatingIP, ServiceVIP
+from isthmus.model.service import EgressIP, FloatingIP, ServiceVIP
 
 Object = Resource | KubeObject
 ISTHMUS = "isthmus.io"
@@ -42,7 +42,18 @@ def _isthmus(model: type[Resource]) -> KindInfo:
 KINDS: tuple[KindInfo, ...] = (
     *(
         _isthmus(m)
-        for m in (Tenant, Node, SubnetPool, VirtualNetwork, Subnet, Endpoint, ServiceVIP, FloatingIP, Policy)
+        for m in (
+            Tenant,
+            Node,
+            SubnetPool,
+            VirtualNetwork,
+            Subnet,
+            Endpoint,
+            ServiceVIP,
+            FloatingIP,
+            EgressIP,
+            Policy,
+        )
     ),
     KindInfo("core", "Node", "nodes", False, ("v1",), ("no",)),
     KindInfo("core", "Namespace", "namespaces", False, ("v1",), ("ns",)),

@@ -1,4 +1,4 @@
-"""Service VIPs and floating IPs."""
+"""Service VIPs, floating IPs and egress addresses."""
 
 from __future__ import annotations
 
@@ -99,3 +99,26 @@ class FloatingIP(Resource):
         service = [] if self.spec.service is None else [ref_to("ServiceVIP", self.spec.service, ns)]
         endpoints = [ref_to("Endpoint", ref, ns) for ref in self.spec.endpoints]
         return [ref_to("VirtualNetwork", self.spec.pool, ns), *endpoints, *service]
+
+
+class EgressIPSpec(Model):
+    pool: Ref = Field(description="an external virtual network, usually NAMESPACE/NAME of the admin's pool")
+    address: IPAddress | None = Field(None, description="allocated when absent")
+    node: Name | None = Field(
+        None, description="the node that owns it; else one of the nodes announcing egressIPs, by hash"
+    )
+
+
+class EgressIP(Resource):
+    """The source address of every endpoint of its tenant towards the outside: their flows leave through
+    the owner node, source NATed to it, and the owner announces it. One per tenant."""
+
+    KIND: ClassVar[str] = "EgressIP"
+    PLURAL: ClassVar[str] = "egressips"
+    SHORT: ClassVar[tuple[str, ...]] = ("egress",)
+    kind: Literal["EgressIP"] = "EgressIP"
+    spec: EgressIPSpec
+
+    def refs(self) -> list[RefTo]:
+        pool = ref_to("VirtualNetwork", self.spec.pool, self.metadata.namespace)
+        return [pool] if self.spec.node is None else [pool, ("Node", None, self.spec.node)]

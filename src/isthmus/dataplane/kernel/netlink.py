@@ -1,6 +1,7 @@
 """Links, routes, rules and VXLAN peers through netlink (pyroute2), read as plan entries and changed one
-entry at a time. Everything here lives in the node's namespace: devices named isv*/isx*, the tables
-above TABLE_BASE and the `ip rule`s at RULE_PRIORITY."""
+entry at a time. Everything here lives in the node's namespace: devices named isv*/isx*, the tables of
+networks (above TABLE_BASE) and of egress owners (those plus a slot in bits 25-29), and the `ip rule`s at
+RULE_PRIORITY (networks) and just after (egress owners)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from isthmus.dataplane.kernel.plan import (
     GATEWAY,
     MARK_MASK,
     RULE_PRIORITY,
+    SLOT_SHIFT,
+    SLOTS,
     VETH_PREFIX,
     VXLAN_MTU,
     VXLAN_PORT,
@@ -69,7 +72,7 @@ def read(ipr: Any) -> Plan:
     for family in (2, 10):
         for route in ipr.route("dump", family=family):
             table = route.get("table")
-            if table is None or table <= TABLE_BASE or table > TABLE_BASE + 2**24:
+            if not _ours(table):
                 continue
             dst = route.get("dst") or ("0.0.0.0" if family == 2 else "::")
             prefix = str(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
@@ -81,11 +84,17 @@ def read(ipr: Any) -> Plan:
             elif kind:
                 found[("route", table, prefix)] = Route(kind)  # type: ignore[arg-type]
     for rule in ipr.rule("dump", family=2):
-        if rule.get("priority") == RULE_PRIORITY and rule.get("table"):
-            found[("rule", rule.get("table"))] = RULE_PRIORITY
+        if rule.get("priority") in (RULE_PRIORITY, RULE_PRIORITY + 1) and _ours(rule.get("table")):
+            found[("rule", rule.get("table"))] = rule.get("priority")
         elif rule.get("priority") == RULE_PRIORITY - 1 and rule.get("iifname") == "lo":
             found[("rule", "underlay")] = RULE_PRIORITY - 1
     return found
+
+
+def _ours(table: int | None) -> bool:
+    if table is None or table >> SLOT_SHIFT > SLOTS:
+        return False
+    return 0 < (table & MARK_MASK) - TABLE_BASE <= 2**24
 
 
 def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int]) -> None:
@@ -135,7 +144,12 @@ def _rule(key: Key) -> dict[str, Any]:
             "table": MAIN,
             "priority": RULE_PRIORITY - 1,
         }
-    return {"fwmark": key[1], "fwmask": MARK_MASK, "table": key[1], "priority": RULE_PRIORITY}
+    table = int(key[1])
+    if table > MARK_MASK:  # an egress owner's: the mark has its slot too
+        mask, priority = MARK_MASK | SLOTS << SLOT_SHIFT, RULE_PRIORITY + 1
+    else:
+        mask, priority = MARK_MASK, RULE_PRIORITY
+    return {"fwmark": table, "fwmask": mask, "table": table, "priority": priority}
 
 
 def _route(ipr: Any, key: Key, route: Route, devices: dict[str, int]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ driver reads what the kernel holds in the same keys and applies the difference.
 Keys:
   ("vxlan", device)               Vxlan: one device per virtual network, on the node's underlay address
   ("peer", device, address)       str: a remote node's VTEP on the device: its MAC (static neighbour + fdb)
-  ("route", table, prefix)        Route: an entry of a network's table
+  ("route", table, prefix)        Route: an entry of a network's table (or of an egress owner's, below)
   ("rule", table)                 int: the `ip rule` priority that sends packets marked `table` to it
   ("rule", "underlay")            int: the priority, just before, of the rule that routes the outer VXLAN
                                   packets (they carry the inner packet's mark) in the node's main table
@@ -21,6 +21,14 @@ reached from the uplink) lives in zone 0, where its replies from the uplink find
 with the same addresses apart inside the cluster, not towards the outside. (The first `ct zone set` of
 a packet is the one that counts: it attaches the template the others then leave alone.)
 IPv4 only in nftables (IPv6 endpoints get routes, no policy).
+
+Egress addresses: the owner of a namespace's egress address source NATs the namespace's flows leaving
+the cluster to it (`egress_snat`, by network mark and source). Another node steers them there: its pod's
+veth marks them with the network's table plus the owner's slot (`egress_marks`; a slot is the owner's
+node-local number, in mark bits 25-29); the network's table throws them (as all leaving traffic) and the
+next `ip rule` picks the slot's table, whose default route is the owner over the network's VXLAN. The
+connection's mark keeps the network's table only; replies from the owner, with an outside source, take
+zone 0 as the flow did. The owner refuses new flows to the address.
 
 Refusal: a VIP with a port that has no target is routed in every table (to the network's VXLAN device),
 and the forward chain refuses that port (TCP reset, ICMP port unreachable) and the VIP's other ports as
@@ -52,6 +60,7 @@ from isthmus.compile.state import (
     Address,
     Allow,
     Delta,
+    EgressEntry,
     Entries,
     Entry,
     Identity,
@@ -75,6 +84,7 @@ VXLAN_MTU = 1450
 RULE_PRIORITY = 1000
 MARK_MASK = 0x1FFFFFF  # the bits of a mark that name a table (1000 + a 24-bit VNI)
 MASQUERADE = 0x40000000  # a mark bit: source NAT this packet (hairpin)
+SLOT_SHIFT, SLOTS = 25, 31  # mark bits 25-29: the egress owner a packet is steered to (node-local number)
 VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -181,6 +191,16 @@ class _Builder:
     def vips(self, service: str) -> list[str]:
         self.reads.add(("vips", service))
         return sorted(self.planner.vips.get(service, ()))
+
+    def egress(self, namespace: str) -> EgressEntry | None:
+        self.reads.add(("egressip", namespace))
+        return self.planner.egress.get(namespace)
+
+    def slot(self, owner: str) -> int | None:
+        """The owner's number in the marks of packets steered to it: 1 + its rank among owners."""
+        self.reads.add(("owners",))
+        rank = sorted(self.planner.owners).index(owner) + 1
+        return rank if rank <= SLOTS else None
 
     def identity(self, network: str, address: str) -> Identity | None:
         self.reads.add(("identity", network, address))
@@ -309,6 +329,8 @@ _REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejecte
 meta l4proto . th dport @nodeport_rejected reject"""
 _OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
 _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
+_LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served"  # out of the cluster
+_UPLINK = f'oifname != "{VETH_PREFIX}*" oifname != "{VXLAN_PREFIX}*"'  # routed out of the node
 BASE: Plan = {
     ("set", "networks"): "ifname : mark",
     ("set", "zones"): "typeof iifname : ct zone",
@@ -325,13 +347,18 @@ BASE: Plan = {
     ("set", "outside_marks"): "ipv4_addr : mark",
     ("set", "internal"): "ipv4_addr; flags interval",
     ("set", "served"): "ipv4_addr",
+    ("set", "egress_marks"): "mark . ipv4_addr : mark",
+    ("set", "egress_snat"): "mark . ipv4_addr : ipv4_addr",
+    ("set", "egress_addresses"): "ipv4_addr",
     ("set", "ingress"): "ifname : verdict",
     ("set", "egress"): "ifname : verdict",
     ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
 meta mark set iifname map @networks
-{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ct zone set 0
+{_LEAVING} ct zone set 0
+iifname "{VXLAN_PREFIX}*" {_MARK} @egress_networks ip saddr != @internal ip saddr != @served ct zone set 0
 ct zone set iifname map @zones
-{_OUTSIDE} meta mark set ip daddr map @outside_marks""",
+{_OUTSIDE} meta mark set ip daddr map @outside_marks
+iifname "{VETH_PREFIX}*" {_LEAVING} meta mark set {_MARK} . ip saddr map @egress_marks""",
     ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
 ct zone set oifname map @zones""",
     ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
@@ -343,10 +370,12 @@ ct direction reply meta mark set ct mark""",
 {_SERVICES}""",
     ("chain", "post_nat"): f"""type nat hook postrouting priority srcnat; policy accept;
 ip saddr . ip daddr @hairpin masquerade
-{_MARK} @egress_networks oifname != "{VETH_PREFIX}*" oifname != "{VXLAN_PREFIX}*" masquerade""",
+{_MARK} @egress_networks {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
+{_MARK} @egress_networks {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
 ct state established,related accept
 ct state invalid drop
+ip daddr @egress_addresses counter reject
 {_REFUSE}
 iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
 iifname "{VETH_PREFIX}*" jump rules
@@ -383,7 +412,8 @@ def plan(state: NodeState) -> Plan:
     return Planner(state).plan
 
 
-CONTRIBUTORS = ("network", "route", "service", "nodeport", "endpoint", "base")  # made again when fired
+# the contributions made again when fired
+CONTRIBUTORS = ("network", "route", "service", "nodeport", "identity", "egressip", "endpoint", "base")
 
 
 class Planner:
@@ -410,6 +440,8 @@ class Planner:
         self.rules: dict[Key, RuleEntry] = {}
         self.identities: dict[Key, tuple[Address, Identity]] = {}
         self.endpoints: dict[str, set[Key]] = defaultdict(set)  # local endpoint -> its "local" keys
+        self.egress = {str(k[1]): e for k, e in self.entries.items() if isinstance(e, EgressEntry)}
+        self.owners = Counter(e.node for e in self.egress.values())  # egress owners -> their addresses
         for key, entry in self.entries.items():
             if (vip := _vip(entry)) is not None:
                 self.vips[vip[0]][vip[1]] += 1
@@ -463,6 +495,11 @@ class Planner:
         if kind == "rule":
             _keep(self.rules, key, new if isinstance(new, RuleEntry) else None)
             return {("base",)}
+        if kind == "egressip":
+            _keep(self.egress, str(key[1]), new if isinstance(new, EgressEntry) else None)
+            before = old.node if isinstance(old, EgressEntry) else None
+            after = new.node if isinstance(new, EgressEntry) else None
+            return {("owners",)} if _count(self.owners, before, after) else set()
         if kind == "identity":
             self._identity(key, old, new)
         elif kind == "local":
@@ -535,6 +572,10 @@ class Planner:
                 _route(builder, entry)
             elif isinstance(entry, ServiceEntry):
                 _service_elements(builder, contributor, entry)
+            elif isinstance(entry, Identity):
+                _egress_member(builder, contributor, entry)
+            elif isinstance(entry, EgressEntry):
+                _egress_address(builder, entry)
         self._give(contributor, builder.plan)
         old = self.reads.pop(contributor, set())
         for topic in old - builder.reads:
@@ -739,6 +780,35 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         backend = route.prefix.network_address
         builder.element("via_only", f"{network.table} . {backend}")
         builder.element("via_allowed", f"{network.table} . {backend} . {route.via}")
+
+
+def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
+    """An endpoint of a namespace with an egress address: the owner source NATs its flows out; the node
+    it is attached to, if another, marks them with the owner's slot, whose table sends them over VXLAN
+    to the owner (after the network's table has thrown them, as it throws everything leaving)."""
+    egress = builder.egress(identity.namespace)
+    network = builder.network(str(key[1]))
+    address = str(key[2])
+    if egress is None or network is None or not _v4(address) or not _v4(egress.address):
+        return
+    element = f"{network.table} . {address}"
+    if egress.node == builder.planner.node:
+        builder.element("egress_snat", element, str(egress.address))
+        return
+    builder.reads.add(("local", network.ref, address))
+    owner, slot = builder.address(egress.node), builder.slot(egress.node)
+    if ("local", network.ref, address) not in builder.planner.entries or owner is None or slot is None:
+        return
+    table = network.table | slot << SLOT_SHIFT
+    builder.element("egress_marks", element, str(table))
+    builder.plan[("route", table, "0.0.0.0/0")] = Route("via", vxlan_name(network.vni), str(owner))
+    builder.plan[("rule", table)] = RULE_PRIORITY + 1
+
+
+def _egress_address(builder: _Builder, egress: EgressEntry) -> None:
+    """The owner refuses new flows to the egress address: only replies come to it."""
+    if egress.node == builder.planner.node and _v4(egress.address):
+        builder.element("egress_addresses", str(egress.address))
 
 
 def _outside(builder: _Builder, address: str, target: Target) -> None:

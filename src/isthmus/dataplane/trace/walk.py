@@ -2,10 +2,11 @@
 
 Order, as the kernel dataplane applies it: on the source node, service DNAT (and backend choice), then
 Isthmus Policy rules, then the source's egress NetworkPolicy (after DNAT, so against the backend), then
-the route in the source network's table (local veth, VXLAN to the owning node, a leaked route, or the
-unreachable default); on the destination node, the attachment and its ingress NetworkPolicy; UDP replies
-return through connection tracking. A service with several backends is walked to each of them: the
-verdict is "allow" only when every backend is reached.
+the route in the source network's table (local veth, VXLAN to the owning node, a leaked route, out of the
+cluster through the node or the owner of the namespace's egress address, or the unreachable default); on
+the destination node, the attachment and its ingress NetworkPolicy; UDP replies return through connection
+tracking. A service with several backends is walked to each of them: the verdict is "allow" only when
+every backend is reached.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from isthmus.compile.compiler import INTERNAL, Compiler
 from isthmus.compile.netpol import allowing
 from isthmus.compile.state import (
     Address,
+    EgressEntry,
     Identity,
     Isolation,
     LocalEntry,
@@ -262,11 +264,9 @@ class Tracer:
             hops.append(Hop(node, "route", f"{destination}: unreachable", f"unreachable {prefix} in {table}"))
             return "deny"
         if route.kind == "egress":
-            out = f"{destination}: leaves the cluster through {node}'s uplink"
-            hops.append(Hop(node, "route", out, f"{route.prefix} egress in {table}"))
-            hops += self._snat(
-                node, source.address, f"{destination}:{port}" if protocol == "UDP" else "", route.rule
-            )
+            hops += self._leave(node, source, destination, route, table)
+            reply = f"{destination}:{port}" if protocol == "UDP" else ""
+            hops += self._snat(source, reply, hops[-1].node, route.rule)
             return "allow"
         if route.kind == "leak" and route.via is not None and (service is None or service.vip != route.via):
             hops.append(
@@ -294,13 +294,44 @@ class Tracer:
             hops.append(Hop(arrive, "tunnel", f"decapsulated into the table of network {network_name}"))
         return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
 
-    def _snat(self, node: str, source: Address, reply: str, rule: str) -> list[Hop]:
-        """Source NAT to the node's address; the `reply` (UDP) returns through connection tracking."""
-        uplink = self.shared.get(("node", node))
-        address = uplink.address if isinstance(uplink, NodeEntry) else "?"
-        hops = [Hop(node, "snat", f"source {source} -> {address} (masquerade)", rule)]
+    def _egress(self, source: Source) -> EgressEntry | None:
+        found = self.shared.get(("egressip", source.identity.namespace)) if source.identity else None
+        return found if isinstance(found, EgressEntry) else None
+
+    def _leave(
+        self, node: str, source: Source, destination: Address, route: RouteEntry, table: str
+    ) -> list[Hop]:
+        """Out of the cluster: through the node's uplink, or over VXLAN to the owner of the source's
+        egress address and through its uplink."""
+        where = f"{route.prefix} egress in {table}"
+        egress = self._egress(source)
+        if egress is None or egress.node == node:
+            return [Hop(node, "route", f"{destination}: leaves the cluster through {node}'s uplink", where)]
+        network = source.network or ""
+        vni, vtep = self.shared.get(("network", network)), self.shared.get(("node", egress.node))
+        steer = (
+            f"{destination}: VXLAN VNI {vni.vni if isinstance(vni, NetworkEntry) else '?'} to {egress.node} "
+            f"({vtep.address if isinstance(vtep, NodeEntry) else '?'}), owner of {egress.address}"
+        )
+        return [
+            Hop(node, "route", steer, f"{where}; EgressIP {egress.egress}"),
+            Hop(egress.node, "route", f"{destination}: leaves the cluster through its uplink", where),
+        ]
+
+    def _snat(self, source: Source, reply: str, node: str, rule: str) -> list[Hop]:
+        """Source NAT to the egress address or the node's; the `reply` (UDP) returns through connection
+        tracking."""
+        egress = self._egress(source)
+        if egress is not None:
+            owned = f"EgressIP {egress.egress}"
+            hops = [Hop(node, "snat", f"source {source.address} -> {egress.address}", owned)]
+            address: Address | str = egress.address
+        else:
+            uplink = self.shared.get(("node", node))
+            address = uplink.address if isinstance(uplink, NodeEntry) else "?"
+            hops = [Hop(node, "snat", f"source {source.address} -> {address} (masquerade)", rule)]
         if reply:
-            back = f"destination rewritten back to {source}"
+            back = f"destination rewritten back to {source.address}"
             hops.append(
                 Hop(node, "reply", f"{reply} -> {address}: established in connection tracking, {back}")
             )
