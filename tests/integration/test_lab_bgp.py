@@ -1,10 +1,12 @@
 """The seeds' LoadBalancer in a 3-node lab with a gateway router: each node's agent announces the floating
 IP by BGP while it hosts a ready nginx pod, the router spreads flows over them by ECMP, scaling down and
-stopping an agent withdraw routes; pods reach the outside through source NAT, the outside never reaches
-a pod's private address."""
+stopping an agent withdraw routes; pods reach the outside through source NAT (to their node, or to their
+namespace's egress address through its owner), the outside never reaches a pod's private address; a
+routed network's blocks are announced and its pods talk through the router, with no VXLAN."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -217,6 +219,106 @@ def test_a_namespace_egress_address_is_announced_by_its_owner_and_seen_outside(
     assert list(json.loads(refused.stdout)) == ["failed: ConnectionRefusedError"], refused.stdout
     lab(work, "delete", "-f", str(manifests))
     _until(lambda: _hops(fabric, "203.0.113.200"), [], 10)
+
+
+def _flat() -> list[dict[str, Any]]:
+    """Namespace flat with its own routed network: a client, a server behind a service and a
+    NetworkPolicy that admits only the client, and another pod, on nodes 1, 2 and 3."""
+    annotations = {"isthmus.io/isolation": "namespace", "isthmus.io/network-mode": "routed"}
+    made: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flat", "annotations": annotations}}
+    ]
+    made += [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": app, "namespace": "flat", "labels": {"app": app}},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": app, "image": app, "ports": [{"containerPort": 80}]}],
+            },
+        }
+        for app, node in zip(("client", "server", "other"), NODES, strict=True)
+    ]
+    made.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "server", "namespace": "flat"},
+            "spec": {"selector": {"app": "server"}, "ports": [{"port": 80}]},
+        }
+    )
+    made.append(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "server", "namespace": "flat"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "server"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}],
+            },
+        }
+    )
+    return made
+
+
+def _forwarded(fabric: Fabric) -> int:
+    """Packets the router has forwarded (Ip: ForwDatagrams)."""
+    snmp = subprocess.run(
+        ["ip", "netns", "exec", f"{fabric.prefix}router", "cat", "/proc/net/snmp"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    names, values = (line.split() for line in snmp if line.startswith("Ip:"))
+    return int(dict(zip(names, values, strict=True))["ForwDatagrams"])
+
+
+def test_a_routed_network_goes_through_the_router_with_no_vxlan_and_policy_enforced(
+    work: Path, tmp_path: Path
+) -> None:
+    fabric, manifests = Fabric.load(work), tmp_path / "flat.yaml"
+    manifests.write_text(yaml.safe_dump_all(_flat()))
+    lab(work, "apply", "-f", str(manifests))
+    blocks = json.loads(isthmus(work, "get", "subnets", "-n", "flat", "-o", "json").output)["items"]
+    owner = {b["spec"]["cidr"]: b["spec"]["node"] for b in blocks}
+    assert sorted(owner.values()) == list(NODES), owner  # one block per node
+    for block, node in owner.items():
+        _until(lambda b=block: _hops(fabric, b), [fabric.nodes[node]], 10)  # announced by its node
+    pods = json.loads(isthmus(work, "get", "pods", "-n", "flat", "-o", "json").output)["items"]
+    address = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+    for pod in pods:
+        block = next(
+            b for b in owner if ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(b)
+        )
+        assert owner[block] == pod["spec"]["nodeName"]  # addressed from its node's block
+    vni = json.loads(isthmus(work, "get", "vn", "pods", "-n", "flat", "-o", "json").output)["spec"]["vni"]
+    for node in NODES:
+        links = subprocess.run(
+            ["ip", "-n", f"{fabric.prefix}{node}", "-o", "link"], capture_output=True, text=True, check=True
+        )
+        assert f"isx{vni}" not in links.stdout  # no VXLAN device for the routed network
+    before = _forwarded(fabric)
+    direct = json.loads(
+        lab_exec(work, "flat/client", "python3", "-c", CONNECT, address["server"], "50").stdout
+    )
+    assert direct == {"flat/server": 50}
+    assert _forwarded(fabric) - before >= 2 * 50 * 2  # each connection's packets, both ways, via the router
+    service = json.loads(isthmus(work, "get", "service", "server", "-n", "flat", "-o", "json").output)
+    vip = service["spec"]["clusterIP"]
+    assert json.loads(lab_exec(work, "flat/client", "python3", "-c", CONNECT, vip, "20").stdout) == {
+        "flat/server": 20
+    }
+    denied = json.loads(lab_exec(work, "flat/other", "python3", "-c", CONNECT, address["server"], "1").stdout)
+    assert list(denied) == ["failed: TimeoutError"], denied  # the NetworkPolicy drops it
+    assert json.loads(
+        lab_exec(work, "flat/server", "python3", "-c", CONNECT, address["other"], "5").stdout
+    ) == {"flat/other": 5}
+    trace = isthmus(work, "trace", "flat/client", address["server"], "--port", "80").output
+    assert "through the underlay to node-2" in trace, trace
+    lab(work, "delete", "-f", str(manifests))
+    for block in owner:
+        _until(lambda b=block: _hops(fabric, b), [], 10)
 
 
 def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, tmp_path: Path) -> None:

@@ -51,7 +51,17 @@ def objects(draw: st.DrawFn) -> Object:
         i = draw(st.integers(1, 2))
         body = {"metadata": _meta(f"n{i}"), "spec": {"address": f"192.0.2.{draw(st.integers(1, 3))}"}}
     elif kind == "VirtualNetwork":
-        outside = draw(st.sampled_from([{}, {"egress": True}, {"external": True}, {"subnetPool": "p"}]))
+        outside = draw(
+            st.sampled_from(
+                [
+                    {},
+                    {"egress": True},
+                    {"external": True},
+                    {"subnetPool": "p"},
+                    {"mode": "routed", "egress": True},
+                ]
+            )
+        )
         body = {
             "metadata": _meta(draw(st.sampled_from("ab")), ns),
             "spec": {"vni": draw(st.integers(1, 3)), **outside},
@@ -60,7 +70,11 @@ def objects(draw: st.DrawFn) -> Object:
         cidr = draw(st.sampled_from(["10.0.0.0/29", "10.0.0.8/29", "10.1.0.0/24", "203.0.113.0/24"]))
         body = {
             "metadata": _meta(draw(st.sampled_from(["s1", "s2"])), ns),
-            "spec": {"network": draw(st.sampled_from("ab")), "cidr": cidr},
+            "spec": {
+                "network": draw(st.sampled_from("ab")),
+                "cidr": cidr,
+                "node": draw(st.sampled_from([None, "n1", "n2"])),  # a routed network's block
+            },
         }
     elif kind == "SubnetPool":
         cidr = draw(st.sampled_from(["10.8.0.0/16", "10.0.0.0/16"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -248,6 +249,49 @@ def test_networks_grow_by_blocks_of_their_subnet_pool(ledger: Ledger) -> None:
     intent.delete(ledger, [(lookup_kind("Endpoint"), "t", f"e{i}") for i in range(12)])
     intent.delete(ledger, [(lookup_kind("VirtualNetwork"), "t", "red")])  # its blocks go with it
     assert objects.list_objects(ledger, lookup_kind("Subnet"))[0] == []
+
+
+def test_a_routed_network_gives_each_node_blocks_of_its_own(ledger: Ledger) -> None:
+    apply(
+        ledger,
+        obj("Tenant", "t"),
+        *[obj("Node", f"n{i}", spec={"address": f"192.0.2.{i}"}) for i in (1, 2)],
+        obj("SubnetPool", "pods", spec={"cidr": "10.32.0.0/26", "blockPrefixLength": 29}),
+        obj("VirtualNetwork", "flat", "t", {"subnetPool": "pods", "mode": "routed"}),
+    )
+    made = apply(
+        ledger,
+        *[obj("Endpoint", f"e{i}", "t", {"network": "flat", "node": f"n{i % 2 + 1}"}) for i in range(14)],
+    )
+    subnets = objects.list_objects(ledger, lookup_kind("Subnet"), "t")[0]
+    blocks = {str(s.spec.cidr): s.spec.node for s in subnets}  # type: ignore[attr-defined]
+    assert sorted(blocks.values()) == ["n1", "n1", "n2", "n2"]  # 7 endpoints each, 6 to a /29 block
+    for done in made:
+        endpoint = done.object
+        assert isinstance(endpoint, Endpoint)
+        (block,) = [b for b in blocks if endpoint.spec.addresses[0] in ipaddress.ip_network(b)]
+        assert blocks[block] == endpoint.spec.node
+    failing(
+        ledger,
+        intent.Invalid,
+        "Endpoint/t/lost: network flat is routed; its endpoints take addresses from their node's blocks",
+        obj("Endpoint", "lost", "t", {"network": "flat"}),
+    )
+    other = next(b for b, node in blocks.items() if node == "n2")
+    wanted = str(ipaddress.ip_network(other)[5])
+    failing(
+        ledger,
+        intent.Invalid,
+        f"Endpoint/t/x: {wanted} is in no block of node n1 in routed network t/flat",
+        obj("Endpoint", "x", "t", {"network": "flat", "node": "n1", "addresses": [wanted]}),
+    )
+    failing(
+        ledger,
+        intent.Invalid,
+        "Subnet/acme/red-v4: spec.node gives a routed network's block to a node; network acme/red is overlay",
+        *tenant_net()[:2],
+        {**tenant_net()[2], "spec": {**tenant_net()[2]["spec"], "node": "n1"}},
+    )
 
 
 def test_service_backends_and_node_ports_come_from_the_ledger(ledger: Ledger) -> None:

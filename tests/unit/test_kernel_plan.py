@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from isthmus.compile import Compiler
+from isthmus.compile.announce import announced
 from isthmus.compile.compiler import Unit
-from isthmus.dataplane.kernel.plan import Planner, Route, plan
+from isthmus.dataplane.kernel.plan import Planner, Route, plan, veth_name
 from isthmus.model import Object, VirtualNetwork, parse_object
 from tests.unit.test_compile import LABELS, NAMESPACES, _meta, objects
 
@@ -202,3 +203,38 @@ def test_a_refused_vip_is_routed_in_every_table_while_it_has_no_target() -> None
     assert set(routes) <= changed and not set(routes) & planner.plan.keys()
     assert ("element", "refused", "10.254.0.1") in changed
     assert planner.plan == plan(compiler.node_state("n1"))
+
+
+def test_a_routed_network_has_no_vxlan_and_throws_other_nodes_blocks_to_the_underlay() -> None:
+    bgp = {"asn": 64512, "peers": [{"address": "192.0.2.254", "asn": 64500}]}
+    docs: list[dict[str, Any]] = [
+        {"kind": "Node", "metadata": _meta("n1"), "spec": {"address": "192.0.2.1", "bgp": bgp}},
+        {"kind": "Node", "metadata": _meta("n2"), "spec": {"address": "192.0.2.2"}},
+        {"kind": "VirtualNetwork", "metadata": _meta("flat", "x"), "spec": {"vni": 9, "mode": "routed"}},
+        *[
+            {
+                "kind": "Subnet",
+                "metadata": _meta(f"b{i}", "x"),
+                "spec": {"network": "flat", "cidr": f"10.32.0.{8 * (i - 1)}/29", "node": f"n{i}"},
+            }
+            for i in (1, 2)
+        ],
+        *[
+            {
+                "kind": "Endpoint",
+                "metadata": _meta(f"e{i}", "x"),
+                "spec": {"network": "flat", "node": f"n{i}", "addresses": [f"10.32.0.{8 * (i - 1) + 2}"]},
+            }
+            for i in (1, 2)
+        ],
+    ]
+    compiler = Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs)
+    made = plan(compiler.node_state("n1"))
+    assert not any(k[0] in ("vxlan", "peer") for k in made)
+    assert made[("route", 1009, "10.32.0.0/29")] == Route("unreachable")  # its own block ends here
+    assert made[("route", 1009, "10.32.0.8/29")] == Route("throw")  # n2's: to the node's tables
+    assert made[("route", 1009, "10.32.0.2/32")] == Route("dev", veth_name("x/e1"))
+    assert ("route", 1009, "10.32.0.10/32") not in made  # n2's endpoint: through its block
+    assert made[("element", "routed_marks", "10.32.0.8/29")] == "1009"  # from the uplink, both blocks
+    assert made[("element", "routed_marks", "10.32.0.0/29")] == "1009"
+    assert announced(compiler.node_state("n1")) == {"10.32.0.0/29"}

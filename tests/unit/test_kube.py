@@ -264,3 +264,24 @@ def test_an_egress_address_outside_the_pool_is_a_clear_error(
     with pytest.raises(error, match=message):
         reconcile(ledger, KubeConfig(), kube(*_shop(address)))
     assert snapshot(ledger) == before
+
+
+def test_a_namespace_network_mode_makes_its_own_networks_routed(ledger: Ledger) -> None:
+    routed = {"isthmus.io/isolation": "namespace", "isthmus.io/network-mode": "routed"}
+    flat = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flat", "annotations": routed}}
+    reconcile(
+        ledger,
+        KubeConfig(),
+        kube(flat, {**_shop("203.0.113.200")[1], "metadata": {"name": "web", "namespace": "flat"}}),
+    )
+    (network,) = listed(ledger, "VirtualNetwork", "flat")
+    assert network.spec.mode == "routed"
+    (block,) = listed(ledger, "Subnet", "flat")
+    assert block.spec.node == "node-1"  # the pod's node (the default one, here)
+    before = snapshot(ledger)
+    cluster = {**flat, "metadata": {"name": "flat", "annotations": {"isthmus.io/network-mode": "routed"}}}
+    with pytest.raises(
+        TranslationError, match=r"annotation isthmus\.io/network-mode is 'routed'; overlay or routed"
+    ):
+        reconcile(ledger, KubeConfig(), kube(cluster))
+    assert snapshot(ledger) == before

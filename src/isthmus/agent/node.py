@@ -108,7 +108,7 @@ class Agent:
             mine = ("Node", "", self.node) in deletes or any(
                 isinstance(o, Node) and o.metadata.name == self.node for o in puts
             )  # its BGP settings are not part of the compiled state
-            if mine or any(k[0] in ("service", "node", "egressip") for k in touched):
+            if mine or any(k[0] in ("service", "node", "egressip", "block") for k in touched):
                 self._announce()
 
     def _announce(self) -> None:

@@ -1,12 +1,12 @@
 """What a node's BGP speaker announces, from its compiled state: the floating IPs (and external IPs) of
 services, and where configured their VIPs, while the node hosts a ready backend of them; the egress
-addresses it owns. A pure function."""
+addresses it owns; its blocks of routed networks. A pure function."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from isthmus.compile.state import EgressEntry, NodeEntry, NodeState, ServiceEntry
+from isthmus.compile.state import BlockEntry, EgressEntry, NodeEntry, NodeState, ServiceEntry
 
 
 def announced(state: NodeState) -> set[str]:
@@ -17,6 +17,8 @@ def announced(state: NodeState) -> set[str]:
     for key, entry in state.shared.items():
         if isinstance(entry, EgressEntry) and entry.node == state.node and "egressIPs" in kinds:
             found.add(f"{entry.address}/{entry.address.max_prefixlen}")
+        if isinstance(entry, BlockEntry) and entry.node == state.node and "routedBlocks" in kinds:
+            found.add(str(entry.prefix))
         if key[0] != "service" or not isinstance(entry, ServiceEntry):
             continue
         if not any(t.node == state.node for t in entry.targets):

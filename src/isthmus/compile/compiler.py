@@ -3,10 +3,10 @@
 Invariant: after every change, the state equals `Compiler(objects).state` compiled afresh from the same
 objects (a property test checks it on random sequences), and the delta a change returns is exactly the
 difference. The state is the union of units, each a pure function of a few objects: a node, a network,
-an endpoint (its routes, identity, attachment and NetworkPolicy isolation), a service, a floating IP, an
-egress address, an Isthmus Policy (its rules and the routes it leaks). A change recomputes the units
-whose inputs it touches.
-When two units give one key (two services claiming one external IP), the unit that sorts first wins.
+a routed network's block (a subnet given to a node), an endpoint (its routes, identity, attachment and
+NetworkPolicy isolation), a service, a floating IP, an egress address, an Isthmus Policy (its rules and the
+routes it leaks). A change recomputes the units whose inputs it touches. When two units give one key
+(two services claiming one external IP), the unit that sorts first wins.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from isthmus.compile import netpol
 from isthmus.compile.state import (
     SHARED,
     Address,
+    BlockEntry,
     Delta,
     EgressEntry,
     Entries,
@@ -69,7 +70,7 @@ TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
 METADATA_NAME = "kubernetes.io/metadata.name"
 INTERNAL = "cluster-internal prefix"  # the rule of unreachable routes that keep egress inside isolation
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
-UNITS = ("Node", "VirtualNetwork", "Endpoint", "ServiceVIP", "FloatingIP", "EgressIP", "Policy")
+UNITS = ("Node", "VirtualNetwork", "Subnet", "Endpoint", "ServiceVIP", "FloatingIP", "EgressIP", "Policy")
 
 
 def unit_of(obj: Object) -> Unit:
@@ -307,6 +308,10 @@ class Compiler:
             ]
         if isinstance(obj, VirtualNetwork):
             return self._network(obj)
+        if isinstance(obj, Subnet) and obj.spec.node is not None and obj.spec.cidr is not None:
+            network = ref(*split_ref(obj.spec.network, obj.metadata.namespace))
+            block = BlockEntry(network, obj.spec.cidr, obj.spec.node)
+            return [(SHARED, ("block", network, str(obj.spec.cidr)), block)]
         if isinstance(obj, Endpoint):
             return self._endpoint(obj)
         if isinstance(obj, ServiceVIP):

@@ -13,6 +13,7 @@ Keys, by their first element:
   ("service", address, protocol, port)  ServiceEntry: a VIP, external IP or floating IP and its backends
   ("nodeport", protocol, port)          ServiceEntry: the same, on every node's own address
   ("egressip", namespace)               EgressEntry: the source address of the namespace's endpoints outside
+  ("block", network, prefix)            BlockEntry: a node's block of a routed network
   ("rule", priority, policy, index)     RuleEntry: an Isthmus Policy rule, in key order
   ("local", network, address)           LocalEntry (node scope): an endpoint attached to this node
   ("ingress" | "egress", network, address)
@@ -150,6 +151,16 @@ class ServiceEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockEntry:
+    """A block of a routed network's addresses: its endpoints are on `node`, which announces it; other
+    nodes reach it through the underlay's routers."""
+
+    network: str
+    prefix: Prefix
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class EgressEntry:
     """Flows of a namespace's endpoints to the outside leave through `node`, source NATed to `address`;
     `node` announces it."""
@@ -210,6 +221,7 @@ Entry = (
     | Identity
     | ServiceEntry
     | EgressEntry
+    | BlockEntry
     | RuleEntry
     | LocalEntry
     | Isolation

@@ -201,6 +201,11 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
     if isinstance(old, Subnet) and old.spec.cidr != subnet.spec.cidr:
         raise Invalid(f"{ident(subnet)}: spec.cidr is immutable ({old.spec.cidr} -> {subnet.spec.cidr})")
     network = network_of(txn, subnet.spec.network, ns)
+    if subnet.spec.node is not None and network.spec.mode != "routed":
+        raise Invalid(
+            f"{ident(subnet)}: spec.node gives a routed network's block to a node; "
+            f"network {ns}/{network.metadata.name} is {network.spec.mode}"
+        )
     for other in subnets_of(txn, network):
         if other.metadata.name != subnet.metadata.name and other.spec.cidr.overlaps(subnet.spec.cidr):
             raise Invalid(
@@ -214,14 +219,21 @@ def _addresses(
     txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress], held: list[IPAddress]
 ) -> list[IPAddress]:
     """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds (among `held`,
-    what its stored version shows) or a new one, from the newest block first in a network that grows."""
+    what its stored version shows) or a new one, from the newest block first in a network that grows. In a
+    routed network an endpoint on a node takes them from that node's blocks, anything else from the
+    subnets of no node."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
-    subnets = sorted(subnets_of(txn, network), key=lambda s: (s.spec.cidr.version, _block_index(s)))
+    node = owner.spec.node if isinstance(owner, Endpoint) and network.spec.mode == "routed" else None
+    subnets = sorted(
+        (s for s in subnets_of(txn, network) if s.spec.node == node),
+        key=lambda s: (s.spec.cidr.version, _block_index(s)),
+    )
     if not subnets and network.spec.subnet_pool is None:
-        raise Invalid(f"{name}: network {net} has no subnet")
+        raise Invalid(f"{name}: network {net} has no subnet" + (f" for node {node}" if node else ""))
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
     if outside:
-        raise Invalid(f"{name}: {', '.join(outside)} is in no subnet of network {net}")
+        where = f"block of node {node} in routed network" if node else "subnet of network"
+        raise Invalid(f"{name}: {', '.join(outside)} is in no {where} {net}")
     pools = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
     try:
         if not wanted:
@@ -235,7 +247,7 @@ def _addresses(
                 except ipam.Exhausted:
                     continue
             if network.spec.subnet_pool is not None:
-                grown = _grow(txn, network)
+                grown = _grow(txn, network, node)
                 return [grown.spec.cidr[ipam.allocate(txn, ipam.subnet_pool(grown), name)]]
             raise ipam.Exhausted(
                 f"every subnet of network {net} is exhausted ({', '.join(str(c) for _, c in pools)})"
@@ -264,14 +276,14 @@ def _block_index(subnet: Subnet) -> tuple[int, str]:
     )
 
 
-def _grow(txn: Txn, network: VirtualNetwork) -> Subnet:
-    """A new subnet for the network, NETWORK-N, a block of its subnet pool."""
+def _grow(txn: Txn, network: VirtualNetwork, node: str | None) -> Subnet:
+    """A new subnet for the network, NETWORK-N, a block of its subnet pool (`node`'s, when routed)."""
     ns, base = network.metadata.namespace, network.metadata.name
     name = next(f"{base}-{i}" for i in itertools.count() if _get(txn, Subnet, ns, f"{base}-{i}") is None)
     draft = Subnet.model_validate(
         {
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"network": base, "pool": network.spec.subnet_pool},
+            "spec": {"network": base, "pool": network.spec.subnet_pool, "node": node},
         }
     )
     subnet = admit(txn, draft, None)
@@ -295,6 +307,11 @@ def _mac(uid: str) -> str:
 
 def _endpoint(txn: Txn, endpoint: Endpoint, old: Object | None) -> Endpoint:
     network = network_of(txn, endpoint.spec.network, endpoint.metadata.namespace)
+    if network.spec.mode == "routed" and endpoint.spec.node is None:
+        raise Invalid(
+            f"{ident(endpoint)}: network {endpoint.spec.network} is routed; its endpoints take addresses "
+            "from their node's blocks: give spec.node"
+        )
     held = old.spec.addresses if isinstance(old, Endpoint) else []
     addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses), held)
     mac = endpoint.spec.mac or _mac(str(endpoint.metadata.uid))

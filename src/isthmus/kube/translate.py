@@ -34,6 +34,7 @@ from isthmus.model.netpol import parse_network_policy
 SOURCE = "isthmus.io/source"
 ISOLATION = "isthmus.io/isolation"
 EGRESS_IP = "isthmus.io/egress-ip"
+NETWORK_MODE = "isthmus.io/network-mode"
 KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
 
@@ -378,18 +379,28 @@ def egress_ip(view: KubeView, namespace: str, config: KubeConfig) -> list[Egress
 
 
 def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
-    """The namespace's tenant, its egress address, its own pod networks and, in collection mode, its
-    `uses` policies."""
+    """The namespace's tenant, its egress address, its own pod networks (routed with the annotation
+    isthmus.io/network-mode: routed) and, in collection mode, its `uses` policies."""
     made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
     made += egress_ip(view, namespace, config)
     mode = isolation(view, namespace, config)
+    declared = view.get("Namespace", None, namespace)
+    routing = declared.metadata.annotations.get(NETWORK_MODE, "overlay") if declared else "overlay"
+    if routing not in ("overlay", "routed") or (routing == "routed" and mode == "cluster"):
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {NETWORK_MODE} is {routing!r}; overlay or routed, for the "
+            f"namespace's own networks (annotation {ISOLATION}: namespace or collection)"
+        )
     if mode == "cluster":
         return made
     pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
     local = sorted({n for n in (network_of(p, mode, config) for p in pods) if "/" not in n})
     made += [
         VirtualNetwork.model_validate(
-            {"metadata": _meta(n, namespace), "spec": {"subnetPool": "kube-pods", "egress": True}}
+            {
+                "metadata": _meta(n, namespace),
+                "spec": {"subnetPool": "kube-pods", "egress": True, "mode": routing},
+            }
         )
         for n in local
     ]

@@ -92,7 +92,12 @@ class Node(Resource):
 
 
 class VirtualNetworkSpec(Model):
-    mode: Literal["overlay", "routed"] = "overlay"
+    mode: Literal["overlay", "routed"] = Field(
+        "overlay",
+        description="overlay: VXLAN between nodes; routed: no encapsulation, each node owns blocks of the "
+        "subnets (`Subnet.spec.node`), announces them by BGP, and traffic between nodes goes through the "
+        "underlay's routers",
+    )
     vni: Annotated[int, Field(ge=1, le=VNI_MAX)] | None = Field(None, description="allocated when absent")
     import_targets: list[RouteTarget] = []
     export_targets: list[RouteTarget] = []
@@ -180,6 +185,9 @@ class SubnetSpec(Model):
     gateway: IPAddress | None = Field(None, description="defaults to the first address of the CIDR")
     no_gateway: bool = Field(False, description="no gateway: every address may be allocated (VIP ranges)")
     allocation_pools: list[AllocationPool] = Field([], description="default: every usable address")
+    node: Name | None = Field(
+        None, description="routed networks: the node whose block this is (its endpoints' addresses)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SubnetSpec:
@@ -240,4 +248,6 @@ class Subnet(Resource):
 
     def refs(self) -> list[RefTo]:
         network = ref_to("VirtualNetwork", self.spec.network, self.metadata.namespace)
-        return [network] if self.spec.pool is None else [network, ("SubnetPool", None, self.spec.pool)]
+        pool: list[RefTo] = [] if self.spec.pool is None else [("SubnetPool", None, self.spec.pool)]
+        node: list[RefTo] = [] if self.spec.node is None else [("Node", None, self.spec.node)]
+        return [network, *pool, *node]

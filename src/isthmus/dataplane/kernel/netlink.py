@@ -79,6 +79,8 @@ def read(ipr: Any) -> Plan:
             kind = ROUTE_TYPES.get(route["type"], "")
             if kind == "unicast":
                 device = names.get(route.get("oif"), "")
+                if not device.startswith((VETH_PREFIX, VXLAN_PREFIX)):
+                    device = ""  # the underlay: the plan leaves it to the kernel
                 gateway = route.get("gateway") or ""
                 found[("route", table, prefix)] = Route("via" if gateway else "dev", device, gateway)
             elif kind:
@@ -157,6 +159,8 @@ def _route(ipr: Any, key: Key, route: Route, devices: dict[str, int]) -> dict[st
     spec: dict[str, Any] = {"dst": str(prefix), "table": key[1], "family": 10 if prefix.version == 6 else 2}
     if route.kind in ("unreachable", "throw"):
         return spec | {"type": route.kind}
+    if not route.device:
+        return spec | {"gateway": route.gateway}
     index = devices.get(route.device) or _index(ipr, route.device)
     if index is None:
         raise LookupError(f"route {prefix} in table {key[1]}: device {route.device} does not exist yet")

@@ -30,6 +30,13 @@ next `ip rule` picks the slot's table, whose default route is the owner over the
 connection's mark keeps the network's table only; replies from the owner, with an outside source, take
 zone 0 as the flow did. The owner refuses new flows to the address.
 
+Routed networks: no VXLAN device. Each node's block of the network ends its own table in `unreachable`
+(its endpoints have their /32 routes) and is thrown to the node's tables everywhere else, where the
+underlay's routers know its owner by BGP. From the uplink, packets get the network's mark by destination
+block and then by source block (the source's network wins, as a VXLAN device's does), and, between cluster
+addresses, the destination network's zone; a flow with an outside peer is in zone 0 as on overlays.
+Leaked routes out of a routed network reach remote endpoints of routed networks only.
+
 Refusal: a VIP with a port that has no target is routed in every table (to the network's VXLAN device),
 and the forward chain refuses that port (TCP reset, ICMP port unreachable) and the VIP's other ports as
 unreachable, as the table does for other VIPs. Prerouting cannot refuse: the kernel routes that answer
@@ -59,6 +66,7 @@ from isthmus.compile.state import (
     SHARED,
     Address,
     Allow,
+    BlockEntry,
     Delta,
     EgressEntry,
     Entries,
@@ -350,14 +358,19 @@ BASE: Plan = {
     ("set", "egress_marks"): "mark . ipv4_addr : mark",
     ("set", "egress_snat"): "mark . ipv4_addr : ipv4_addr",
     ("set", "egress_addresses"): "ipv4_addr",
+    ("set", "routed_marks"): "ipv4_addr : mark; flags interval",
+    ("set", "routed_zones"): "typeof ip daddr : ct zone; flags interval",
     ("set", "ingress"): "ifname : verdict",
     ("set", "egress"): "ifname : verdict",
     ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
 meta mark set iifname map @networks
 {_LEAVING} ct zone set 0
 iifname "{VXLAN_PREFIX}*" {_MARK} @egress_networks ip saddr != @internal ip saddr != @served ct zone set 0
+{_OUTSIDE} ip saddr @internal ct zone set ip daddr map @routed_zones
 ct zone set iifname map @zones
 {_OUTSIDE} meta mark set ip daddr map @outside_marks
+{_OUTSIDE} meta mark set ip daddr map @routed_marks
+{_OUTSIDE} meta mark set ip saddr map @routed_marks
 iifname "{VETH_PREFIX}*" {_LEAVING} meta mark set {_MARK} . ip saddr map @egress_marks""",
     ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
 ct zone set oifname map @zones""",
@@ -370,8 +383,8 @@ ct direction reply meta mark set ct mark""",
 {_SERVICES}""",
     ("chain", "post_nat"): f"""type nat hook postrouting priority srcnat; policy accept;
 ip saddr . ip daddr @hairpin masquerade
-{_MARK} @egress_networks {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
-{_MARK} @egress_networks {_UPLINK} masquerade""",
+{_LEAVING} {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
+{_LEAVING} {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
 ct state established,related accept
 ct state invalid drop
@@ -413,7 +426,17 @@ def plan(state: NodeState) -> Plan:
 
 
 # the contributions made again when fired
-CONTRIBUTORS = ("network", "route", "service", "nodeport", "identity", "egressip", "endpoint", "base")
+CONTRIBUTORS = (
+    "network",
+    "route",
+    "block",
+    "service",
+    "nodeport",
+    "identity",
+    "egressip",
+    "endpoint",
+    "base",
+)
 
 
 class Planner:
@@ -576,6 +599,8 @@ class Planner:
                 _egress_member(builder, contributor, entry)
             elif isinstance(entry, EgressEntry):
                 _egress_address(builder, entry)
+            elif isinstance(entry, BlockEntry):
+                _block(builder, entry)
         self._give(contributor, builder.plan)
         old = self.reads.pop(contributor, set())
         for topic in old - builder.reads:
@@ -646,13 +671,15 @@ class Planner:
         self._give(("peers", name), made)
 
 
+_PRECEDENCE = {"refused": 0, "block": 1}
+
+
 def _winner(givers: dict[Key, object]) -> object:
     """What the plan holds of an object several give: a refused VIP's route rather than the table's own
-    route to it; anything else several give, they give alike."""
+    route to it, a routed network's block rather than the same prefix unreachable as cluster-internal;
+    anything else several give, they give alike."""
     if len(givers) > 1:
-        for contributor, value in givers.items():
-            if contributor[0] == "refused":
-                return value
+        return min(givers.items(), key=lambda given: _PRECEDENCE.get(str(given[0][0]), 2))[1]
     return next(iter(givers.values()))
 
 
@@ -706,14 +733,17 @@ def _base(builder: _Builder) -> None:
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
-    """Its VXLAN device (with every other node as a peer), its `ip rule`, its device's mark and zone."""
+    """Its `ip rule`; unless routed, its VXLAN device (with every other node as a peer) and the device's
+    mark and zone."""
+    builder.plan[("rule", network.table)] = RULE_PRIORITY
+    if network.mode == "routed":
+        return
     device, me, nodes = vxlan_name(network.vni), builder.planner.node, builder.nodes()
     if me in nodes:
         builder.plan[("vxlan", device)] = Vxlan(network.vni, str(nodes[me]), node_mac(nodes[me]))
         for name, address in nodes.items():
             if name != me:
                 builder.plan[("peer", device, str(address))] = node_mac(address)
-    builder.plan[("rule", network.table)] = RULE_PRIORITY
     builder.element("networks", f'"{device}"', str(network.table))
     builder.element("zones", f'"{device}"', str(builder.zone(network.ref)))
 
@@ -753,11 +783,13 @@ def _endpoint(builder: _Builder, endpoint: str) -> None:
 
 
 def _refused(builder: _Builder, vip: str) -> None:
-    """A refused VIP is routed in every table (to the network's VXLAN device), so that the forward chain
-    refuses it."""
+    """A refused VIP is routed in every table (to the network's VXLAN device; a routed network's table
+    throws it to the node's), so that the forward chain refuses it."""
     if ("element", "refused", vip) in builder.planner.plan and builder.planner.node in builder.nodes():
         for network in builder.networks():
-            builder.plan[("route", network.table, f"{vip}/32")] = Route("dev", vxlan_name(network.vni))
+            routed = network.mode == "routed"
+            route = Route("throw") if routed else Route("dev", vxlan_name(network.vni))
+            builder.plan[("route", network.table, f"{vip}/32")] = route
 
 
 def _route(builder: _Builder, route: RouteEntry) -> None:
@@ -774,6 +806,9 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         builder.element("egress_networks", str(network.table))
     elif route.node == builder.planner.node and route.endpoint:
         builder.plan[key] = Route("dev", veth_name(route.endpoint))
+    elif network.mode == "routed":  # a remote endpoint: its node's block is thrown to the underlay
+        if route.kind == "leak":
+            builder.plan[key] = Route("throw")
     elif (address := builder.address(route.node)) is not None:
         builder.plan[key] = Route("via", vxlan_name(network.vni), str(address))
     if route.kind == "leak" and route.via is not None and _v4(route.prefix.network_address):
@@ -801,8 +836,23 @@ def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
         return
     table = network.table | slot << SLOT_SHIFT
     builder.element("egress_marks", element, str(table))
-    builder.plan[("route", table, "0.0.0.0/0")] = Route("via", vxlan_name(network.vni), str(owner))
+    device = "" if network.mode == "routed" else vxlan_name(network.vni)  # "": through the underlay
+    builder.plan[("route", table, "0.0.0.0/0")] = Route("via", device, str(owner))
     builder.plan[("rule", table)] = RULE_PRIORITY + 1
+
+
+def _block(builder: _Builder, block: BlockEntry) -> None:
+    """A routed network's block: the end of its own node's (nothing else of it is here), thrown to the
+    node's tables elsewhere (the underlay's routers know the owner by BGP); from the uplink, packets to or
+    from it get the network's mark and zone."""
+    network = builder.network(block.network)
+    if network is None or builder.planner.node not in builder.nodes():
+        return
+    mine = block.node == builder.planner.node
+    builder.plan[("route", network.table, str(block.prefix))] = Route("unreachable" if mine else "throw")
+    if _v4(block.prefix.network_address):
+        builder.element("routed_marks", str(block.prefix), str(network.table))
+        builder.element("routed_zones", str(block.prefix), str(builder.zone(network.ref)))
 
 
 def _egress_address(builder: _Builder, egress: EgressEntry) -> None:

@@ -279,14 +279,16 @@ class Tracer:
         arrive = route.node or node
         if arrive == node:
             hops.append(Hop(node, "route", f"{destination}: local, through the endpoint's veth", where))
+        elif isinstance(network, NetworkEntry) and network.mode == "routed":
+            hops.append(Hop(node, "route", f"{destination}: through the underlay to {arrive}", where))
+            hops.append(Hop(arrive, "underlay", f"from the uplink into the table of network {network_name}"))
         else:
-            vni = self.shared.get(("network", network_name))
             vtep = self.shared.get(("node", arrive))
             hops.append(
                 Hop(
                     node,
                     "route",
-                    f"{destination}: VXLAN VNI {vni.vni if isinstance(vni, NetworkEntry) else '?'}"
+                    f"{destination}: VXLAN VNI {network.vni if isinstance(network, NetworkEntry) else '?'}"
                     f" to {arrive} ({vtep.address if isinstance(vtep, NodeEntry) else '?'})",
                     where,
                 )
@@ -309,9 +311,10 @@ class Tracer:
             return [Hop(node, "route", f"{destination}: leaves the cluster through {node}'s uplink", where)]
         network = source.network or ""
         vni, vtep = self.shared.get(("network", network)), self.shared.get(("node", egress.node))
+        how = "the underlay" if isinstance(vni, NetworkEntry) and vni.mode == "routed" else "VXLAN"
         steer = (
-            f"{destination}: VXLAN VNI {vni.vni if isinstance(vni, NetworkEntry) else '?'} to {egress.node} "
-            f"({vtep.address if isinstance(vtep, NodeEntry) else '?'}), owner of {egress.address}"
+            f"{destination}: {how} to {egress.node} ({vtep.address if isinstance(vtep, NodeEntry) else '?'}),"
+            f" owner of {egress.address}"
         )
         return [
             Hop(node, "route", steer, f"{where}; EgressIP {egress.egress}"),
