@@ -385,3 +385,33 @@ def test_scaling_down_and_stopping_agents_withdraw_routes(work: Path, tmp_path: 
     print(f"agent stopped: route withdrawn after {seconds:.2f} s")
     fabric.start_agent("node-1")
     _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
+
+
+def test_a_node_with_no_local_backend_forwards_to_another_unless_policy_is_local(
+    work: Path, tmp_path: Path
+) -> None:
+    """Flows reaching a node without a backend (a route not yet withdrawn, a static route) go to a backend
+    elsewhere, source NATed so that replies return through that node; with externalTrafficPolicy Local
+    they are refused there."""
+    fabric, fip = Fabric.load(work), _fip(work)
+    service = tmp_path / "service.yaml"
+    service.write_text(yaml.safe_dump(_nginx(("node-1",))[-1]))
+    lab(work, "apply", "-f", str(service))
+    isthmus(work, "delete", "pod", "nginx-2", "nginx-3", "--ignore-not-found")  # nginx-1 on node-1 only
+    _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
+    router = ["ip", "-n", f"{fabric.prefix}router", "route"]
+    static = [f"{fip}/32", "via", fabric.nodes["node-3"], "metric", "0"]  # preferred to BIRD's
+    subprocess.run([*router, "add", *static], check=True)
+    try:
+        done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "100")
+        assert json.loads(done.stdout) == {"default/nginx-1": 100}  # node-3 -> VXLAN -> node-1 and back
+        local = _nginx(("node-1",))[-1]
+        local["spec"]["externalTrafficPolicy"] = "Local"
+        service.write_text(yaml.safe_dump(local))
+        lab(work, "apply", "-f", str(service))
+        refused = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "5")
+        assert json.loads(refused.stdout) == {"failed: ConnectionRefusedError": 5}, refused.stdout
+    finally:
+        subprocess.run([*router, "del", *static], check=True)
+    done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "20")
+    assert json.loads(done.stdout) == {"default/nginx-1": 20}  # through node-1 itself, client kept

@@ -17,7 +17,9 @@ from tests.unit.test_compile import _meta
 BGP = {"asn": 64512, "peers": [{"address": "192.0.2.254", "asn": 64500}]}
 
 
-def _cluster(backends: list[tuple[str, str]], announce: list[str] | None = None) -> Compiler:
+def _cluster(
+    backends: list[tuple[str, str]], announce: list[str] | None = None, policy: str = "Cluster"
+) -> Compiler:
     """Nodes n1 (speaking BGP) and n2, network x/a (VNI 7), endpoints e1 on n1 and e2 on n2, service s
     with the given (endpoint, node) backends and floating IP 203.0.113.5."""
     bgp = BGP | ({"announce": announce} if announce is not None else {})
@@ -42,9 +44,10 @@ def _cluster(backends: list[tuple[str, str]], announce: list[str] | None = None)
                 "network": "a",
                 "vip": "10.254.0.1",
                 "type": "LoadBalancer",
+                "externalTrafficPolicy": policy,
                 "ports": [{"port": 80}],
                 "backends": [
-                    {"endpoint": e, "address": f"10.0.0.{e[1]}", "node": node, "ready": True}
+                    {"endpoint": e, "address": f"10.0.0.{e[1]}", "node": node, "network": "x/a"}
                     for e, node in backends
                 ],
             },
@@ -74,8 +77,26 @@ def test_uplink_flows_to_a_floating_ip_go_to_the_local_backend_in_its_table() ->
     assert made[("chain", chain)] == "meta l4proto tcp dnat ip to 10.0.0.1:80"  # local only
     vip_chain = str(made[("element", "services", "10.254.0.1 . tcp . 80")]).removeprefix("goto ")
     assert "10.0.0.2" in str(made[("chain", vip_chain)])  # the ClusterIP keeps every backend
+
+
+def _fip_chain(made: dict[Any, Any]) -> str:
+    return str(
+        made[("chain", str(made[("element", "services", "203.0.113.5 . tcp . 80")]).removeprefix("goto "))]
+    )
+
+
+def test_a_node_with_no_local_backend_sends_floating_ip_flows_to_others_unless_policy_is_local() -> None:
     remote = plan(_cluster([("e2", "n2")]).node_state("n1"))
-    assert ("element", "outside_marks", "203.0.113.5") not in remote
+    assert remote[("element", "outside_marks", "203.0.113.5")] == "1007"  # routed by the backend's table
+    assert _fip_chain(remote) == "meta l4proto tcp dnat ip to 10.0.0.2:80"
+    post_nat = next(str(v) for k, v in remote.items() if k[0] == "chain" and str(k[1]).startswith("post_nat"))
+    assert "ct status dnat snat ip to 192.0.2.1" in post_nat  # replies come back through this node
+    assert ("route", 1007, "192.0.2.1/32") not in remote  # its own address: the table's end
+    on_n2 = plan(_cluster([("e2", "n2")]).node_state("n2"))
+    assert on_n2[("route", 1007, "192.0.2.1/32")] == Route("via", "isx7", "192.0.2.1")  # the way back
+    local = plan(_cluster([("e2", "n2")], policy="Local").node_state("n1"))
+    assert ("element", "rejected", "203.0.113.5 . tcp . 80") in local  # Local: none here, refused
+    assert _fip_chain(plan(_cluster([("e1", "n1")], policy="Local").node_state("n1"))).endswith("10.0.0.1:80")
 
 
 def _egress(node: str | None = None) -> Compiler:

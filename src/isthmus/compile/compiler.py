@@ -417,7 +417,7 @@ class Compiler:
             if backend.address is None or number is None or not (backend.ready or vip.spec.publish_not_ready):
                 continue
             endpoint = ref(*split_ref(backend.endpoint, vip.metadata.namespace)) if backend.endpoint else None
-            found.append(Target(backend.address, number, backend.node, endpoint))
+            found.append(Target(backend.address, number, backend.node, endpoint, backend.network))
         return tuple(sorted(found, key=lambda t: (int(t.address), t.port)))
 
     def _service(self, vip: ServiceVIP) -> Made:
@@ -427,7 +427,8 @@ class Compiler:
         affinity = vip.spec.affinity_timeout if vip.spec.session_affinity == "ClientIP" else None
         made: Made = []
         for i, port in enumerate(vip.spec.ports):
-            entry = ServiceEntry(name, vip.spec.vip, self.targets(vip, i), affinity)
+            local = vip.spec.external_traffic_policy == "Local"
+            entry = ServiceEntry(name, vip.spec.vip, self.targets(vip, i), affinity, local)
             for address in [vip.spec.vip, *vip.spec.external_ips]:
                 made.append((SHARED, ("service", str(address), port.protocol, port.port), entry))
             if port.node_port is not None:
@@ -448,7 +449,13 @@ class Compiler:
                 (
                     SHARED,
                     ("service", address, port.protocol, port.port),
-                    ServiceEntry(ref(ns, name), vip.spec.vip, self.targets(vip, i), affinity),
+                    ServiceEntry(
+                        ref(ns, name),
+                        vip.spec.vip,
+                        self.targets(vip, i),
+                        affinity,
+                        vip.spec.external_traffic_policy == "Local",
+                    ),
                 )
                 for i, port in enumerate(vip.spec.ports)
             ]
@@ -457,7 +464,8 @@ class Compiler:
             ns, name = split_ref(endpoint_ref, fip.metadata.namespace)
             endpoint = self.objects["Endpoint"].get((ns or "", name))
             if isinstance(endpoint, Endpoint) and endpoint.spec.addresses:
-                targets.append(Target(endpoint.spec.addresses[0], 0, endpoint.spec.node, ref(ns, name)))
+                where = (endpoint.spec.node, ref(ns, name), self.network_of(endpoint))
+                targets.append(Target(endpoint.spec.addresses[0], 0, *where))
         entry = ServiceEntry(ref(fip.metadata.namespace, fip.metadata.name), fip.spec.address, tuple(targets))
         return [(SHARED, ("service", address, "any", 0), entry)]
 

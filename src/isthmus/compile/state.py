@@ -137,17 +137,20 @@ class Target:
     port: int
     node: str | None
     endpoint: str | None
+    network: str | None = None  # the endpoint's
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """Flows to this address and port go to one of `targets` (random, or by client address with
-    `affinity` seconds of stickiness); with no target they are rejected."""
+    `affinity` seconds of stickiness); with no target they are rejected. At an external or floating IP,
+    flows from outside go to a target on the node they reach, else (unless `local_only`) to any."""
 
     service: str  # NAMESPACE/NAME of the ServiceVIP
     vip: Address  # the ClusterIP (policy rules naming the service match it)
     targets: tuple[Target, ...]
     affinity: int | None = None
+    local_only: bool = False  # externalTrafficPolicy: Local
 
 
 @dataclass(frozen=True, slots=True)

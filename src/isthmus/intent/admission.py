@@ -327,7 +327,9 @@ def _backend(txn: Txn, backend: Backend, namespace: str | None) -> Backend:
     ns, name = split_ref(backend.endpoint, namespace)
     endpoint = _get(txn, Endpoint, ns, name)
     assert endpoint is not None  # admit() checked the reference
-    return backend.model_copy(update={"address": endpoint.spec.addresses[0], "node": endpoint.spec.node})
+    network = "/".join(filter(None, split_ref(endpoint.spec.network, ns)))
+    update = {"address": endpoint.spec.addresses[0], "node": endpoint.spec.node, "network": network}
+    return backend.model_copy(update=update)
 
 
 def _node_ports(txn: Txn, service: ServiceVIP) -> list[ServicePort]:

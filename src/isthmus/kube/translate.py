@@ -271,6 +271,7 @@ def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceV
         "sessionAffinity": spec.get("sessionAffinity", "None"),
         "affinityTimeout": timeout,
         "publishNotReady": publish,
+        "externalTrafficPolicy": spec.get("externalTrafficPolicy") or "Cluster",
     }
     meta = svc.metadata
     try:

@@ -28,11 +28,12 @@ class ServicePort(Model):
 
 
 class Backend(Model):
-    """A backend is an endpoint (its address and node filled in from it) or a plain address."""
+    """A backend is an endpoint (its address, node and network filled in from it) or a plain address."""
 
     address: IPAddress | None = None
     endpoint: Ref | None = None
     node: Name | None = None
+    network: Ref | None = Field(None, description="the endpoint's virtual network, NAMESPACE/NAME")
     ready: bool = True
     ports: dict[str, Port] = Field({}, description="the backend's named ports")
 
@@ -53,6 +54,12 @@ class ServiceVIPSpec(Model):
     session_affinity: Literal["None", "ClientIP"] = "None"
     affinity_timeout: Annotated[int, Field(ge=1, le=86400)] = 10800
     publish_not_ready: bool = Field(False, description="send traffic to backends that are not ready")
+    external_traffic_policy: Literal["Cluster", "Local"] = Field(
+        "Cluster",
+        description="flows from outside to an external or floating IP: Local, only to a backend on the node "
+        "they reach (keeping the client's address); Cluster, to one there if any, else to another node's, "
+        "source NATed to the node's address",
+    )
 
     @model_validator(mode="after")
     def _unique_ports(self) -> ServiceVIPSpec:

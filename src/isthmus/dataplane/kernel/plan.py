@@ -355,6 +355,7 @@ BASE: Plan = {
     ("set", "outside_marks"): "ipv4_addr : mark",
     ("set", "internal"): "ipv4_addr; flags interval",
     ("set", "served"): "ipv4_addr",
+    ("set", "nodes"): "ipv4_addr",
     ("set", "egress_marks"): "mark . ipv4_addr : mark",
     ("set", "egress_snat"): "mark . ipv4_addr : ipv4_addr",
     ("set", "egress_addresses"): "ipv4_addr",
@@ -366,6 +367,7 @@ BASE: Plan = {
 meta mark set iifname map @networks
 {_LEAVING} ct zone set 0
 iifname "{VXLAN_PREFIX}*" {_MARK} @egress_networks ip saddr != @internal ip saddr != @served ct zone set 0
+iifname "{VXLAN_PREFIX}*" fib daddr type local ct zone set 0
 {_OUTSIDE} ip saddr @internal ct zone set ip daddr map @routed_zones
 ct zone set iifname map @zones
 {_OUTSIDE} meta mark set ip daddr map @outside_marks
@@ -383,6 +385,7 @@ ct direction reply meta mark set ct mark""",
 {_SERVICES}""",
     ("chain", "post_nat"): f"""type nat hook postrouting priority srcnat; policy accept;
 ip saddr . ip daddr @hairpin masquerade
+{_OUTSIDE} oifname != "{VETH_PREFIX}*" ct status dnat snat ip to NODE
 {_LEAVING} {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
 {_LEAVING} {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
@@ -391,6 +394,7 @@ ct state invalid drop
 ip daddr @egress_addresses counter reject
 {_REFUSE}
 iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
+iifname "{VETH_PREFIX}*" ip daddr @nodes counter drop comment "pods do not reach nodes"
 iifname "{VETH_PREFIX}*" jump rules
 iifname vmap @egress
 oifname vmap @ingress""",
@@ -671,13 +675,13 @@ class Planner:
         self._give(("peers", name), made)
 
 
-_PRECEDENCE = {"refused": 0, "block": 1}
+_PRECEDENCE = {"refused": 0, "block": 1, "network": 1}
 
 
 def _winner(givers: dict[Key, object]) -> object:
     """What the plan holds of an object several give: a refused VIP's route rather than the table's own
-    route to it, a routed network's block rather than the same prefix unreachable as cluster-internal;
-    anything else several give, they give alike."""
+    route to it, a routed network's block or another node's address rather than the same prefix
+    unreachable as cluster-internal; anything else several give, they give alike."""
     if len(givers) > 1:
         return min(givers.items(), key=lambda given: _PRECEDENCE.get(str(given[0][0]), 2))[1]
     return next(iter(givers.values()))
@@ -719,26 +723,42 @@ def _count(counts: Counter[_K], old: _K | None, new: _K | None) -> bool:
 
 
 def _base(builder: _Builder) -> None:
-    """The base sets and chains, the chain of Isthmus rules (in key order) the forward chain jumps to, and
-    the underlay's `ip rule`."""
+    """The base sets and chains, the chain of Isthmus rules (in key order) the forward chain jumps to,
+    the node's own address (flows from the uplink DNATed to another node are source NATed to it; pods
+    reach no node), and the underlay's `ip rule`."""
     ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
     rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
+    me = builder.address(builder.planner.node)
     for base, declared in BASE.items():
         if base[0] == "chain":
-            builder.chain(str(base[1]), str(declared).replace("jump rules", f"jump {rules}"))
+            body = str(declared).replace("jump rules", f"jump {rules}")
+            if me is not None and me.version == 4:
+                body = body.replace("snat ip to NODE", f"snat ip to {me}")
+            else:
+                body = "\n".join(line for line in body.split("\n") if not line.endswith("NODE"))
+            builder.chain(str(base[1]), body)
         else:
             builder.plan[base] = declared
+    for address in builder.nodes().values():
+        if address.version == 4:
+            builder.element("nodes", str(address))
     builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
     builder.element("internal", GATEWAY)  # hairpinned flows come back to it: they stay in their zone
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
-    """Its `ip rule`; unless routed, its VXLAN device (with every other node as a peer) and the device's
-    mark and zone."""
+    """Its `ip rule`; routes to the other nodes' addresses (replies to flows they source NATed), over its
+    VXLAN device or, routed, through the underlay; unless routed, that device (with every other node as a
+    peer) and its mark and zone."""
     builder.plan[("rule", network.table)] = RULE_PRIORITY
-    if network.mode == "routed":
-        return
     device, me, nodes = vxlan_name(network.vni), builder.planner.node, builder.nodes()
+    routed = network.mode == "routed"
+    for name, address in nodes.items():
+        if name != me and me in nodes:
+            key = ("route", network.table, f"{address}/{address.max_prefixlen}")
+            builder.plan[key] = Route("throw") if routed else Route("via", device, str(address))
+    if routed:
+        return
     if me in nodes:
         builder.plan[("vxlan", device)] = Vxlan(network.vni, str(nodes[me]), node_mac(nodes[me]))
         for name, address in nodes.items():
@@ -861,16 +881,31 @@ def _egress_address(builder: _Builder, egress: EgressEntry) -> None:
         builder.element("egress_addresses", str(egress.address))
 
 
-def _outside(builder: _Builder, address: str, target: Target) -> None:
-    """Flows to `address` from the uplink go to `target` when it is local: they get its network's mark
-    (its table) before DNAT, so that they are routed to it."""
+def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceEntry:
+    """An external or floating IP goes to the service's targets on this node; with none here, to no
+    target with `local_only`, else to every one (the base chain source NATs those flows to the node's
+    address, so that replies come back through it). Flows from the uplink get the (first) target's
+    network mark before DNAT, so that they are routed by its table."""
+    local = tuple(t for t in service.targets if t.node == builder.planner.node)
+    targets = local or (() if service.local_only else service.targets)
+    network = _network_of(builder, targets[0]) if targets else None
+    if network is not None:
+        builder.element("outside_marks", address, str(network.table))
+    return replace(service, targets=targets)
+
+
+def _network_of(builder: _Builder, target: Target) -> NetworkEntry | None:
+    """The target's network: as the service says, else (a backend stored without it) as its endpoint's
+    attachment here says."""
+    if target.network is not None:
+        return builder.network(target.network)
     if target.node != builder.planner.node or not target.endpoint:
-        return
+        return None
     builder.reads.add(("endpoint", target.endpoint))
     for key in builder.planner.endpoints.get(target.endpoint, ()):
-        network = builder.network(str(key[1]))
-        if network is not None and str(key[2]) == str(target.address):
-            builder.element("outside_marks", address, str(network.table))
+        if str(key[2]) == str(target.address):
+            return builder.network(str(key[1]))
+    return None
 
 
 def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> None:
@@ -882,12 +917,10 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
         if protocol == "any":  # a floating IP of endpoints: every port to the first
             if service.targets and _v4(service.targets[0].address):
                 builder.element("floating", address, str(service.targets[0].address))
-                _outside(builder, address, service.targets[0])
+                _outside(builder, address, replace(service, targets=service.targets[:1]))
             return
-        local = tuple(t for t in service.targets if t.node == builder.planner.node)
-        if address != str(service.vip) and local:  # a floating or external IP: to a backend here
-            service = replace(service, targets=local)
-            _outside(builder, address, local[0])
+        if address != str(service.vip):  # a floating or external IP
+            service = _outside(builder, address, service)
         chain = _service(builder, service, protocol, port)
         element = f"{address} . {protocol.lower()} . {port}"
         if chain is None:
