@@ -15,7 +15,9 @@ from isthmus.model import Object, parse_object
 
 NAMESPACES = ("x", "y")
 LABELS = st.dictionaries(
-    st.sampled_from(["pod", "app", "uses"]), st.sampled_from(["a", "b", "s"]), max_size=2
+    st.sampled_from(["pod", "app", "uses", "security-group.isthmus.io/g"]),
+    st.sampled_from(["a", "b", "s", ""]),
+    max_size=2,
 )
 
 
@@ -39,6 +41,7 @@ def objects(draw: st.DrawFn) -> Object:
                 "ServiceVIP",
                 "FloatingIP",
                 "EgressIP",
+                "SecurityGroup",
                 "NetworkPolicy",
                 "Namespace",
                 "Policy",
@@ -125,6 +128,13 @@ def objects(draw: st.DrawFn) -> Object:
                 "node": draw(st.sampled_from([None, "n1", "n2"])),
             },
         }
+    elif kind == "SecurityGroup":
+        rule = {
+            "direction": draw(st.sampled_from(["ingress", "egress"])),
+            "protocol": draw(st.sampled_from([None, "TCP", "ICMP"])),
+            "remoteGroup": draw(st.sampled_from([None, "g"])),
+        }
+        body = {"metadata": _meta("g", ns), "spec": {"rules": [rule]}}
     elif kind == "NetworkPolicy":
         body = {
             "apiVersion": "networking.k8s.io/v1",

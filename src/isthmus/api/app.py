@@ -1,4 +1,6 @@
-"""The FastAPI application: errors as Kubernetes-style Status JSON, auth on every route but /healthz."""
+"""The FastAPI application: the Isthmus API (errors as Kubernetes-style Status JSON), and the Neutron API
+with the part of Keystone its clients need (errors as Neutron's); auth on every route but /healthz and
+version discovery."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from fastapi.responses import JSONResponse
 from isthmus import __version__
 from isthmus.api.routes import ApiError, kind_routes, token_routes
 from isthmus.intent import IntentError
+from isthmus.neutron.identity import Unauthorized, identity_routes
+from isthmus.neutron.routes import NeutronError, network_routes
 from isthmus.store import Conflict, Ledger
 
 
@@ -44,7 +48,18 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        if request.url.path.startswith(("/v2.0", "/v3")):
+            return NeutronError(400, "HTTPBadRequest", "; ".join(parts)).response()
         return status(400, "BadRequest", "; ".join(parts))
+
+    @app.exception_handler(NeutronError)
+    def _neutron(request: Request, exc: NeutronError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Unauthorized)
+    def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        body = {"error": {"code": 401, "title": "Unauthorized", "message": str(exc)}}
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": 'Keystone uri="/v3"'})
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -52,4 +67,6 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
 
     app.include_router(kind_routes())
     app.include_router(token_routes())
+    app.include_router(identity_routes())
+    app.include_router(network_routes())
     return app

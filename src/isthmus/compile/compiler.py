@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from pydantic import ValidationError
 
-from isthmus.compile import netpol
+from isthmus.compile import netpol, security
 from isthmus.compile.state import (
     SHARED,
     Address,
@@ -53,6 +53,7 @@ from isthmus.model import (
     Node,
     Object,
     Policy,
+    SecurityGroup,
     ServiceVIP,
     Subnet,
     SubnetPool,
@@ -70,6 +71,7 @@ TABLE_BASE = 1000  # a network's table is TABLE_BASE + its VNI
 METADATA_NAME = "kubernetes.io/metadata.name"
 INTERNAL = "cluster-internal prefix"  # the rule of unreachable routes that keep egress inside isolation
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+SECURITY_GROUP = "securitygroup/"  # the name its NetworkPolicy goes by, as in NAMESPACE/securitygroup/NAME
 UNITS = ("Node", "VirtualNetwork", "Subnet", "Endpoint", "ServiceVIP", "FloatingIP", "EgressIP", "Policy")
 
 
@@ -99,6 +101,7 @@ class Compiler:
         "Policy",
         "Namespace",
         "NetworkPolicy",
+        "SecurityGroup",
         "Subnet",
         "SubnetPool",
     )
@@ -170,8 +173,12 @@ class Compiler:
         if isinstance(obj, Endpoint):
             for group in ("ns:" + namespace, "vn:" + self.network_of(obj)):
                 (self.members[group].add if add else self.members[group].discard)((namespace, name))
-        elif obj.kind in ("Namespace", "NetworkPolicy"):
+        elif obj.kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):
             self.isolations.pop(name if obj.kind == "Namespace" else namespace, None)
+        if isinstance(obj, SecurityGroup):  # enforced as the NetworkPolicy it amounts to
+            self.netpols[namespace].pop(SECURITY_GROUP + name, None)
+            if add:
+                self.netpols[namespace][SECURITY_GROUP + name] = security.network_policy(obj)
         if isinstance(obj, KubeObject) and obj.kind == "NetworkPolicy":
             self.netpols[namespace].pop(name, None)
             if add:
@@ -226,7 +233,7 @@ class Compiler:
         touched = {(kind, namespace, name)} if kind in UNITS else set()
         if kind == "Node":  # egress addresses may change owner
             touched |= {("EgressIP", ns, n) for ns, n in self.objects["EgressIP"]}
-        if kind in ("Namespace", "NetworkPolicy"):  # identities and isolation of the namespace's endpoints
+        if kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):  # the namespace's endpoints' isolation
             space = name if kind == "Namespace" else namespace
             touched |= {("Endpoint", space, n) for _, n in self.members.get("ns:" + space, ())}
         if isinstance(obj, Endpoint):  # the policies that may leak routes to or from it

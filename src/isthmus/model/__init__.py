@@ -20,6 +20,7 @@ from isthmus.model.network import (
     VirtualNetworkSpec,
 )
 from isthmus.model.policy import Peer, Policy, PolicyRule, PolicySpec, PortRange
+from isthmus.model.security import SecurityGroup, SecurityGroupRule, SecurityGroupSpec, member_label
 from isthmus.model.selector import LabelSelector, SelectorRequirement
 from isthmus.model.service import (
     Backend,
@@ -57,6 +58,9 @@ __all__ = [
     "PolicySpec",
     "PortRange",
     "Resource",
+    "SecurityGroup",
+    "SecurityGroupRule",
+    "SecurityGroupSpec",
     "SelectorRequirement",
     "ServicePort",
     "ServiceVIP",
@@ -71,6 +75,7 @@ __all__ = [
     "kind_of",
     "load_manifests",
     "lookup_kind",
+    "member_label",
     "parse_manifests",
     "parse_object",
     "split_ref",

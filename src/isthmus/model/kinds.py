@@ -10,6 +10,7 @@ from isthmus.model.kube import KubeObject
 from isthmus.model.meta import Resource
 from isthmus.model.network import Node, Subnet, SubnetPool, Tenant, VirtualNetwork
 from isthmus.model.policy import Policy
+from isthmus.model.security import SecurityGroup
 from isthmus.model.service import EgressIP, FloatingIP, ServiceVIP
 
 Object = Resource | KubeObject
@@ -48,6 +49,7 @@ KINDS: tuple[KindInfo, ...] = (
             SubnetPool,
             VirtualNetwork,
             Subnet,
+            SecurityGroup,
             Endpoint,
             ServiceVIP,
             FloatingIP,

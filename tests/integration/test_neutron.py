@@ -1,0 +1,292 @@
+"""The Neutron API with the real OpenStack clients (python-openstackclient's `openstack` command and
+openstacksdk), authenticated by Keystone tokens as they do it, against `isthmus api serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openstack
+import pytest
+from openstack import exceptions
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("openstack", path=Path(sys.executable).parent),
+    reason="needs python-openstackclient (pip install -e .[dev])",
+)
+ADMIN = "neutron-admin-secret"
+
+
+@dataclass
+class Cloud:
+    url: str
+    tokens: dict[str, str]  # project -> its tenant's Isthmus token (admin: the admin token)
+
+    def cli(self, project: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """`openstack ARGS` as PROJECT, with a Keystone token made from its Isthmus token."""
+        env = {
+            **os.environ,
+            "OS_AUTH_URL": f"{self.url}/v3",
+            "OS_AUTH_TYPE": "v3token",
+            "OS_TOKEN": self.tokens[project],
+            "OS_PROJECT_NAME": project,
+            "OS_PROJECT_DOMAIN_ID": "default",
+            "OS_IDENTITY_API_VERSION": "3",
+        }
+        openstack_cli = str(Path(sys.executable).parent / "openstack")
+        done = subprocess.run([openstack_cli, *args], capture_output=True, text=True, env=env, check=False)
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def json(self, project: str, *args: str) -> Any:
+        return json.loads(self.cli(project, *args, "-f", "json").stdout)
+
+    def sdk(self, project: str) -> Any:
+        return openstack.connect(
+            auth_url=f"{self.url}/v3",
+            auth_type="v3token",
+            token=self.tokens[project],
+            project_name=project,
+            project_domain_id="default",
+        )
+
+    def isthmus(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        answer = httpx2.request(
+            method,
+            f"{self.url}/apis/isthmus.io/v1{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+        assert answer.status_code < 300, answer.text
+        return answer.json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    state, port = tmp_path_factory.mktemp("neutron"), _free_port()
+    argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(state), "api", "serve"]
+    server = subprocess.Popen(
+        [*argv, "--listen", f"127.0.0.1:{port}", "--admin-token", ADMIN], stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx2.get(f"{url}/healthz")
+                break
+            except httpx2.TransportError:
+                time.sleep(0.1)
+        made = Cloud(url, {"admin": ADMIN})
+        made.isthmus("POST", "/nodes", {"metadata": {"name": "node-1"}, "spec": {"address": "192.0.2.1"}})
+        for tenant in ("leonardo", "umbrella"):
+            made.isthmus("POST", "/tenants", {"metadata": {"name": tenant}})
+            made.tokens[tenant] = made.isthmus("POST", f"/tenants/{tenant}/tokens", {"description": "test"})[
+                "token"
+            ]
+        made.cli("admin", "network", "create", "public", "--external")
+        made.cli(
+            "admin",
+            "subnet",
+            "create",
+            "public-v4",
+            "--network",
+            "public",
+            "--subnet-range",
+            "203.0.113.0/24",
+        )
+        yield made
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_openstack_client_builds_a_tenant_network_and_reads_it_back(cloud: Cloud) -> None:
+    network = cloud.json("leonardo", "network", "create", "leonardodb")
+    assert (network["name"], network["project_id"], network["status"]) == ("leonardodb", "leonardo", "ACTIVE")
+    subnet = cloud.json(
+        "leonardo",
+        "subnet",
+        "create",
+        "leonardodb-v4",
+        "--network",
+        "leonardodb",
+        "--subnet-range",
+        "10.10.0.0/24",
+    )
+    assert (subnet["cidr"], subnet["gateway_ip"], subnet["network_id"]) == (
+        "10.10.0.0/24",
+        "10.10.0.1",
+        network["id"],
+    )
+    port = cloud.json(
+        "leonardo",
+        "port",
+        "create",
+        "pg-1",
+        "--network",
+        "leonardodb",
+        "--host",
+        "node-1",
+        "--device-owner",
+        "compute:nova",
+        "--fixed-ip",
+        "ip-address=10.10.0.11",
+    )
+    assert port["fixed_ips"] == [{"subnet_id": subnet["id"], "ip_address": "10.10.0.11"}]
+    assert (port["binding_host_id"], port["device_owner"], port["status"]) == (
+        "node-1",
+        "compute:nova",
+        "ACTIVE",
+    )
+    assert port["security_group_ids"] == ["default"]  # the project's default group, made on first use
+    rule = cloud.json(
+        "leonardo",
+        "security",
+        "group",
+        "rule",
+        "create",
+        "default",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "5432",
+        "--remote-ip",
+        "10.10.0.0/24",
+    )
+    assert (rule["protocol"], rule["port_range_min"], rule["remote_ip_prefix"]) == (
+        "tcp",
+        5432,
+        "10.10.0.0/24",
+    )
+    fip = cloud.json("leonardo", "floating", "ip", "create", "public", "--port", "pg-1")
+    assert fip["floating_ip_address"].startswith("203.0.113.") and fip["fixed_ip_address"] == "10.10.0.11"
+    shown = cloud.json("leonardo", "port", "show", "pg-1")
+    assert shown["id"] == port["id"] and shown["mac_address"] == port["mac_address"]
+    rules = cloud.json("leonardo", "security", "group", "rule", "list", "default")
+    assert any(r["ID"] == rule["id"] for r in rules)
+    listed = cloud.json("leonardo", "floating", "ip", "list")
+    assert [(f["Floating IP Address"], f["Port"]) for f in listed] == [
+        (fip["floating_ip_address"], port["id"])
+    ]
+    # the same objects, as Isthmus holds them
+    endpoint = cloud.isthmus("GET", f"/namespaces/leonardo/endpoints/{port['id']}")
+    assert endpoint["spec"]["addresses"] == ["10.10.0.11"] and endpoint["spec"]["node"] == "node-1"
+    assert endpoint["metadata"]["labels"] == {"security-group.isthmus.io/default": ""}
+
+
+def test_a_project_cannot_see_another_projects_network(cloud: Cloud) -> None:
+    secret = cloud.sdk("umbrella").network.create_network(name="secret")
+    leonardo = cloud.sdk("leonardo")
+    assert "secret" not in [n.name for n in leonardo.network.networks()]
+    assert "public" in [n.name for n in leonardo.network.networks()]  # external networks are everyone's
+    with pytest.raises(exceptions.NotFoundException):
+        leonardo.network.get_network(secret.id)
+    with pytest.raises(exceptions.NotFoundException):
+        leonardo.network.delete_network(secret.id, ignore_missing=False)
+    stolen = Cloud(cloud.url, {"umbrella": cloud.tokens["leonardo"]})  # leonardo's token, umbrella's project
+    assert stolen.cli("umbrella", "network", "list", ok=False).returncode != 0
+    assert cloud.sdk("umbrella").network.get_network(secret.id).name == "secret"
+
+
+def _neutron(
+    cloud: Cloud, project: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> httpx2.Response:
+    token = httpx2.post(
+        f"{cloud.url}/v3/auth/tokens",
+        json={
+            "auth": {
+                "identity": {"methods": ["token"], "token": {"id": cloud.tokens[project]}},
+                "scope": {"project": {"name": project}},
+            }
+        },
+    ).headers["X-Subject-Token"]
+    return httpx2.request(method, f"{cloud.url}/v2.0{path}", json=body, headers={"X-Auth-Token": token})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code", "kind"),
+    [
+        (
+            "POST",
+            "/subnets",
+            {"subnet": {"network_id": "NET", "cidr": "10.20.0.0/33", "ip_version": 4}},
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            "POST",
+            "/subnets",
+            {"subnet": {"network_id": "NET", "cidr": "10.20.0.128/25", "ip_version": 4}},
+            400,
+            "BadRequest",
+        ),
+        ("POST", "/ports", {"port": {"network_id": "no-such-network"}}, 404, "NetworkNotFound"),
+        (
+            "POST",
+            "/ports",
+            {"port": {"network_id": "NET", "fixed_ips": [{"ip_address": "10.99.0.5"}]}},
+            400,
+            "BadRequest",
+        ),
+        ("POST", "/networks", {"net": {}}, 400, "HTTPBadRequest"),
+        ("DELETE", "/networks/NET", None, 409, "NetworkInUse"),
+        ("GET", "/ports/no-such-port", None, 404, "PortNotFound"),
+        (
+            "POST",
+            "/security-group-rules",
+            {
+                "security_group_rule": {
+                    "security_group_id": "default",
+                    "direction": "ingress",
+                    "protocol": "gre",
+                }
+            },
+            400,
+            "HTTPBadRequest",
+        ),
+    ],
+)
+def test_invalid_requests_get_neutron_errors_and_change_nothing(
+    cloud: Cloud, method: str, path: str, body: dict[str, Any] | None, code: int, kind: str
+) -> None:
+    network = _neutron(cloud, "umbrella", "POST", "/networks", {"network": {"name": "errors"}}).json()[
+        "network"
+    ]
+    subnet = {"subnet": {"network_id": network["id"], "cidr": "10.20.0.0/24", "ip_version": 4}}
+    assert _neutron(cloud, "umbrella", "POST", "/subnets", subnet).status_code == 201
+    before = (
+        cloud.isthmus("GET", "/namespaces/umbrella/virtualnetworks"),
+        cloud.isthmus("GET", "/namespaces/umbrella/endpoints"),
+    )
+    text = json.dumps(body).replace("NET", network["id"]) if body else None
+    answer = _neutron(
+        cloud, "umbrella", method, path.replace("NET", network["id"]), json.loads(text) if text else None
+    )
+    assert answer.status_code == code, answer.text
+    error = answer.json()["NeutronError"]
+    assert error["type"] == kind and error["message"]
+    after = (
+        cloud.isthmus("GET", "/namespaces/umbrella/virtualnetworks"),
+        cloud.isthmus("GET", "/namespaces/umbrella/endpoints"),
+    )
+    assert [i["metadata"]["name"] for i in after[0]["items"]] == [
+        i["metadata"]["name"] for i in before[0]["items"]
+    ]
+    assert after[1]["items"] == before[1]["items"]

@@ -1,0 +1,65 @@
+"""Security groups are enforced as the NetworkPolicies they amount to: a member is isolated both ways,
+a rule allows its protocol, ports and peers (a prefix or another group's members), replies pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isthmus.compile import Compiler
+from isthmus.dataplane.trace import Tracer
+from isthmus.model import parse_object
+from tests.unit.test_compile import _meta
+
+
+def _cloud(rules: list[dict[str, Any]]) -> Tracer:
+    """Tenant t: network net on node n1, VMs db (in group pg), app (in group web) and other (no group)."""
+    groups = {
+        "db": {"security-group.isthmus.io/pg": ""},
+        "app": {"security-group.isthmus.io/web": ""},
+        "other": {},
+    }
+    docs: list[dict[str, Any]] = [
+        {"kind": "Node", "metadata": _meta("n1"), "spec": {"address": "192.0.2.1"}},
+        {"kind": "VirtualNetwork", "metadata": _meta("net", "t"), "spec": {"vni": 5}},
+        {"kind": "SecurityGroup", "metadata": _meta("pg", "t"), "spec": {"rules": rules}},
+        {
+            "kind": "SecurityGroup",
+            "metadata": _meta("web", "t"),
+            "spec": {"rules": [{"direction": "egress"}]},
+        },
+        *[
+            {
+                "kind": "Endpoint",
+                "metadata": _meta(name, "t", labels),
+                "spec": {"kind": "vm", "network": "net", "node": "n1", "addresses": [f"10.0.0.{i + 2}"]},
+            }
+            for i, (name, labels) in enumerate(groups.items())
+        ],
+    ]
+    return Tracer(Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs))
+
+
+def _verdict(tracer: Tracer, source: str, destination: str, port: int, protocol: str = "TCP") -> str:
+    target = tracer.endpoint("t", destination).address
+    return tracer.trace(tracer.endpoint("t", source), target, protocol, port).verdict
+
+
+def test_a_group_admits_only_what_its_rules_allow() -> None:
+    tracer = _cloud(
+        [
+            {
+                "direction": "ingress",
+                "protocol": "TCP",
+                "portRangeMin": 5432,
+                "portRangeMax": 5432,
+                "remoteGroup": "web",
+            },
+            {"direction": "ingress", "protocol": "UDP", "remoteIpPrefix": "10.0.0.4/32"},
+        ]
+    )
+    assert _verdict(tracer, "app", "db", 5432) == "allow"  # from the web group's member
+    assert _verdict(tracer, "other", "db", 5432) == "deny"  # not a member of web
+    assert _verdict(tracer, "app", "db", 22) == "deny"  # not the rule's port
+    assert _verdict(tracer, "other", "db", 53, "UDP") == "allow"  # 10.0.0.4 is other's address
+    assert _verdict(tracer, "db", "other", 80) == "deny"  # pg allows nothing out
+    assert _verdict(tracer, "app", "other", 80) == "allow"  # web sends anywhere; other is in no group
