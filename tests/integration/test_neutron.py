@@ -4,102 +4,26 @@ openstacksdk), authenticated by Keystone tokens as they do it, against `isthmus 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
-import openstack
 import pytest
 from openstack import exceptions
 
+from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
+
 pytestmark = pytest.mark.skipif(
-    not shutil.which("openstack", path=Path(sys.executable).parent),
-    reason="needs python-openstackclient (pip install -e .[dev])",
+    not HAS_CLIENTS, reason="needs python-openstackclient (pip install -e .[dev])"
 )
-ADMIN = "neutron-admin-secret"
-
-
-@dataclass
-class Cloud:
-    url: str
-    tokens: dict[str, str]  # project -> its tenant's Isthmus token (admin: the admin token)
-
-    def cli(self, project: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        """`openstack ARGS` as PROJECT, with a Keystone token made from its Isthmus token."""
-        env = {
-            **os.environ,
-            "OS_AUTH_URL": f"{self.url}/v3",
-            "OS_AUTH_TYPE": "v3token",
-            "OS_TOKEN": self.tokens[project],
-            "OS_PROJECT_NAME": project,
-            "OS_PROJECT_DOMAIN_ID": "default",
-            "OS_IDENTITY_API_VERSION": "3",
-        }
-        openstack_cli = str(Path(sys.executable).parent / "openstack")
-        done = subprocess.run([openstack_cli, *args], capture_output=True, text=True, env=env, check=False)
-        if ok:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def json(self, project: str, *args: str) -> Any:
-        return json.loads(self.cli(project, *args, "-f", "json").stdout)
-
-    def sdk(self, project: str) -> Any:
-        return openstack.connect(
-            auth_url=f"{self.url}/v3",
-            auth_type="v3token",
-            token=self.tokens[project],
-            project_name=project,
-            project_domain_id="default",
-        )
-
-    def isthmus(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        answer = httpx2.request(
-            method,
-            f"{self.url}/apis/isthmus.io/v1{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        )
-        assert answer.status_code < 300, answer.text
-        return answer.json()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    state, port = tmp_path_factory.mktemp("neutron"), _free_port()
-    argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(state), "api", "serve"]
-    server = subprocess.Popen(
-        [*argv, "--listen", f"127.0.0.1:{port}", "--admin-token", ADMIN], stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx2.get(f"{url}/healthz")
-                break
-            except httpx2.TransportError:
-                time.sleep(0.1)
-        made = Cloud(url, {"admin": ADMIN})
+    with serving(tmp_path_factory.mktemp("neutron")) as made:
         made.isthmus("POST", "/nodes", {"metadata": {"name": "node-1"}, "spec": {"address": "192.0.2.1"}})
         for tenant in ("leonardo", "umbrella"):
-            made.isthmus("POST", "/tenants", {"metadata": {"name": tenant}})
-            made.tokens[tenant] = made.isthmus("POST", f"/tenants/{tenant}/tokens", {"description": "test"})[
-                "token"
-            ]
+            made.tokens[tenant] = made.tenant(tenant)
         made.cli("admin", "network", "create", "public", "--external")
         made.cli(
             "admin",
@@ -112,9 +36,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
             "203.0.113.0/24",
         )
         yield made
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_the_openstack_client_builds_a_tenant_network_and_reads_it_back(cloud: Cloud) -> None:

@@ -2,7 +2,12 @@
 sandbox attached through the real CNI plugin with a server of the pod's container ports, removes the
 sandboxes of pods that are gone or replaced, and writes each pod's phase and readiness back.
 
-What it made is kept in `<lab>/<node>.pods.json` (pod -> uid), so a restarted kubelet adopts it."""
+It is the node's nova too: an Endpoint of kind vm or host bound to the node (a Neutron port with
+`binding:host_id`, or an Endpoint manifest) gets a sandbox standing for the machine, attached the same
+way, serving its name on the ports the Endpoint declares (else on VM_PORTS).
+
+What it made is kept in `<lab>/<node>.pods.json` (pod or machine -> uid), so a restarted kubelet adopts
+it."""
 
 from __future__ import annotations
 
@@ -17,11 +22,12 @@ from typing import Any
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.lab.fabric import Fabric
-from isthmus.model import KubeObject, lookup_kind
+from isthmus.model import Endpoint, KubeObject, lookup_kind
 from isthmus.store import Compacted, Ledger, objects, open_ledger
 
 log = logging.getLogger("isthmus.lab.kubelet")
-PODS = lookup_kind("Pod")
+PODS, ENDPOINTS = lookup_kind("Pod"), lookup_kind("Endpoint")
+VM_PORTS = ["22/TCP", "80/TCP", "5432/TCP"]  # what a lab machine that declares no port serves
 RETRY = 2.0  # seconds between attempts for a pod whose sandbox failed
 
 PodKey = tuple[str, str]
@@ -46,14 +52,17 @@ class Kubelet:
         self.running: dict[PodKey, str] = {tuple(k.split("/", 1)): uid for k, uid in loaded.items()}
         self.failed: dict[PodKey, float] = {}  # pod -> when to try again
 
-    def _scheduled(self) -> tuple[dict[PodKey, KubeObject], int]:
-        found, revision = objects.list_objects(self.ledger, PODS)
-        pods = {
-            (o.metadata.namespace or "", o.metadata.name): o
-            for o in found
-            if isinstance(o, KubeObject) and (o.body.get("spec") or {}).get("nodeName") == self.node
-        }
-        return pods, revision
+    def _scheduled(self) -> tuple[dict[PodKey, KubeObject | Endpoint], int]:
+        """The pods and machines on this node, and the revision of the read."""
+        revision = self.ledger.revision()
+        found: dict[PodKey, KubeObject | Endpoint] = {}
+        for o in objects.list_objects(self.ledger, PODS)[0]:
+            if isinstance(o, KubeObject) and (o.body.get("spec") or {}).get("nodeName") == self.node:
+                found[(o.metadata.namespace or "", o.metadata.name)] = o
+        for e in objects.list_objects(self.ledger, ENDPOINTS)[0]:
+            if isinstance(e, Endpoint) and e.spec.kind != "pod" and e.spec.node == self.node:
+                found[(e.metadata.namespace or "", e.metadata.name)] = e
+        return found, revision
 
     def sync(self) -> int:
         """Make the sandboxes match the pods scheduled here; the ledger revision that was read."""
@@ -67,19 +76,25 @@ class Kubelet:
         self.failed = {k: t for k, t in self.failed.items() if k in pods}
         return revision
 
-    def _start(self, key: PodKey, pod: KubeObject) -> None:
+    def _start(self, key: PodKey, pod: KubeObject | Endpoint) -> None:
         namespace, name = key
+        if isinstance(pod, Endpoint):
+            served = [f"{p.port}/{p.protocol}" for p in pod.spec.ports] or VM_PORTS
+        else:
+            served = ports(pod)
         try:
-            self.fabric.pod(self.node, namespace, name, ports(pod))
+            self.fabric.pod(self.node, namespace, name, served)
         except Exception as exc:  # reported on the pod, tried again
             self.failed[key] = time.monotonic() + RETRY
-            log.warning("pod %s/%s: %s", namespace, name, exc)
-            self._report(pod, False, "SandboxFailed", str(exc))
+            log.warning("%s/%s: %s", namespace, name, exc)
+            if isinstance(pod, KubeObject):
+                self._report(pod, False, "SandboxFailed", str(exc))
             return
         self.running[key] = pod.metadata.uid or ""
         self.failed.pop(key, None)
         self._save()
-        self._report(pod, True)
+        if isinstance(pod, KubeObject):
+            self._report(pod, True)
         log.info("pod %s/%s running in %s", namespace, name, self.fabric.sandbox(namespace, name))
 
     def _stop(self, key: PodKey) -> None:
@@ -116,7 +131,7 @@ class Kubelet:
         revision = self.sync()
         while not stop.is_set():
             try:
-                watch = self.ledger.watch(objects.kind_prefix(PODS), revision)
+                watch = self.ledger.watch(objects.OBJECTS, revision)
                 while not stop.is_set():
                     if watch.poll(timeout=0.5) or self.failed:
                         revision = self.sync()

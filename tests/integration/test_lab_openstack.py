@@ -1,0 +1,108 @@
+"""Hybrid: an OpenStack VM and a Kubernetes pod on the same network of a 2-node lab. The VM is a port made
+with the real `openstack` client and bound to a node (`--host`), which the node's lab nova boots as a
+sandbox; its security groups are enforced on the packets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
+from tests.integration.labs import isthmus, lab, lab_exec, running
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("nft") or not HAS_CLIENTS,
+    reason="needs root, nftables and python-openstackclient (scripts/bootstrap dev)",
+)
+TOPOLOGY = {"name": "hyb", "nodes": [{"name": "node-1"}, {"name": "node-2"}]}
+CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as conn:
+        conn.sendall(b"?")
+        print(conn.recv(64).decode())
+except OSError as exc:
+    print("failed: " + type(exc).__name__)
+"""
+WEB = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web", "namespace": "leonardo"},
+    "spec": {
+        "nodeName": "node-1",
+        "containers": [{"name": "web", "image": "web", "ports": [{"containerPort": 80}]}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Cloud, dict[str, Any]]]:
+    base = tmp_path_factory.mktemp("hybrid")
+    with running(base, TOPOLOGY, "--timeout", "60") as (work, _):
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "leonardo"}}
+        (base / "web.yaml").write_text(yaml.safe_dump_all([namespace, WEB]))
+        lab(work, "apply", "-f", str(base / "web.yaml"))
+        with serving(work / "state") as cloud:
+            cloud.tokens["leonardo"] = cloud.tenant("leonardo")
+            port = cloud.json(
+                "leonardo",
+                "port",
+                "create",
+                "pg-1",
+                "--network",
+                "pods",
+                "--host",
+                "node-2",
+                "--device-owner",
+                "compute:nova",
+            )
+            yield work, cloud, port
+
+
+def _connect(work: Path, source: str, address: str, port: int) -> str:
+    return lab_exec(work, source, "python3", "-c", CONNECT, address, str(port)).stdout.strip()
+
+
+def _until(what: Any, expected: str, seconds: float = 10) -> None:
+    started = time.monotonic()
+    while (got := what()) != expected:
+        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
+        time.sleep(0.2)
+
+
+def test_a_pod_and_a_vm_on_one_network_talk_as_their_security_group_allows(
+    hybrid: tuple[Path, Cloud, dict[str, Any]],
+) -> None:
+    work, cloud, port = hybrid
+    vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
+    web = json.loads(isthmus(work, "get", "pod", "web", "-n", "leonardo", "-o", "json").output)["status"][
+        "podIP"
+    ]
+    _until(lambda: _connect(work, vm, web, 80), "leonardo/web")  # the VM is up on node-2; out is allowed
+    assert (
+        _connect(work, "leonardo/web", address, 5432) == "failed: TimeoutError"
+    )  # default group: members only
+    cloud.cli(
+        "leonardo",
+        "security",
+        "group",
+        "rule",
+        "create",
+        "default",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "5432",
+    )
+    _until(lambda: _connect(work, "leonardo/web", address, 5432), vm)  # pod -> VM, across nodes
+    assert _connect(work, "leonardo/web", address, 22) == "failed: TimeoutError"  # only the rule's port
+    cloud.cli("leonardo", "port", "delete", port["id"])
+    _until(lambda: _connect(work, "leonardo/web", address, 5432), "failed: TimeoutError")
