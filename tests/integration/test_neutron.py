@@ -211,3 +211,40 @@ def test_invalid_requests_get_neutron_errors_and_change_nothing(
         i["metadata"]["name"] for i in before[0]["items"]
     ]
     assert after[1]["items"] == before[1]["items"]
+
+
+def test_a_router_joins_its_networks_and_its_gateway_lets_them_out(cloud: Cloud) -> None:
+    def network(name: str, cidr: str) -> str:
+        made = cloud.json("leonardo", "network", "create", name)["id"]
+        cloud.cli("leonardo", "subnet", "create", f"{name}-v4", "--network", name, "--subnet-range", cidr)
+        return str(made)
+
+    front, back = network("front", "10.30.1.0/24"), network("back", "10.30.2.0/24")
+    router = cloud.json("leonardo", "router", "create", "edge")
+    for subnet in ("front-v4", "back-v4"):
+        cloud.cli("leonardo", "router", "add", "subnet", "edge", subnet)
+    policy = cloud.isthmus("GET", f"/namespaces/leonardo/policies/{router['id']}")
+    joined = sorted((r["source"]["network"], r["destination"]["network"]) for r in policy["spec"]["rules"])
+    assert joined == sorted([(front, back), (back, front)])  # each way, as routed
+
+    def egress() -> dict[str, bool]:
+        return {
+            n: cloud.isthmus("GET", f"/namespaces/leonardo/virtualnetworks/{n}")["spec"].get("egress", False)
+            for n in (front, back)
+        }
+
+    assert egress() == {front: False, back: False}  # no gateway: no way out
+    cloud.cli("leonardo", "router", "set", "edge", "--external-gateway", "public")
+    assert egress() == {front: True, back: True}
+    shown = cloud.json("leonardo", "router", "show", "edge")
+    assert (
+        shown["external_gateway_info"]["network_id"]
+        == cloud.json("leonardo", "network", "show", "public")["id"]
+    )
+    assert cloud.cli("leonardo", "router", "delete", "edge", ok=False).returncode != 0  # interfaces: in use
+    assert cloud.cli("leonardo", "network", "delete", "front", ok=False).returncode != 0  # routed: in use
+    cloud.cli("leonardo", "router", "remove", "subnet", "edge", "front-v4")
+    assert egress() == {front: False, back: True}
+    cloud.cli("leonardo", "router", "remove", "subnet", "edge", "back-v4")
+    cloud.cli("leonardo", "router", "delete", "edge")
+    assert egress() == {front: False, back: False}

@@ -1,6 +1,7 @@
-"""The Neutron v2.0 API: networks, subnets, ports, floating IPs, security groups and their rules, as
-Neutron's clients expect them (JSON shapes, list filters, `fields`, error bodies and codes), over the
-same ledger and IPAM as everything else. Thin handlers: `shapes` converts, `intent` admits and commits.
+"""The Neutron v2.0 API: networks, subnets, ports, floating IPs, security groups and their rules, routers
+with interfaces and an external gateway, as Neutron's clients expect them (JSON shapes, list filters,
+`fields`, error bodies and codes), over the same ledger and IPAM as everything else. Thin handlers:
+`shapes` converts, `intent` admits and commits.
 
 A project sees its own resources and the shared and external networks; the admin sees every project's.
 Errors: {"NeutronError": {"type", "message", "detail"}} with 400 (bad request), 404 (not found, also for
@@ -22,6 +23,7 @@ from isthmus.model import (
     Endpoint,
     FloatingIP,
     Object,
+    Policy,
     SecurityGroup,
     Subnet,
     VirtualNetwork,
@@ -37,7 +39,7 @@ from isthmus.store import Ledger, objects
 PREFIX = "/v2.0"
 _INFO = {
     k: lookup_kind(k)
-    for k in ("VirtualNetwork", "Subnet", "Endpoint", "FloatingIP", "SecurityGroup", "Tenant")
+    for k in ("VirtualNetwork", "Subnet", "Endpoint", "FloatingIP", "SecurityGroup", "Policy", "Tenant")
 }
 _PAGING = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir", "verbose"}
 EXTENSIONS = (
@@ -101,6 +103,8 @@ Json = Annotated[dict[str, Any], Body()]
 
 
 def _visible(scope: Scope, obj: Object) -> bool:
+    if isinstance(obj, Policy) and not shapes.is_router(obj):
+        return False  # the Isthmus policies that are not routers
     if scope.admin or obj.metadata.namespace == scope.project:
         return True
     return isinstance(obj, VirtualNetwork) and (obj.spec.shared or obj.spec.external)
@@ -163,9 +167,10 @@ def _shown(value: Any) -> set[str]:
     return {"" if value is None else str(value)}
 
 
-def _apply(ledger: Ledger, obj: Object, resource: str, create: bool) -> Any:
+def _apply(ledger: Ledger, made: Object | list[Object], resource: str, create: bool) -> Any:
+    """Store the resource (the first of `made`, with what changes with it) in one transaction."""
     with errors(resource):
-        return intent.apply(ledger, [obj], create_only=create)[0].object
+        return intent.apply(ledger, made if isinstance(made, list) else [made], create_only=create)[0].object
 
 
 def _delete(ledger: Ledger, obj: Object, resource: str) -> Response:
@@ -232,6 +237,7 @@ VIEWS: dict[str, View] = {
     "Endpoint": _port_view,
     "FloatingIP": _floating_view,
     "SecurityGroup": _plain(shapes.security_group),
+    "Policy": _plain(shapes.router),
 }
 
 
@@ -304,10 +310,86 @@ def _to_group(request: Request, who: Scope, body: dict[str, Any], old: Any) -> O
     return shapes.to_security_group(body, old.metadata.namespace if old else _project(who, body), old)
 
 
+def _routers(ledger: Ledger, project: str) -> dict[str, Policy]:
+    found = objects.list_objects(ledger, _INFO["Policy"], project)[0]
+    return {p.metadata.name: p for p in found if isinstance(p, Policy) and shapes.is_router(p)}
+
+
+def _egress(ledger: Ledger, project: str, routers: dict[str, Policy]) -> list[Object]:
+    """The project's Neutron networks whose egress changes with `routers`: a network reaches the outside
+    (source NAT) while a router with a gateway holds it."""
+    held = {i["network_id"] for r in routers.values() if shapes.gateway(r) for i in shapes.interfaces(r)}
+    changed: list[Object] = []
+    for n in objects.list_objects(ledger, _INFO["VirtualNetwork"], project)[0]:
+        if isinstance(n, VirtualNetwork) and shapes.NAME in n.metadata.annotations and not n.spec.external:
+            wanted = n.metadata.name in held
+            if n.spec.egress != wanted:
+                changed.append(n.model_copy(update={"spec": n.spec.model_copy(update={"egress": wanted})}))
+    return changed
+
+
+def _to_router(request: Request, who: Scope, body: dict[str, Any], old: Any) -> list[Object]:
+    ledger = _ledger(request)
+    project = old.metadata.namespace if old else _project(who, body)
+    info = body.get("external_gateway_info")
+    if isinstance(info, dict) and info.get("network_id"):
+        network = _one(ledger, "VirtualNetwork", who, str(info["network_id"]), "Network")
+        if not network.spec.external:
+            raise NeutronError(400, "BadRequest", f"network {network.metadata.name} is not external")
+    made = shapes.to_router(body, project, old)
+    return [made, *_egress(ledger, project, _routers(ledger, project) | {made.metadata.name: made})]
+
+
+def _interface(request: Request, who: Scope, ident: str, body: dict[str, Any], add: bool) -> dict[str, Any]:
+    """Attach (or detach) a subnet's network to the router; Neutron's answer for it."""
+    ledger = _ledger(request)
+    old = _one(ledger, "Policy", who, ident, "Router")
+    project = old.metadata.namespace or ""
+    linked = shapes.interfaces(old)
+    subnet_id, port_id = body.get("subnet_id"), body.get("port_id")
+    if add:
+        subnet = _one(ledger, "Subnet", Scope(project, who.admin), str(subnet_id or ""), "Subnet")
+        network = split_ref(subnet.spec.network, subnet.metadata.namespace)[1]
+        if any(i["subnet_id"] == subnet.metadata.name for i in linked):
+            raise NeutronError(
+                400, "BadRequest", f"router {ident} already has an interface on subnet {subnet_id}"
+            )
+        found = {"subnet_id": subnet.metadata.name, "network_id": network, "port_id": shapes.new_id()}
+        linked = [*linked, found]
+    else:
+        matching = [
+            i for i in linked if subnet_id in (None, i["subnet_id"]) and port_id in (None, i["port_id"])
+        ]
+        if not matching or not (subnet_id or port_id):
+            raise NeutronError(404, "RouterInterfaceNotFound", f"router {ident} has no such interface")
+        found = matching[0]
+        linked = [i for i in linked if i is not found]
+    with errors("Router"):
+        made = shapes.to_router({}, project, old, linked)
+    _apply(
+        ledger, [made, *_egress(ledger, project, _routers(ledger, project) | {ident: made})], "Router", False
+    )
+    return {
+        "id": ident,
+        "tenant_id": project,
+        "project_id": project,
+        "subnet_id": found["subnet_id"],
+        "subnet_ids": [found["subnet_id"]],
+        "network_id": found["network_id"],
+        "port_id": found["port_id"],
+    }
+
+
 def _collection(
-    router: APIRouter, kind: str, plural: str, singular: str, resource: str, to: Callable[..., Object]
+    router: APIRouter,
+    kind: str,
+    plural: str,
+    singular: str,
+    resource: str,
+    to: Callable[..., Object | list[Object]],
 ) -> None:
-    """List, create, show, update, delete of one resource; `to(request, scope, body, old)` builds it."""
+    """List, create, show, update, delete of one resource; `to(request, scope, body, old)` builds it (and
+    what changes with it)."""
 
     def show(ledger: Ledger, obj: Object) -> dict[str, Any]:
         view: Callable[[Object], dict[str, Any]] = VIEWS[kind](ledger)
@@ -342,6 +424,14 @@ def _collection(
         old = _one(ledger, kind, who, ident, resource)
         if old.metadata.namespace != who.project and not who.admin:
             raise NeutronError(403, "HTTPForbidden", f"{resource} {ident} belongs to another project")
+        routed = [
+            r.metadata.name
+            for r in _routers(ledger, old.metadata.namespace or "").values()
+            if any(ident in (i["network_id"], i["subnet_id"]) for i in shapes.interfaces(r))
+        ]
+        if routed or (isinstance(old, Policy) and shapes.interfaces(old)):
+            what = f"router {', '.join(routed)} has an interface on it" if routed else "it has interfaces"
+            raise NeutronError(409, f"{resource}InUse", f"{resource} {ident} is in use: {what}")
         return _delete(ledger, old, resource)
 
     base = f"{PREFIX}/{plural.replace('_', '-')}"
@@ -382,6 +472,16 @@ def network_routes() -> APIRouter:
     _collection(router, "Endpoint", "ports", "port", "Port", _to_port)
     _collection(router, "FloatingIP", "floatingips", "floatingip", "FloatingIP", _to_floating_ip)
     _collection(router, "SecurityGroup", "security_groups", "security_group", "SecurityGroup", _to_group)
+    _collection(router, "Policy", "routers", "router", "Router", _to_router)
+
+    @router.put(PREFIX + "/routers/{ident}/add_router_interface")
+    def add_interface(request: Request, who: Caller, ident: str, body: Json) -> dict[str, Any]:
+        return _interface(request, who, ident, body, add=True)
+
+    @router.put(PREFIX + "/routers/{ident}/remove_router_interface")
+    def remove_interface(request: Request, who: Caller, ident: str, body: Json) -> dict[str, Any]:
+        return _interface(request, who, ident, body, add=False)
+
     _rules(router)
     return router
 

@@ -4,7 +4,9 @@ Identity: a Neutron resource's id is the Isthmus object's name in its tenant (th
 the tenant's name); resources made through Neutron get a UUID for it, and keep their Neutron name,
 description and the fields Isthmus has no use for (device owner, device id, address pairs) as
 annotations. Networks are VirtualNetworks, subnets Subnets, ports Endpoints (kind vm), floating IPs
-FloatingIPs, security groups SecurityGroups (a port's groups are labels of its endpoint).
+FloatingIPs, security groups SecurityGroups (a port's groups are labels of its endpoint), routers Isthmus
+Policies that allow traffic between the networks of their interfaces (their gateway and interfaces kept as
+annotations; a network reaches the outside through source NAT once a router with a gateway holds it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from isthmus.model import (
     Endpoint,
     FloatingIP,
     Object,
+    Policy,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -31,6 +34,8 @@ from isthmus.model.security import MEMBER
 NAME, DESCRIPTION = "neutron.isthmus.io/name", "neutron.isthmus.io/description"
 DEVICE_OWNER, DEVICE_ID = "neutron.isthmus.io/device-owner", "neutron.isthmus.io/device-id"
 ADDRESS_PAIRS = "neutron.isthmus.io/allowed-address-pairs"
+GATEWAY, INTERFACES = "neutron.isthmus.io/router-gateway", "neutron.isthmus.io/router-interfaces"
+ROUTER_PRIORITY = 2000  # lower runs first: after the tenants' own Isthmus policies (1000 by default)
 PROTOCOLS = {
     "tcp": "TCP",
     "udp": "UDP",
@@ -113,8 +118,6 @@ def to_network(body: dict[str, Any], project: str, old: VirtualNetwork | None) -
     spec = old.spec.model_dump(by_alias=True, exclude_none=True) if old else {}
     spec["shared"] = bool(body.get("shared", spec.get("shared", False)))
     spec["external"] = bool(body.get("router:external", spec.get("external", False)))
-    if not old:
-        spec["egress"] = not spec["external"]
     merged = _merged(old, body)
     made = _object("VirtualNetwork", _meta(ident, project, merged), spec)
     assert isinstance(made, VirtualNetwork)
@@ -365,4 +368,62 @@ def to_security_group(
     spec = {"rules": [r.model_dump(by_alias=True, exclude_none=True) for r in rules]}
     made = _object("SecurityGroup", _meta(name, project, _merged(old, body)), spec)
     assert isinstance(made, SecurityGroup)
+    return made
+
+
+# -- routers
+
+
+def is_router(obj: Object) -> bool:
+    return isinstance(obj, Policy) and INTERFACES in obj.metadata.annotations
+
+
+def interfaces(obj: Policy) -> list[dict[str, str]]:
+    """The router's interfaces: {subnet_id, network_id, port_id}."""
+    found: list[dict[str, str]] = json.loads(obj.metadata.annotations.get(INTERFACES, "[]"))
+    return found
+
+
+def gateway(obj: Policy) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = json.loads(obj.metadata.annotations.get(GATEWAY, "null"))
+    return found
+
+
+def router(obj: Policy) -> dict[str, Any]:
+    project = obj.metadata.namespace or ""
+    return _common(obj, project) | {
+        "status": "ACTIVE",
+        "admin_state_up": True,
+        "external_gateway_info": gateway(obj),
+        "routes": [],
+        "distributed": False,
+        "ha": False,
+        "availability_zones": [],
+        "availability_zone_hints": [],
+        "flavor_id": None,
+    }
+
+
+def to_router(
+    body: dict[str, Any], project: str, old: Policy | None, attached: list[dict[str, str]] | None = None
+) -> Policy:
+    """The router as a Policy: an allow rule from each interface's network to each other's. `attached`:
+    its interfaces when they change (else kept)."""
+    ident = old.metadata.name if old else new_id()
+    kept = gateway(old) if old else None
+    given = body.get("external_gateway_info", kept) or None  # {} or null: no gateway
+    if given is not None and not (isinstance(given, dict) and given.get("network_id")):
+        raise BadRequest("router: external_gateway_info needs a network_id")
+    linked = attached if attached is not None else (interfaces(old) if old else [])
+    networks = sorted({i["network_id"] for i in linked})
+    rules = [
+        {"action": "allow", "source": {"network": a}, "destination": {"network": b}}
+        for a in networks
+        for b in networks
+        if a != b
+    ]
+    extra = {GATEWAY: json.dumps(given), INTERFACES: json.dumps(linked)}
+    metadata = _meta(ident, project, _merged(old, body), extra)
+    made = _object("Policy", metadata, {"priority": ROUTER_PRIORITY, "rules": rules})
+    assert isinstance(made, Policy)
     return made
