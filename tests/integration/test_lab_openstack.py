@@ -106,3 +106,32 @@ def test_a_pod_and_a_vm_on_one_network_talk_as_their_security_group_allows(
     assert _connect(work, "leonardo/web", address, 22) == "failed: TimeoutError"  # only the rule's port
     cloud.cli("leonardo", "port", "delete", port["id"])
     _until(lambda: _connect(work, "leonardo/web", address, 5432), "failed: TimeoutError")
+
+
+def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
+    work, cloud, _ = hybrid
+    vms = {}
+    for name, cidr, node in (("front", "10.40.1.0/24", "node-1"), ("back", "10.40.2.0/24", "node-2")):
+        cloud.cli("leonardo", "network", "create", name)
+        cloud.cli("leonardo", "subnet", "create", f"{name}-v4", "--network", name, "--subnet-range", cidr)
+        port = cloud.json(
+            "leonardo",
+            "port",
+            "create",
+            f"{name}-vm",
+            "--network",
+            name,
+            "--host",
+            node,
+            "--device-owner",
+            "compute:nova",
+        )
+        vms[name] = (f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"])
+    (front, _), (back, address) = vms["front"], vms["back"]
+    _until(lambda: _connect(work, front, address, 22), "failed: OSError")  # up, but no route to back
+    cloud.cli("leonardo", "router", "create", "edge")
+    for subnet in ("front-v4", "back-v4"):
+        cloud.cli("leonardo", "router", "add", "subnet", "edge", subnet)
+    _until(lambda: _connect(work, front, address, 22), back)  # routed, node-1 to node-2
+    cloud.cli("leonardo", "router", "remove", "subnet", "edge", "back-v4")
+    _until(lambda: _connect(work, front, address, 22), "failed: OSError")
