@@ -42,6 +42,7 @@ def objects(draw: st.DrawFn) -> Object:
                 "FloatingIP",
                 "EgressIP",
                 "SecurityGroup",
+                "ImportedRoute",
                 "NetworkPolicy",
                 "Namespace",
                 "Policy",
@@ -67,7 +68,11 @@ def objects(draw: st.DrawFn) -> Object:
         )
         body = {
             "metadata": _meta(draw(st.sampled_from("ab")), ns),
-            "spec": {"vni": draw(st.integers(1, 3)), **outside},
+            "spec": {
+                "vni": draw(st.integers(1, 3)),
+                "importTargets": draw(st.sampled_from([[], ["64512:1"]])),
+                **outside,
+            },
         }
     elif kind == "Subnet":
         cidr = draw(st.sampled_from(["10.0.0.0/29", "10.0.0.8/29", "10.1.0.0/24", "203.0.113.0/24"]))
@@ -126,6 +131,16 @@ def objects(draw: st.DrawFn) -> Object:
                 "pool": "public",
                 "address": f"203.0.113.{draw(st.integers(20, 21))}",
                 "node": draw(st.sampled_from([None, "n1", "n2"])),
+            },
+        }
+    elif kind == "ImportedRoute":
+        body = {
+            "metadata": _meta(f"r{draw(st.integers(1, 2))}"),
+            "spec": {
+                "prefix": f"10.9.0.{draw(st.integers(1, 3))}/32",
+                "nextHop": "192.0.2.9",
+                "vni": draw(st.integers(1, 4)),
+                "routeTargets": [draw(st.sampled_from(["64512:1", "64512:2"]))],
             },
         }
     elif kind == "SecurityGroup":

@@ -238,3 +238,41 @@ def test_a_routed_network_has_no_vxlan_and_throws_other_nodes_blocks_to_the_unde
     assert made[("element", "routed_marks", "10.32.0.8/29")] == "1009"  # from the uplink, both blocks
     assert made[("element", "routed_marks", "10.32.0.0/29")] == "1009"
     assert announced(compiler.node_state("n1")) == {"10.32.0.0/29"}
+
+
+def test_an_imported_route_goes_over_vxlan_in_the_remote_vni_to_the_remote_node() -> None:
+    docs: list[dict[str, Any]] = [
+        {"kind": "Node", "metadata": _meta("n1"), "spec": {"address": "192.0.2.1"}},
+        {
+            "kind": "VirtualNetwork",
+            "metadata": _meta("db", "x"),
+            "spec": {"vni": 9, "importTargets": ["64512:7"]},
+        },
+        {"kind": "VirtualNetwork", "metadata": _meta("other", "x"), "spec": {"vni": 10}},
+        {
+            "kind": "ImportedRoute",
+            "metadata": _meta("r1"),
+            "spec": {
+                "prefix": "10.77.0.5/32",
+                "nextHop": "192.0.2.50",
+                "vni": 4096,
+                "routeTargets": ["64512:7"],
+            },
+        },
+    ]
+    compiler = Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs)
+    made = plan(compiler.node_state("n1"))
+    assert made[("route", 1009, "10.77.0.5/32")] == Route("via", "isx4096", "192.0.2.50")
+    assert ("route", 1010, "10.77.0.5/32") not in made  # imports no such target
+    assert made[("peer", "isx4096", "192.0.2.50")] == "02:49:c0:00:02:32"
+    assert ("vxlan", "isx4096") in made
+    network = parse_object(
+        {
+            "apiVersion": "isthmus.io/v1",
+            "kind": "VirtualNetwork",
+            "metadata": _meta("db", "x"),
+            "spec": {"vni": 9},
+        }
+    )
+    compiler.change([network])  # the route target goes: so does the route
+    assert ("route", 1009, "10.77.0.5/32") not in plan(compiler.node_state("n1"))

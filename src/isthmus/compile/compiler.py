@@ -49,6 +49,7 @@ from isthmus.model import (
     EgressIP,
     Endpoint,
     FloatingIP,
+    ImportedRoute,
     KubeObject,
     Node,
     Object,
@@ -72,7 +73,17 @@ METADATA_NAME = "kubernetes.io/metadata.name"
 INTERNAL = "cluster-internal prefix"  # the rule of unreachable routes that keep egress inside isolation
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 SECURITY_GROUP = "securitygroup/"  # the name its NetworkPolicy goes by, as in NAMESPACE/securitygroup/NAME
-UNITS = ("Node", "VirtualNetwork", "Subnet", "Endpoint", "ServiceVIP", "FloatingIP", "EgressIP", "Policy")
+UNITS = (
+    "Node",
+    "VirtualNetwork",
+    "Subnet",
+    "Endpoint",
+    "ServiceVIP",
+    "FloatingIP",
+    "EgressIP",
+    "Policy",
+    "ImportedRoute",
+)
 
 
 def unit_of(obj: Object) -> Unit:
@@ -99,6 +110,7 @@ class Compiler:
         "FloatingIP",
         "EgressIP",
         "Policy",
+        "ImportedRoute",
         "Namespace",
         "NetworkPolicy",
         "SecurityGroup",
@@ -231,6 +243,8 @@ class Compiler:
             return set()
         kind, namespace, name = unit_of(obj)
         touched = {(kind, namespace, name)} if kind in UNITS else set()
+        if kind == "VirtualNetwork":  # its import targets choose the imported routes it holds
+            touched |= {("ImportedRoute", ns, n) for ns, n in self.objects["ImportedRoute"]}
         if kind == "Node":  # egress addresses may change owner
             touched |= {("EgressIP", ns, n) for ns, n in self.objects["EgressIP"]}
         if kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):  # the namespace's endpoints' isolation
@@ -327,6 +341,8 @@ class Compiler:
             return self._floating(obj)
         if isinstance(obj, EgressIP):
             return self._egress(obj)
+        if isinstance(obj, ImportedRoute):
+            return self._imported(obj)
         if isinstance(obj, Policy):
             return self._policy(obj)
         return []
@@ -492,6 +508,23 @@ class Compiler:
             ).metadata.name
         entry = EgressEntry(name, egress.spec.address, owner)
         return [(SHARED, ("egressip", egress.metadata.namespace or ""), entry)]
+
+    def _imported(self, route: ImportedRoute) -> Made:
+        """The route in every network that imports one of its route targets."""
+        targets, prefix = set(route.spec.route_targets), route.spec.prefix
+        rule = f"ImportedRoute {route.metadata.name} ({route.spec.route_distinguisher or route.spec.peer})"
+        return [
+            (
+                SHARED,
+                ("route", name, str(prefix)),
+                RouteEntry(name, prefix, "imported", via=route.spec.next_hop, rule=rule, vni=route.spec.vni),
+            )
+            for (ns, n), network in sorted(self.objects["VirtualNetwork"].items())
+            if isinstance(network, VirtualNetwork)
+            and network.spec.vni is not None
+            and targets & set(network.spec.import_targets)
+            for name in [ref(ns or None, n)]
+        ]
 
     def _peer(self, given: PolicyPeer, namespace: str | None) -> Peer:
         selector = netpol.selector(given.selector) if given.selector is not None else None

@@ -53,17 +53,19 @@ class NetworkEntry:
 class RouteEntry:
     """`endpoint`: to an endpoint of the network (through its veth on its node, else VXLAN to the node);
     `leak`: to an endpoint of `target` network, allowed by `rule` (only towards `via`, a VIP, when set);
+    `imported`: to another cluster's endpoint, over VXLAN in its network's `vni` to its node `via`;
     `egress`: out of the cluster through the sending node's uplink, source NATed to the node's address;
     `unreachable`: the end of the table, and in a table with egress every cluster-internal prefix."""
 
     network: str
     prefix: Prefix
-    kind: Literal["endpoint", "leak", "egress", "unreachable"]
+    kind: Literal["endpoint", "leak", "egress", "unreachable", "imported"]
     node: str | None = None
     endpoint: str | None = None
     target: str | None = None
     via: Address | None = None
     rule: str = ""
+    vni: int | None = None  # imported: the remote network's
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

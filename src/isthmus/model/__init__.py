@@ -9,6 +9,7 @@ from isthmus.model.kube import KubeObject
 from isthmus.model.manifest import ManifestError, load_manifests, parse_manifests
 from isthmus.model.meta import ObjectMeta, Resource, split_ref
 from isthmus.model.network import (
+    ImportedRoute,
     Node,
     NodeSpec,
     Subnet,
@@ -42,6 +43,7 @@ __all__ = [
     "EndpointSpec",
     "FloatingIP",
     "FloatingIPSpec",
+    "ImportedRoute",
     "KindInfo",
     "KubeObject",
     "LabelSelector",

@@ -8,7 +8,7 @@ from typing import Any
 from isthmus.model.endpoint import Endpoint
 from isthmus.model.kube import KubeObject
 from isthmus.model.meta import Resource
-from isthmus.model.network import Node, Subnet, SubnetPool, Tenant, VirtualNetwork
+from isthmus.model.network import ImportedRoute, Node, Subnet, SubnetPool, Tenant, VirtualNetwork
 from isthmus.model.policy import Policy
 from isthmus.model.security import SecurityGroup
 from isthmus.model.service import EgressIP, FloatingIP, ServiceVIP
@@ -55,6 +55,7 @@ KINDS: tuple[KindInfo, ...] = (
             FloatingIP,
             EgressIP,
             Policy,
+            ImportedRoute,
         )
     ),
     KindInfo("core", "Node", "nodes", False, ("v1",), ("no",)),

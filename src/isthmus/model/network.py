@@ -251,3 +251,25 @@ class Subnet(Resource):
         pool: list[RefTo] = [] if self.spec.pool is None else [("SubnetPool", None, self.spec.pool)]
         node: list[RefTo] = [] if self.spec.node is None else [("Node", None, self.spec.node)]
         return [network, *pool, *node]
+
+
+class ImportedRouteSpec(Model):
+    prefix: Cidr
+    next_hop: IPAddress = Field(description="the remote node holding it: its VTEP")
+    vni: Annotated[int, Field(ge=1, le=VNI_MAX)] = Field(description="the remote network's VNI")
+    route_targets: list[RouteTarget] = Field(min_length=1)
+    route_distinguisher: str = ""
+    peer: str = Field("", description="the speaker it was learned from")
+
+
+class ImportedRoute(Resource):
+    """A route of another cluster's network, learned by BGP (VPNv4): networks whose import targets meet
+    its route targets reach the prefix over VXLAN to its node, in its network's VNI. Cluster-scoped; the
+    federation controller keeps them."""
+
+    KIND: ClassVar[str] = "ImportedRoute"
+    NAMESPACED: ClassVar[bool] = False
+    PLURAL: ClassVar[str] = "importedroutes"
+    SHORT: ClassVar[tuple[str, ...]] = ("ir",)
+    kind: Literal["ImportedRoute"] = "ImportedRoute"
+    spec: ImportedRouteSpec

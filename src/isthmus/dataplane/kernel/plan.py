@@ -30,6 +30,10 @@ next `ip rule` picks the slot's table, whose default route is the owner over the
 connection's mark keeps the network's table only; replies from the owner, with an outside source, take
 zone 0 as the flow did. The owner refuses new flows to the address.
 
+Imported routes (another cluster's endpoints, learned by BGP VPNv4): over a VXLAN device in the remote
+network's VNI (the node's own device when a local network has that VNI, else one made for it, with the
+remote node as a peer); the other cluster sends replies in the VNI of the network here.
+
 Routed networks: no VXLAN device. Each node's block of the network ends its own table in `unreachable`
 (its endpoints have their /32 routes) and is thrown to the node's tables everywhere else, where the
 underlay's routers know its owner by BGP. From the uplink, packets get the network's mark by destination
@@ -824,6 +828,8 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
     elif route.kind == "egress":
         builder.plan[key] = Route("throw")  # on to the node's own tables, out of its uplink
         builder.element("egress_networks", str(network.table))
+    elif route.kind == "imported":
+        _imported(builder, key, route)
     elif route.node == builder.planner.node and route.endpoint:
         builder.plan[key] = Route("dev", veth_name(route.endpoint))
     elif network.mode == "routed":  # a remote endpoint: its node's block is thrown to the underlay
@@ -835,6 +841,18 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         backend = route.prefix.network_address
         builder.element("via_only", f"{network.table} . {backend}")
         builder.element("via_allowed", f"{network.table} . {backend} . {route.via}")
+
+
+def _imported(builder: _Builder, key: Key, route: RouteEntry) -> None:
+    """Another cluster's endpoint: over a VXLAN device in its network's VNI (this node's own, or one made
+    for it) to its node. Its replies come back in the VNI of the network here, as that cluster imports it."""
+    me = builder.address(builder.planner.node)
+    if me is None or route.vni is None or route.via is None:
+        return
+    device = vxlan_name(route.vni)
+    builder.plan[("vxlan", device)] = Vxlan(route.vni, str(me), node_mac(me))
+    builder.plan[("peer", device, str(route.via))] = node_mac(route.via)
+    builder.plan[key] = Route("via", device, str(route.via))
 
 
 def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
