@@ -73,7 +73,10 @@ def test_a_running_bird_is_adopted_with_what_it_announces(bird: FakeBird, tmp_pa
     speaker = Speaker(tmp_path / "bgp", SETTINGS)
     assert speaker.start() is True
     assert speaker.announced == {P5, BLOCK}
-    assert "route 198.51.100.0/24 blackhole;\n  route 203.0.113.5/32 blackhole;" in speaker.config.read_text()
+    assert (
+        "route 198.51.100.0/24 blackhole;\n  route 203.0.113.5/32 blackhole;"
+        in speaker.process.config.read_text()
+    )
     assert bird.commands[-1] == "configure"
     speaker.stop(withdraw=False)
 
@@ -90,18 +93,18 @@ def test_an_unchanged_announcement_or_configuration_asks_nothing_of_bird(
     assert speaker.announce([P5, P6]) is True
     assert bird.commands[asked:] == ["configure"]
     assert speaker.announced == {P5, P6}
-    assert "198.51.100.0" not in speaker.config.read_text()
+    assert "198.51.100.0" not in speaker.process.config.read_text()
     speaker.stop(withdraw=False)
 
 
 def test_a_refused_configuration_is_put_back_and_named(bird: FakeBird, tmp_path: Path) -> None:
     speaker = Speaker(tmp_path / "bgp", SETTINGS)
     speaker.start()
-    loaded = speaker.config.read_text()
+    loaded = speaker.process.config.read_text()
     bird.refuse_configure = True
     with pytest.raises(BgpError, match="BIRD refused 'configure': c:4:1 syntax error, unexpected GARBAGE"):
         speaker.announce([P6])
-    assert speaker.config.read_text() == loaded
+    assert speaker.process.config.read_text() == loaded
     assert speaker.announced == {P5, BLOCK}
     speaker.stop(withdraw=False)
 

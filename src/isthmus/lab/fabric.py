@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isthmus.bgp.bird import running
 from isthmus.lab.router import Bird
 from isthmus.lab.topology import OUTSIDE
 
@@ -303,12 +304,6 @@ def remove_netns(netns: str) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + 2
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            pids = [p for p in pids if running(p)]
             time.sleep(0.02)
     ip("netns", "del", netns, check=False)
-
-
-def _zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    return True
