@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Literal
 
 import click
+from pydantic import ValidationError
 
 from isthmus import __version__
 from isthmus.cli.common import (
@@ -34,6 +38,7 @@ from isthmus.model import (
     ServiceVIP,
     lookup_kind,
 )
+from isthmus.model.network import BgpPeer
 from isthmus.store import Ledger, objects
 
 
@@ -281,18 +286,11 @@ def kube() -> None:
 @pass_context
 def watch(ctx: Context, kubeconfig: str, resync: float) -> None:
     """Watch the API server and keep the ledger's networks in step, until SIGTERM or SIGINT."""
-    import logging
-    import signal
-    import threading
-
     from kubernetes import config
 
     from isthmus.kube.manager import Manager
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _serving()
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
 
@@ -313,6 +311,48 @@ def agent_run(ctx: Context, node: str, socket: str, work: str, metrics: str | No
     from isthmus.agent.run import run
 
     run(ctx.ledger, node, Path(socket), Path(work), metrics)
+
+
+def _serving() -> threading.Event:
+    """For a long-running command: log at INFO; the event SIGTERM or SIGINT sets."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+@cli.group()
+def federation() -> None:
+    """Joining networks of clusters by route targets (BGP VPNv4)."""
+
+
+def _peer(value: str) -> BgpPeer:
+    address, _, asn = value.rpartition(":")
+    try:
+        return BgpPeer.model_validate({"address": address, "asn": int(asn)})
+    except (ValueError, ValidationError):
+        raise click.BadParameter(f"{value!r} is not ADDRESS:ASN") from None
+
+
+@federation.command("run")
+@click.option("--address", required=True, help="This speaker's address (its router id).")
+@click.option("--asn", type=click.IntRange(1, 2**32 - 1), required=True, help="This cluster's AS.")
+@click.option(
+    "--peer", "peers", multiple=True, required=True, help="ADDRESS:ASN of another cluster's speaker."
+)
+@click.option("--work", default="/var/lib/isthmus/federation", show_default=True, help="The speaker's files.")
+@pass_context
+def federation_run(ctx: Context, address: str, asn: int, peers: tuple[str, ...], work: str) -> None:
+    """Announce the routes of networks with export targets; import the peers' routes until stopped."""
+    from isthmus.bgp.config import Settings
+    from isthmus.federation.controller import Federation
+
+    try:
+        settings = Settings(ipaddress.ip_address(address), asn, tuple(_peer(p) for p in peers))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    Federation(ctx.ledger, Path(work), settings).run(_serving())
 
 
 cli.add_command(lab)

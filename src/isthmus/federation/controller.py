@@ -1,0 +1,97 @@
+"""The cluster's federation controller: it keeps its VPNv4 speaker (one BIRD, `bgp.bird.Bird`) announcing
+the routes of the cluster's networks with export targets, and keeps the ledger's ImportedRoutes equal to
+the routes its peers announce. The compiler does the rest: a network that imports one of a route's
+targets reaches its prefix over VXLAN, node to node.
+
+Invariant after each pass: BIRD's static routes are `exported(ledger)`, and the ImportedRoutes the
+controller made (annotation isthmus.io/federation) are the routes BIRD learned, one each."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+
+from isthmus import intent
+from isthmus.bgp.bird import Bird
+from isthmus.bgp.config import Settings
+from isthmus.bgp.control import BgpError
+from isthmus.federation.vpn import VpnRoute, exported, parse_routes, render
+from isthmus.model import ImportedRoute, Object, lookup_kind
+from isthmus.store import Ledger, objects
+
+log = logging.getLogger("isthmus.federation")
+LEARNED = "isthmus.io/federation"  # the annotation of the ImportedRoutes the controller keeps
+_KINDS = [lookup_kind(k) for k in ("VirtualNetwork", "Endpoint", "Node")]
+_IMPORTED = lookup_kind("ImportedRoute")
+
+
+def route_name(route: VpnRoute) -> str:
+    """An ImportedRoute's name: its distinguisher and prefix, as a DNS label (64512-4096-10-32-0-5-32)."""
+    return re.sub(r"[^0-9a-z]+", "-", f"{route.distinguisher}-{route.prefix}".lower()).strip("-")
+
+
+def imported(route: VpnRoute, peer: str) -> ImportedRoute:
+    return ImportedRoute.model_validate(
+        {
+            "metadata": {"name": route_name(route), "annotations": {LEARNED: peer}},
+            "spec": {
+                "prefix": str(route.prefix),
+                "nextHop": str(route.next_hop),
+                "vni": route.vni,
+                "routeTargets": list(route.targets),
+                "routeDistinguisher": route.distinguisher,
+                "peer": peer,
+            },
+        }
+    )
+
+
+class Federation:
+    def __init__(self, ledger: Ledger, directory: Path, settings: Settings) -> None:
+        self.ledger, self.settings = ledger, settings
+        self.bird = Bird(directory)
+        self.exports: set[VpnRoute] | None = None
+        self.peer = ",".join(str(p.address) for p in settings.peers)
+
+    def run(self, stop: threading.Event, every: float = 0.2) -> None:
+        """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes."""
+        self.bird.start(render(self.settings, (), self.bird.log))
+        revision = 0
+        try:
+            while not stop.is_set():
+                try:
+                    revision = self.step(revision)
+                except (BgpError, intent.IntentError) as exc:  # tried again on the next pass
+                    log.warning("federation: %s", exc)
+                stop.wait(every)
+        finally:
+            self.bird.stop(withdraw=True)
+
+    def step(self, revision: int) -> int:
+        """One pass: exports when the ledger moved since `revision`, imports always; the revision read."""
+        now = self.ledger.revision()
+        if now != revision or self.exports is None:
+            found: list[Object] = [o for info in _KINDS for o in objects.list_objects(self.ledger, info)[0]]
+            exports = exported(found, self.settings.asn)
+            if exports != self.exports:
+                self.bird.load(render(self.settings, exports, self.bird.log))
+                self.exports = exports
+                log.info("federation: announcing %d routes", len(exports))
+        learned = parse_routes(self.bird.command("show route table vpntab where source = RTS_BGP all"))
+        self._import({route_name(r): imported(r, self.peer) for r in learned})
+        return now
+
+    def _import(self, wanted: dict[str, ImportedRoute]) -> None:
+        """Make the controller's ImportedRoutes exactly `wanted`, in one transaction."""
+        held = {
+            o.metadata.name: o
+            for o in objects.list_objects(self.ledger, _IMPORTED)[0]
+            if isinstance(o, ImportedRoute) and LEARNED in o.metadata.annotations
+        }
+        puts = [r for name, r in wanted.items() if name not in held or held[name].spec != r.spec]
+        gone = [(_IMPORTED, None, name) for name in held.keys() - wanted.keys()]
+        if puts or gone:
+            intent.change(self.ledger, puts, gone)
+            log.info("federation: %d routes imported, %d withdrawn", len(puts), len(gone))
