@@ -78,16 +78,22 @@ def up(ctx: click.Context, path: Path | None, timeout: float) -> None:
     say(f"lab {topology.name} is up; next: isthmus lab status | apply -f FILE | probe --port P | down")
 
 
+_CLUSTER = click.option("--cluster", default="", help="Another cluster of the lab (default: the main one).")
+
+
 @lab.command("apply")
 @click.option("-f", "--filename", "paths", multiple=True, required=True, help="Manifests; may repeat.")
 @click.option("-n", "--namespace", default="default", show_default=True, help="For objects that name none.")
+@_CLUSTER
 @_TIMEOUT
 @click.pass_context
-def lab_apply(ctx: click.Context, paths: tuple[str, ...], namespace: str, timeout: float) -> None:
+def lab_apply(
+    ctx: click.Context, paths: tuple[str, ...], namespace: str, cluster: str, timeout: float
+) -> None:
     """Create or replace objects of the running lab, then wait until it has programmed them."""
     running = _lab(ctx)
     with _failures():
-        apply_manifests(running.ledger, paths, namespace)
+        apply_manifests(running.ledger_of(cluster), paths, namespace)
     _settle(running, timeout)
 
 
@@ -97,6 +103,7 @@ def lab_apply(ctx: click.Context, paths: tuple[str, ...], namespace: str, timeou
 @click.option("-f", "--filename", "paths", multiple=True, help="Delete the objects these manifests name.")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("--ignore-not-found", is_flag=True, help="Succeed when an object is already gone.")
+@_CLUSTER
 @_TIMEOUT
 @click.pass_context
 def lab_delete(
@@ -106,12 +113,13 @@ def lab_delete(
     paths: tuple[str, ...],
     namespace: str,
     ignore_not_found: bool,
+    cluster: str,
     timeout: float,
 ) -> None:
     """Delete objects of the running lab (KIND NAME... or -f), then wait until it has programmed that."""
     running = _lab(ctx)
     with _failures():
-        delete_objects(running.ledger, kind, names, paths, namespace, ignore_not_found)
+        delete_objects(running.ledger_of(cluster), kind, names, paths, namespace, ignore_not_found)
     _settle(running, timeout)
 
 

@@ -23,7 +23,7 @@ from isthmus.lab import probe
 from isthmus.lab.fabric import Fabric, ip
 from isthmus.lab.router import Peer, config
 from isthmus.lab.topology import Topology
-from isthmus.model import KubeObject, Node, lookup_kind
+from isthmus.model import Endpoint, KubeObject, Node, lookup_kind
 from isthmus.store import Ledger, objects, open_ledger
 
 Echo = Callable[[str], None]
@@ -90,9 +90,16 @@ class Lab:
         addresses = topology.addresses()
         peers = [Peer(n.name, addresses[n.name], n.asn) for n in topology.nodes]
         router = Peer("router", topology.router_address(), topology.router.asn) if topology.router else None
-        nodes = [Node.model_validate({"metadata": {"name": p.name}, "spec": _spec(p, router)}) for p in peers]
+        clusters = {n.name: n.cluster for n in topology.nodes if n.cluster}
+        lab.fabric.clusters = clusters
         try:
-            intent.apply(lab.ledger, nodes)
+            for cluster in {"", *clusters.values()}:
+                nodes = [
+                    Node.model_validate({"metadata": {"name": p.name}, "spec": _spec(p, router)})
+                    for p in peers
+                    if clusters.get(p.name, "") == cluster
+                ]
+                intent.apply(lab.ledger_of(cluster), nodes)
             lab.fabric.build(addresses, topology.underlay.prefixlen, router.address if router else None)
             echo(f"underlay switch {lab.fabric.underlay}: {topology.underlay}")
             if router:
@@ -106,11 +113,29 @@ class Lab:
                 except Exception as exc:
                     raise LabError(f"node {node}: {step} failed: {exc}") from None
                 netns = lab.fabric.node_netns(node)
-                echo(f"node {node}: {address} on the underlay, agent and kubelet running (netns {netns})")
+                of = f" of cluster {clusters[node]}" if node in clusters else ""
+                echo(f"node {node}{of}: {address} on the underlay, agent and kubelet running (netns {netns})")
+            lab._speakers(topology, echo)
         except BaseException:
             lab.fabric.destroy()
             raise
         return lab
+
+    def ledger_of(self, cluster: str) -> Ledger:
+        """The ledger of a cluster of the lab ("" the main one)."""
+        if not cluster:
+            return self.ledger
+        if cluster not in set(self.fabric.clusters.values()):
+            raise LabError(f"this lab has no cluster {cluster}")
+        return open_ledger(str(self.fabric.state_of(cluster)))
+
+    def _speakers(self, topology: Topology, echo: Echo) -> None:
+        """With other clusters: each cluster's federation speaker, peering with every other's."""
+        speakers = topology.speakers()
+        for cluster, (address, asn) in speakers.items():
+            peers = [f"{a}:{n}" for c, (a, n) in speakers.items() if c != cluster]
+            self.fabric.start_speaker(cluster, address, topology.underlay.prefixlen, asn, peers)
+            echo(f"cluster {cluster or 'main'}: federation speaker {address}, AS {asn}")
 
     def _router(self, router: Peer, peers: list[Peer], topology: Topology, echo: Echo) -> None:
         """The router with a session to every node, and the outside client behind it if declared."""
@@ -149,6 +174,15 @@ class Lab:
             )
         return found
 
+    def _machines(self) -> set[str]:
+        """The sandboxes of the VMs and hosts bound to the lab's nodes, in every cluster's ledger."""
+        found = set()
+        for cluster in {"", *self.fabric.clusters.values()}:
+            for e in objects.list_objects(self.ledger_of(cluster), lookup_kind("Endpoint"))[0]:
+                if isinstance(e, Endpoint) and e.spec.kind != "pod" and e.spec.node in self.fabric.nodes:
+                    found.add(self.fabric.sandbox(e.metadata.namespace or "", e.metadata.name))
+        return found
+
     def agent(self, node: str) -> dict[str, Any]:
         """The agent's report (revision, endpoints, problems, metrics), or its error."""
         try:
@@ -161,15 +195,19 @@ class Lab:
         """Wait until every agent has programmed the ledger as it is now, every pod on a lab node is
         running or has failed, and no pod that is gone has a sandbox; what is wrong then (empty when
         all is well)."""
-        revision = self.ledger.revision()
+        revisions = {c: self.ledger_of(c).revision() for c in {"", *self.fabric.clusters.values()}}
         deadline = time.monotonic() + timeout
         shown: set[str] = set()
         while True:
             agents = {n: self.agent(n) for n in self.fabric.nodes}
-            behind = [n for n, a in agents.items() if int(a.get("revision", -1)) < revision]
+            behind = [
+                n
+                for n, a in agents.items()
+                if int(a.get("revision", -1)) < revisions[self.fabric.clusters.get(n, "")]
+            ]
             pods = [p for p in self.pods() if p.node in self.fabric.nodes]
             waiting = [p for p in pods if p.phase != "Running" and not p.problem]
-            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods}
+            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods} | self._machines()
             left = [
                 n
                 for n in self.fabric.namespaces()

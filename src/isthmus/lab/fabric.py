@@ -45,6 +45,7 @@ class Fabric:
     processes: dict[str, int] = field(default_factory=dict)  # what -> pid
     router: str | None = None  # its underlay address, when the lab has one
     outside: str | None = None  # the outside client's address, when the lab has one
+    clusters: dict[str, str] = field(default_factory=dict)  # node -> its cluster, when not the main one
 
     @property
     def underlay(self) -> str:
@@ -66,6 +67,13 @@ class Fabric:
     def node_netns(self, node: str) -> str:
         return f"{self.prefix}{node}"
 
+    def state_of(self, cluster: str) -> Path:
+        """The ledger of a cluster ("" the main one)."""
+        return self.state if not cluster else self.work / f"state-{cluster}"
+
+    def speaker_netns(self, cluster: str) -> str:
+        return f"{self.prefix}fed-{cluster or 'main'}"
+
     def socket(self, node: str) -> Path:
         return self.work / node / "cni.sock"
 
@@ -81,6 +89,7 @@ class Fabric:
             processes=saved["processes"],
             router=saved.get("router"),
             outside=saved.get("outside"),
+            clusters=saved.get("clusters", {}),
         )
 
     def sandbox(self, namespace: str, name: str) -> str:
@@ -145,6 +154,19 @@ class Fabric:
                 raise RuntimeError(f"BIRD did not start: {bird.path('log').read_text()[-2000:]}")
             time.sleep(0.05)
 
+    def start_speaker(self, cluster: str, address: str, prefixlen: int, asn: int, peers: list[str]) -> None:
+        """The cluster's federation speaker (`isthmus federation run`) in a namespace of its own on the
+        switch at `address`, peering with `peers` (ADDRESS:ASN)."""
+        netns = self.speaker_netns(cluster)
+        self._switch_port(netns, f"fed-{cluster or 'main'}"[:15], f"{address}/{prefixlen}")
+        work = self.work / f"federation-{cluster or 'main'}"
+        argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state_of(cluster))]
+        argv += ["federation", "run", "--address", address, "--asn", str(asn), "--work", str(work)]
+        argv += [f"--peer={peer}" for peer in peers]
+        self._spawn(
+            f"federation/{cluster or 'main'}", netns, argv, self.work / f"federation-{cluster or 'main'}.log"
+        )
+
     def _install_plugin(self) -> None:
         binary = self.work / "cni-bin" / PLUGIN
         binary.parent.mkdir(exist_ok=True)
@@ -156,7 +178,8 @@ class Fabric:
 
     def _start(self, what: str, node: str, *argv: str, inside: bool = True) -> subprocess.Popen[bytes]:
         """`isthmus ARGV` (in the node's namespace when `inside`), logged; recorded as WHAT/NODE."""
-        command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state), *argv]
+        state = self.state_of(self.clusters.get(node, ""))
+        command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(state), *argv]
         netns = self.node_netns(node) if inside else None
         return self._spawn(f"{what}/{node}", netns, command, self.log(what, node))
 
@@ -262,6 +285,7 @@ class Fabric:
             "processes": self.processes,
             "router": self.router,
             "outside": self.outside,
+            "clusters": self.clusters,
         }
         (self.work / "fabric.json").write_text(json.dumps(saved))
 

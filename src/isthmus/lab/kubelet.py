@@ -146,4 +146,4 @@ def main(work: Path, node: str) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    Kubelet(open_ledger(str(fabric.state)), fabric, node).run(stop)
+    Kubelet(open_ledger(str(fabric.state_of(fabric.clusters.get(node, "")))), fabric, node).run(stop)

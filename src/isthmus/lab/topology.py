@@ -33,6 +33,15 @@ class LabNode(Model):
     name: Name
     address: ipaddress.IPv4Address | None = Field(None, description="on the underlay; next free when absent")
     asn: ASN = Field(64512, description="the AS of the node's BGP speaker, when the lab has a router")
+    cluster: Name | None = Field(None, description="one of `clusters`; the lab's main cluster when absent")
+
+
+class LabCluster(Model):
+    """Another cluster in the lab: its own ledger (`state-NAME`), its own nodes, and a federation speaker
+    (VPNv4) in AS `asn` peering with every other cluster's."""
+
+    name: Name
+    asn: ASN
 
 
 class LabRouter(Model):
@@ -61,6 +70,10 @@ class Topology(Model):
     nodes: list[LabNode] = Field(min_length=1)
     router: LabRouter | None = None
     outside: LabOutside | None = None
+    clusters: list[LabCluster] = Field(
+        [], description="other clusters, joined to the main one by route targets"
+    )
+    asn: ASN = Field(64600, description="the main cluster's AS for federation, when there are clusters")
     manifests: list[str] = Field([], description="files or directories, relative to the topology file")
 
     @field_validator("underlay")
@@ -89,8 +102,30 @@ class Topology(Model):
                 raise ValueError(f"node {node.name}: asn {node.asn} is the router's; the sessions are eBGP")
         if self.outside and not self.router:
             raise ValueError("outside: the outside client needs a router to reach the lab through")
+        clusters = {c.name: c.asn for c in self.clusters}
+        if len(clusters) != len(self.clusters) or "main" in clusters:
+            raise ValueError(
+                f"cluster names repeat or use `main`: {', '.join(c.name for c in self.clusters)}"
+            )
+        if self.asn in clusters.values() or len(set(clusters.values())) != len(clusters):
+            raise ValueError("every cluster needs an AS of its own, the main one's included (`asn`)")
+        speakers = {address for address, _ in self.speakers().values()}
+        for node in self.nodes:
+            if node.cluster is not None and node.cluster not in clusters:
+                raise ValueError(f"node {node.name}: cluster {node.cluster} is not one of `clusters`")
+            if str(node.address) in speakers:
+                raise ValueError(f"node {node.name}: {node.address} is a federation speaker's address")
         self.addresses()
         return self
+
+    def speakers(self) -> dict[str, tuple[str, int]]:
+        """Each cluster's federation speaker ("" the main one): its underlay address (from .2) and AS;
+        none without other clusters."""
+        if not self.clusters:
+            return {}
+        hosts = list(self.underlay.hosts())
+        named = [("", self.asn), *((c.name, c.asn) for c in self.clusters)]
+        return {name: (str(hosts[1 + i]), asn) for i, (name, asn) in enumerate(named)}
 
     def router_address(self) -> str:
         """The router's underlay address, the nodes' default gateway: the underlay's first host."""

@@ -1,0 +1,125 @@
+"""Two clusters in one lab, each its own ledger, nodes and federation speaker (BGP VPNv4): a VM of the main
+cluster reaches a VM of the other only while their networks' route targets match, straight from node to
+node over VXLAN."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from isthmus.lab.fabric import Fabric
+from tests.integration.labs import lab, lab_exec, running
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
+    reason="needs root, nftables and BIRD 2 (scripts/bootstrap)",
+)
+TOPOLOGY = {
+    "name": "fed",
+    "clusters": [{"name": "os", "asn": 64601}],
+    "nodes": [{"name": "a1"}, {"name": "b1", "cluster": "os"}],
+}
+CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as conn:
+        conn.sendall(b"?")
+        print(conn.recv(64).decode())
+except OSError as exc:
+    print("failed: " + type(exc).__name__)
+"""
+
+
+def _side(
+    tenant: str, network: str, cidr: str, vm: str, node: str, targets: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """A tenant's network with route targets, its subnet and a VM on `node` at the subnet's .10."""
+    address = cidr.replace("0/24", "10")
+    docs: list[dict[str, Any]] = [
+        {"kind": "Tenant", "metadata": {"name": tenant}},
+        {"kind": "VirtualNetwork", "metadata": {"name": network, "namespace": tenant}, "spec": targets},
+        {
+            "kind": "Subnet",
+            "metadata": {"name": f"{network}-v4", "namespace": tenant},
+            "spec": {"network": network, "cidr": cidr},
+        },
+        {
+            "kind": "Endpoint",
+            "metadata": {"name": vm, "namespace": tenant},
+            "spec": {"kind": "vm", "network": network, "node": node, "addresses": [address]},
+        },
+    ]
+    return [{"apiVersion": "isthmus.io/v1", **d} for d in docs]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("federation")
+    with running(base, TOPOLOGY, "--timeout", "60") as (work, _):
+        yield work
+
+
+def _connect(work: Path, source: str, address: str, port: int) -> str:
+    return lab_exec(work, source, "python3", "-c", CONNECT, address, str(port)).stdout.strip()
+
+
+def _until(what: Any, expected: str, seconds: float = 15) -> float:
+    started = time.monotonic()
+    while (got := what()) != expected:
+        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path) -> None:
+    fabric = Fabric.load(work)
+    main = _side(
+        "web",
+        "front",
+        "10.61.0.0/24",
+        "client",
+        "a1",
+        {"importTargets": ["64600:1"], "exportTargets": ["64600:2"]},
+    )
+    other = _side(
+        "leonardo",
+        "leonardodb",
+        "10.62.0.0/24",
+        "pg-1",
+        "b1",
+        {"exportTargets": ["64600:1"], "importTargets": ["64600:2"]},
+    )
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump_all(main))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump_all(other))
+    lab(work, "apply", "-f", str(tmp_path / "main.yaml"))
+    started = time.monotonic()
+    lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "other.yaml"))
+    _until(lambda: _connect(work, "leonardo/pg-1", "10.61.0.10", 22), "web/client")
+    print(f"route targets set: first connection after {time.monotonic() - started:.2f} s")
+    assert _connect(work, "web/client", "10.62.0.10", 5432) == "leonardo/pg-1"
+    network = json.loads(
+        subprocess.run(
+            ["ip", "-n", fabric.node_netns("a1"), "-j", "route", "show", "table", "all", "10.62.0.10"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert [(r.get("gateway"), r.get("dev", "")[:3]) for r in network] == [
+        (fabric.nodes["b1"], "isx")
+    ]  # node to node
+    changed = {**other[1], "spec": {"exportTargets": ["64600:9"], "importTargets": ["64600:2"]}}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    started = time.monotonic()
+    lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "changed.yaml"))
+    _until(lambda: _connect(work, "web/client", "10.62.0.10", 5432), "failed: OSError")
+    print(f"route target changed: disconnected after {time.monotonic() - started:.2f} s")
