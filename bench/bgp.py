@@ -9,22 +9,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import secrets
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner
 
 from bench.dataplane import IPERF_OMIT, IPERF_SECONDS, _listening, _wait
 from bench.harness import Figures, Goal, benchmark
-from isthmus.cli.main import cli
+from bench.labs import lab, run
 from isthmus.lab.fabric import Fabric, netns_exec
 
 NODES = ("node-1", "node-2", "node-3")
@@ -33,46 +30,14 @@ SERVICE_PORT, POD_PORT = 5201, 5202  # the lab server binds declared TCP ports; 
 NODE_PORT = 5203  # nothing on the node listens on the service port: only DNAT to the pod can answer it
 
 
-def _run(*args: str) -> str:
-    """`isthmus ARGS` in this process; its output, or RuntimeError with it."""
-    result = CliRunner().invoke(cli, list(args))
-    if result.exit_code != 0:
-        raise RuntimeError(f"`isthmus {' '.join(args)}` exited {result.exit_code}:\n{result.output}")
-    return result.output
-
-
-def _leftovers(name: str, work: Path) -> list[str]:
-    """Namespaces of the lab and processes with its directory in their arguments that are still there."""
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return [n for n in listed.splitlines() if n.startswith(f"{name}-")] + [
-        p for p in processes.splitlines() if str(work) in p
-    ]
-
-
-@contextlib.contextmanager
-def _lab(pods: list[dict[str, Any]]) -> Iterator[tuple[Path, Fabric]]:
-    """A lab of 3 nodes, the router and the outside client (`lab up` with a unique name and its own --dir)
-    with `pods` applied and settled; `lab down` on the way out, then nothing of it may be left."""
-    name = f"bgp{secrets.token_hex(3)}"
+def _lab(pods: list[dict[str, Any]]) -> contextlib.AbstractContextManager[tuple[Path, Fabric]]:
+    """A lab of 3 nodes, the router and the outside client with `pods` applied and settled."""
     topology = {
-        "name": name,
         "router": {"asn": 64500},
         "outside": {"address": "198.51.100.10"},
         "nodes": [{"name": n} for n in NODES],
     }
-    with tempfile.TemporaryDirectory(prefix="isb-") as tmp:
-        base, work = Path(tmp), Path(tmp) / "lab"
-        (base / "topology.yaml").write_text(yaml.safe_dump(topology))
-        (base / "pods.yaml").write_text(yaml.safe_dump_all(pods))
-        try:
-            _run("lab", "--dir", str(work), "up", "-f", str(base / "topology.yaml"), "--timeout", "60")
-            _run("lab", "--dir", str(work), "apply", "-f", str(base / "pods.yaml"))
-            yield work, Fabric.load(work)
-        finally:
-            _run("lab", "--dir", str(work), "down")
-            if left := _leftovers(name, work):
-                raise RuntimeError(f"lab {name} left behind: {left}")
+    return lab("bgp", topology, pods)
 
 
 def _pod(node: str) -> dict[str, Any]:
@@ -105,12 +70,12 @@ def _put(work: Path, verb: str, doc: dict[str, Any]) -> None:
     """`isthmus apply|delete -f` of one manifest on the lab's ledger."""
     manifest = work.parent / f"{doc['metadata']['name']}.yaml"
     manifest.write_text(yaml.safe_dump(doc))
-    _run("--state", str(work / "state"), verb, "-f", str(manifest))
+    run("--state", str(work / "state"), verb, "-f", str(manifest))
 
 
 def _fip(work: Path, service: str) -> str | None:
     """The service's floating IP (status.loadBalancer), None while it has none."""
-    shown = json.loads(_run("--state", str(work / "state"), "get", "service", service, "-o", "json"))
+    shown = json.loads(run("--state", str(work / "state"), "get", "service", service, "-o", "json"))
     ingress = ((shown.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     return str(ingress[0]["ip"]) if ingress else None
 
