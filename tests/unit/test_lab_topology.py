@@ -77,6 +77,13 @@ def test_given_addresses_are_kept_and_the_others_skip_them(tmp_path: Path) -> No
         ("name: t\nnodes: [{name: a}]\nrouter: {}\noutside: {address: 198.51.100.1}", "other than the"),
         ("name: t\nnodes: [{name: a}]\nrouter: {}\noutside: {address: 10.0.0.1}", "host of 198.51.100.0/24"),
         ("name: t\nunderlay: 198.51.100.0/24\nnodes: [{name: a}]", "apart from the lab's public"),
+        ("name: t\nnodes: [{name: a, cluster: os}]", "node a: cluster os is not one of `clusters`"),
+        ("name: t\nclusters: [{name: os, asn: 64600}]\nnodes: [{name: a}]", "an AS of its own"),
+        ("name: t\nclusters: [{name: main, asn: 1}]\nnodes: [{name: a}]", "use `main`"),
+        (
+            "name: t\nclusters: [{name: os, asn: 1}]\nnodes: [{name: a, address: 192.168.77.3}]",
+            "192.168.77.3 is a federation speaker's address",
+        ),
     ],
 )
 def test_bad_topologies_are_refused_naming_the_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -88,3 +95,10 @@ def test_bad_topologies_are_refused_naming_the_problem(tmp_path: Path, text: str
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match=r"nope\.yaml"):
         load(tmp_path / "nope.yaml")
+
+
+def test_each_cluster_has_a_speaker_on_the_underlay(tmp_path: Path) -> None:
+    text = "name: t\nclusters: [{name: os, asn: 64601}]\nnodes: [{name: a}, {name: b, cluster: os}]"
+    topology = load_text(tmp_path, text)
+    assert topology.speakers() == {"": ("192.168.77.2", 64600), "os": ("192.168.77.3", 64601)}
+    assert load_text(tmp_path, "name: t\nnodes: [{name: a}]").speakers() == {}
