@@ -285,3 +285,35 @@ def test_a_namespace_network_mode_makes_its_own_networks_routed(ledger: Ledger) 
     ):
         reconcile(ledger, KubeConfig(), kube(cluster))
     assert snapshot(ledger) == before
+
+
+def test_route_targets_of_a_namespace_go_to_its_named_networks(ledger: Ledger) -> None:
+    annotations = {
+        "isthmus.io/isolation": "collection",
+        "isthmus.io/route-targets": "leonardo=64600:1,64600:2",
+    }
+    space = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cms", "annotations": annotations}}
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "cms", "labels": {"name": name}},
+            "spec": {"containers": [{"name": name, "image": name}]},
+        }
+        for name in ("leonardo", "nginx")
+    ]
+    reconcile(ledger, KubeConfig(), kube(space, *pods))
+    networks = {n.metadata.name: n.spec for n in listed(ledger, "VirtualNetwork", "cms")}
+    assert (
+        networks["leonardo"].import_targets == networks["leonardo"].export_targets == ["64600:1", "64600:2"]
+    )
+    assert networks["nginx"].import_targets == []
+    before = snapshot(ledger)
+    for bad, message in (("leonardo", "is not NETWORK=RT"), ("leonardo=65536:70000", "out of range")):
+        broken = {
+            **space,
+            "metadata": {"name": "cms", "annotations": {**annotations, "isthmus.io/route-targets": bad}},
+        }
+        with pytest.raises(TranslationError, match=message):
+            reconcile(ledger, KubeConfig(), kube(broken, *pods))
+        assert snapshot(ledger) == before

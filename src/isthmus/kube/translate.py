@@ -35,6 +35,7 @@ SOURCE = "isthmus.io/source"
 ISOLATION = "isthmus.io/isolation"
 EGRESS_IP = "isthmus.io/egress-ip"
 NETWORK_MODE = "isthmus.io/network-mode"
+ROUTE_TARGETS = "isthmus.io/route-targets"  # NETWORK=RT[,RT...][;NETWORK=...]: imported and exported
 KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
 
@@ -379,9 +380,23 @@ def egress_ip(view: KubeView, namespace: str, config: KubeConfig) -> list[Egress
         ) from None
 
 
+def route_targets(namespace: str, value: str) -> dict[str, list[str]]:
+    """The annotation isthmus.io/route-targets: each of the namespace's networks and its route targets."""
+    found: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        network, equals, targets = part.partition("=")
+        if not equals or not network.strip():
+            raise TranslationError(
+                f"Namespace {namespace}: annotation {ROUTE_TARGETS} part {part!r} is not NETWORK=RT[,RT...]"
+            )
+        found[network.strip()] = [t.strip() for t in targets.split(",") if t.strip()]
+    return found
+
+
 def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
     """The namespace's tenant, its egress address, its own pod networks (routed with the annotation
-    isthmus.io/network-mode: routed) and, in collection mode, its `uses` policies."""
+    isthmus.io/network-mode: routed; route targets from isthmus.io/route-targets) and, in collection mode,
+    its `uses` policies."""
     made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
     made += egress_ip(view, namespace, config)
     mode = isolation(view, namespace, config)
@@ -396,15 +411,29 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
         return made
     pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
     local = sorted({n for n in (network_of(p, mode, config) for p in pods) if "/" not in n})
-    made += [
-        VirtualNetwork.model_validate(
-            {
-                "metadata": _meta(n, namespace),
-                "spec": {"subnetPool": "kube-pods", "egress": True, "mode": routing},
-            }
-        )
-        for n in local
-    ]
+    targets = route_targets(
+        namespace, declared.metadata.annotations.get(ROUTE_TARGETS, "") if declared else ""
+    )
+    try:
+        made += [
+            VirtualNetwork.model_validate(
+                {
+                    "metadata": _meta(n, namespace),
+                    "spec": {
+                        "subnetPool": "kube-pods",
+                        "egress": True,
+                        "mode": routing,
+                        "importTargets": targets.get(n, []),
+                        "exportTargets": targets.get(n, []),
+                    },
+                }
+            )
+            for n in local
+        ]
+    except ValidationError as exc:
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {ROUTE_TARGETS}: {describe(exc)}"
+        ) from None
     if mode == "collection":
         services = {s.metadata.name for s in view.of("Service", namespace)}
         made += uses_policies(namespace, pods, services)
