@@ -74,6 +74,10 @@ def up(ctx: click.Context, path: Path | None, timeout: float) -> None:
         built = Lab.up(topology, ctx.obj, say)
         if topology.manifests:
             apply_manifests(built.ledger, tuple(topology.manifests), "default")
+        for cluster in topology.clusters:
+            if cluster.manifests:
+                say(f"cluster {cluster.name}:")
+                apply_manifests(built.ledger_of(cluster.name), tuple(cluster.manifests), "default")
     _settle(built, timeout)
     say(f"lab {topology.name} is up; next: isthmus lab status | apply -f FILE | probe --port P | down")
 

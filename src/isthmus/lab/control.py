@@ -174,14 +174,20 @@ class Lab:
             )
         return found
 
-    def _machines(self) -> set[str]:
-        """The sandboxes of the VMs and hosts bound to the lab's nodes, in every cluster's ledger."""
-        found = set()
+    def _machines(self) -> dict[str, str]:
+        """The VMs and hosts bound to the lab's nodes, of every cluster: sandbox -> NAMESPACE/NAME."""
+        found = {}
         for cluster in {"", *self.fabric.clusters.values()}:
             for e in objects.list_objects(self.ledger_of(cluster), lookup_kind("Endpoint"))[0]:
                 if isinstance(e, Endpoint) and e.spec.kind != "pod" and e.spec.node in self.fabric.nodes:
-                    found.add(self.fabric.sandbox(e.metadata.namespace or "", e.metadata.name))
+                    ref = f"{e.metadata.namespace}/{e.metadata.name}"
+                    found[self.fabric.sandbox(e.metadata.namespace or "", e.metadata.name)] = ref
         return found
+
+    def _booted(self) -> set[str]:
+        """What the kubelets have attached and started (NAMESPACE/NAME), as they record it."""
+        saved = (self.fabric.work / f"{node}.pods.json" for node in self.fabric.nodes)
+        return {ref for path in saved if path.exists() for ref in json.loads(path.read_text())}
 
     def agent(self, node: str) -> dict[str, Any]:
         """The agent's report (revision, endpoints, problems, metrics), or its error."""
@@ -193,8 +199,8 @@ class Lab:
 
     def settle(self, timeout: float, echo: Echo) -> list[str]:
         """Wait until every agent has programmed the ledger as it is now, every pod on a lab node is
-        running or has failed, and no pod that is gone has a sandbox; what is wrong then (empty when
-        all is well)."""
+        running or has failed, every machine (VM, host) on one has its sandbox, and no pod that is gone has
+        a sandbox; what is wrong then (empty when all is well)."""
         revisions = {c: self.ledger_of(c).revision() for c in {"", *self.fabric.clusters.values()}}
         deadline = time.monotonic() + timeout
         shown: set[str] = set()
@@ -207,7 +213,8 @@ class Lab:
             ]
             pods = [p for p in self.pods() if p.node in self.fabric.nodes]
             waiting = [p for p in pods if p.phase != "Running" and not p.problem]
-            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods} | self._machines()
+            machines = self._machines()
+            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods} | machines.keys()
             left = [
                 n
                 for n in self.fabric.namespaces()
@@ -217,7 +224,9 @@ class Lab:
                 if pod.phase == "Running" and pod.ref not in shown:
                     shown.add(pod.ref)
                     echo(f"pod {pod.ref}: running on {pod.node} at {pod.address}")
-            if (not behind and not waiting and not left) or time.monotonic() > deadline:
+            booted = self._booted()
+            booting = sorted(ref for ref in machines.values() if ref not in booted)
+            if (not behind and not waiting and not left and not booting) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         problems = [
@@ -229,6 +238,7 @@ class Lab:
         problems += [f"pod {p.ref} on {p.node}: {p.problem}" for p in pods if p.problem]
         problems += [f"pod {p.ref} on {p.node}: no sandbox after {timeout:.0f} s" for p in waiting]
         problems += [f"sandbox {n}: its pod is gone, yet it is still there" for n in left]
+        problems += [f"machine {n}: no sandbox after {timeout:.0f} s" for n in booting]
         return problems
 
     def netns(self, name: str) -> str:

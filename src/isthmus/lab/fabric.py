@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,12 @@ class Fabric:
     def sandbox(self, namespace: str, name: str) -> str:
         """The netns of a pod."""
         return f"{self.prefix}p-{namespace}-{name}"[:60]
+
+    @staticmethod
+    def disk(sandbox: str) -> Path:
+        """A sandbox's own files that outlive its processes (a PostgreSQL VM's cluster), where a service
+        user can reach them; removed with the sandbox."""
+        return Path(tempfile.gettempdir()) / f"{sandbox}.disk"
 
     def build(
         self, nodes: list[str] | dict[str, str], prefixlen: int = 24, gateway: str | None = None
@@ -252,9 +259,18 @@ class Fabric:
             raise RuntimeError(f"CNI {command} of {container} on {node}: {answer or done.stderr}")
         return answer
 
-    def pod(self, node: str, namespace: str, name: str, ports: list[str]) -> str:
-        """A sandbox for the pod, attached through the plugin, serving its name on `ports` (PORT/PROTOCOL);
-        its netns. Its processes go with it (`unpod`, `destroy`)."""
+    def pod(
+        self,
+        node: str,
+        namespace: str,
+        name: str,
+        ports: list[str],
+        app: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """A sandbox for the pod, attached through the plugin, serving its name on `ports` (PORT/PROTOCOL),
+        or running the lab app `app` (`isthmus.lab.apps`) with `env`; its netns. Its processes go with it
+        (`unpod`, `destroy`)."""
         sandbox = self.sandbox(namespace, name)
         ip("netns", "add", sandbox)
         try:
@@ -264,9 +280,17 @@ class Fabric:
         except Exception:
             ip("netns", "del", sandbox, check=False)
             raise
-        server = [sys.executable, "-m", "isthmus.lab.server", f"{namespace}/{name}", *ports]
+        if app:
+            program = [sys.executable, "-m", "isthmus.lab.apps", *app]
+        else:
+            program = [sys.executable, "-m", "isthmus.lab.server", f"{namespace}/{name}", *ports]
+        log = (self.work / f"{sandbox}.log").open("ab")
         subprocess.Popen(
-            ["ip", "netns", "exec", sandbox, *server], stdout=subprocess.DEVNULL, start_new_session=True
+            ["ip", "netns", "exec", sandbox, *program],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         return sandbox
 
@@ -277,6 +301,7 @@ class Fabric:
             node, "DEL", sandbox, f"/run/netns/{sandbox}", K8S_POD_NAMESPACE=namespace, K8S_POD_NAME=name
         )
         remove_netns(sandbox)
+        shutil.rmtree(self.disk(sandbox), ignore_errors=True)
 
     def save(self) -> None:
         saved = {
@@ -304,6 +329,7 @@ class Fabric:
             self.stop(what)
         for netns in self.namespaces():
             remove_netns(netns)
+            shutil.rmtree(self.disk(netns), ignore_errors=True)
 
 
 def _plug(netns: str, address: str, into: str, port: str, gateway: str | None = None) -> None:

@@ -22,21 +22,36 @@ from typing import Any
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.lab.fabric import Fabric
-from isthmus.model import Endpoint, KubeObject, lookup_kind
+from isthmus.model import Endpoint, KubeObject, ServiceVIP, lookup_kind
 from isthmus.store import Compacted, Ledger, objects, open_ledger
 
 log = logging.getLogger("isthmus.lab.kubelet")
-PODS, ENDPOINTS = lookup_kind("Pod"), lookup_kind("Endpoint")
+PODS, ENDPOINTS, VIPS = lookup_kind("Pod"), lookup_kind("Endpoint"), lookup_kind("ServiceVIP")
 VM_PORTS = ["22/TCP", "80/TCP", "5432/TCP"]  # what a lab machine that declares no port serves
+RUN = "lab.isthmus.io/run"  # on a VM's Endpoint: the lab app it runs (postgresql), else the name server
 RETRY = 2.0  # seconds between attempts for a pod whose sandbox failed
 
 PodKey = tuple[str, str]
 
 
+def _containers(pod: KubeObject) -> list[dict[str, Any]]:
+    return list((pod.body.get("spec") or {}).get("containers") or [])
+
+
+def env(pod: KubeObject) -> dict[str, str]:
+    """The environment its containers declare (plain values)."""
+    return {
+        str(e["name"]): str(e.get("value", ""))
+        for c in _containers(pod)
+        for e in c.get("env") or []
+        if isinstance(e, dict) and "name" in e
+    }
+
+
 def ports(pod: KubeObject) -> list[str]:
     """PORT/PROTOCOL of every TCP and UDP container port the pod declares."""
     found = []
-    for container in (pod.body.get("spec") or {}).get("containers") or []:
+    for container in _containers(pod):
         for port in container.get("ports") or []:
             protocol = str(port.get("protocol", "TCP")).upper()
             if protocol in ("TCP", "UDP"):
@@ -76,6 +91,26 @@ class Kubelet:
         self.failed = {k: t for k, t in self.failed.items() if k in pods}
         return revision
 
+    def _app(self, key: PodKey, pod: KubeObject | Endpoint) -> list[str] | None:
+        """What the sandbox runs when not the name server: by a pod's image (nginx proxying to the service
+        it `uses`; the leonardo CMS), by a machine's annotation lab.isthmus.io/run (postgresql)."""
+        namespace, name = key
+        ref = f"{namespace}/{name}"
+        if isinstance(pod, Endpoint):
+            if pod.metadata.annotations.get(RUN) == "postgresql" and pod.spec.addresses:
+                data = self.fabric.disk(self.fabric.sandbox(namespace, name))
+                return ["postgresql", name, str(pod.spec.addresses[0]), str(data)]
+            return None
+        images = [str(c.get("image", "")) for c in _containers(pod)]
+        uses = pod.metadata.labels.get("uses")
+        if any(i.startswith("nginx") for i in images) and uses:
+            vip = objects.list_one(self.ledger, VIPS, namespace, uses)
+            if isinstance(vip, ServiceVIP) and vip.spec.vip is not None and vip.spec.ports:
+                return ["nginx", ref, f"{vip.spec.vip}:{vip.spec.ports[0].port}"]
+        if any(i.startswith("leonardo") for i in images):
+            return ["leonardo", ref, next(iter(ports(pod)), "8000/TCP").split("/")[0]]
+        return None
+
     def _start(self, key: PodKey, pod: KubeObject | Endpoint) -> None:
         namespace, name = key
         if isinstance(pod, Endpoint):
@@ -83,7 +118,8 @@ class Kubelet:
         else:
             served = ports(pod)
         try:
-            self.fabric.pod(self.node, namespace, name, served)
+            environment = env(pod) if isinstance(pod, KubeObject) else {}
+            self.fabric.pod(self.node, namespace, name, served, self._app(key, pod), environment)
         except Exception as exc:  # reported on the pod, tried again
             self.failed[key] = time.monotonic() + RETRY
             log.warning("%s/%s: %s", namespace, name, exc)

@@ -42,6 +42,7 @@ class LabCluster(Model):
 
     name: Name
     asn: ASN
+    manifests: list[str] = Field([], description="applied to its ledger once it is up, relative to the file")
 
 
 class LabRouter(Model):
@@ -152,8 +153,13 @@ def load(path: Path) -> Topology:
         raise TopologyError(f"{path}: not YAML: {exc}") from None
     except ValidationError as exc:
         raise TopologyError(f"{path}: {describe(exc)}") from None
-    manifests = [path.parent / m for m in topology.manifests]
-    missing = [str(m) for m in manifests if not m.exists()]
+    listed = [*topology.manifests, *(m for c in topology.clusters for m in c.manifests)]
+    missing = [str(path.parent / m) for m in listed if not (path.parent / m).exists()]
     if missing:
         raise TopologyError(f"{path}: manifests not found: {', '.join(missing)}")
-    return topology.model_copy(update={"manifests": [str(m) for m in manifests]})
+    clusters = [
+        c.model_copy(update={"manifests": [str(path.parent / m) for m in c.manifests]})
+        for c in topology.clusters
+    ]
+    manifests = [str(path.parent / m) for m in topology.manifests]
+    return topology.model_copy(update={"manifests": manifests, "clusters": clusters})

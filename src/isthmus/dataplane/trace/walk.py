@@ -268,6 +268,10 @@ class Tracer:
             reply = f"{destination}:{port}" if protocol == "UDP" else ""
             hops += self._snat(source, reply, hops[-1].node, route.rule)
             return "allow"
+        if route.kind == "imported":
+            out = f"{destination}: VXLAN VNI {route.vni} to {route.via}, a node of another cluster"
+            hops.append(Hop(node, "route", out, f"{route.prefix} in {table}; {route.rule}"))
+            return "allow"  # what the other cluster's policy says is its own to trace
         if route.kind == "leak" and route.via is not None and (service is None or service.vip != route.via):
             hops.append(
                 Hop(node, "route", f"{destination}: leaked only for traffic to {route.via}", route.rule)
