@@ -135,3 +135,28 @@ def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cl
     _until(lambda: _connect(work, front, address, 22), back)  # routed, node-1 to node-2
     cloud.cli("leonardo", "router", "remove", "subnet", "edge", "back-v4")
     _until(lambda: _connect(work, front, address, 22), "failed: OSError")
+
+
+def test_an_allowed_address_pair_is_routed_to_its_vm(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
+    work, cloud, _ = hybrid
+    port = cloud.json(
+        "leonardo",
+        "port",
+        "create",
+        "keepalived",
+        "--network",
+        "pods",
+        "--host",
+        "node-2",
+        "--device-owner",
+        "compute:nova",
+        "--disable-port-security",
+        "--no-security-group",
+    )
+    vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
+    extra = address.rsplit(".", 1)[0] + ".250"  # a VIP the VM holds beside its own address
+    _until(lambda: _connect(work, "leonardo/web", address, 22), vm)
+    assert lab_exec(work, vm, "ip", "addr", "add", f"{extra}/32", "dev", "eth0").returncode == 0
+    assert _connect(work, "leonardo/web", extra, 22).startswith("failed")  # not routed to it yet
+    cloud.cli("leonardo", "port", "set", port["id"], "--allowed-address", f"ip-address={extra}")
+    _until(lambda: _connect(work, "leonardo/web", extra, 22), vm)  # now it is, across nodes

@@ -428,6 +428,11 @@ class Compiler:
                 for direction, isolated in (("ingress", ingress), ("egress", egress))
                 if isolated is not None
             ]
+        if node is not None:  # allowed address pairs: routed to it like its own addresses
+            made += [
+                (SHARED, ("route", network, str(prefix)), RouteEntry(network, prefix, "endpoint", node, name))
+                for prefix in endpoint.spec.allowed_addresses
+            ]
         return made
 
     def targets(self, vip: ServiceVIP, port_index: int) -> tuple[Target, ...]:

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to
+from isthmus.model.meta import Cidr, IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -48,6 +48,10 @@ class EndpointSpec(Model):
     mac: Mac | None = Field(None, description="derived from the uid when absent")
     owner: Owner | None = None
     ports: list[NamedPort] = []
+    allowed_addresses: list[Cidr] = Field(
+        [],
+        description="more addresses it may use (Neutron's allowed address pairs): routed to it, unallocated",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> EndpointSpec:

@@ -254,7 +254,11 @@ def to_port(
         if field in body:
             annotations[key] = str(body[field] or "")
     if "allowed_address_pairs" in body:
-        annotations[ADDRESS_PAIRS] = json.dumps(body["allowed_address_pairs"] or [])
+        pairs = body["allowed_address_pairs"] or []
+        if not isinstance(pairs, list) or not all(isinstance(p, dict) and p.get("ip_address") for p in pairs):
+            raise BadRequest("port: allowed_address_pairs must be a list of {ip_address, mac_address}")
+        annotations[ADDRESS_PAIRS] = json.dumps(pairs)
+        spec["allowedAddresses"] = [str(p["ip_address"]) for p in pairs]
     metadata = _meta(ident, project, _merged(old, body), annotations)
     metadata["annotations"] = annotations | metadata["annotations"]
     metadata["labels"] = {member_label(g): "" for g in groups}
