@@ -123,3 +123,37 @@ def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path
     lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "changed.yaml"))
     _until(lambda: _connect(work, "web/client", "10.62.0.10", 5432), "failed: OSError")
     print(f"route target changed: disconnected after {time.monotonic() - started:.2f} s")
+
+
+def test_a_kubernetes_pod_reaches_a_vm_of_the_other_cluster_only_while_targets_match(
+    work: Path, tmp_path: Path
+) -> None:
+    def shop(targets: str) -> list[dict[str, Any]]:
+        annotations = {"isthmus.io/isolation": "namespace", "isthmus.io/route-targets": f"pods={targets}"}
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "shop", "annotations": annotations},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "buyer", "namespace": "shop"},
+                "spec": {"nodeName": "a1", "containers": [{"name": "buyer", "image": "buyer"}]},
+            },
+        ]
+
+    both = {"exportTargets": ["64600:3"], "importTargets": ["64600:3"]}
+    (tmp_path / "vm.yaml").write_text(
+        yaml.safe_dump_all(_side("stock", "db", "10.63.0.0/24", "pg", "b1", both))
+    )
+    lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "vm.yaml"))
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump_all(shop("64600:3")))
+    lab(work, "apply", "-f", str(tmp_path / "shop.yaml"))
+    _until(
+        lambda: _connect(work, "shop/buyer", "10.63.0.10", 5432), "stock/pg"
+    )  # pod -> VM, cluster to cluster
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump_all(shop("64600:4")))
+    lab(work, "apply", "-f", str(tmp_path / "shop.yaml"))
+    _until(lambda: _connect(work, "shop/buyer", "10.63.0.10", 5432), "failed: OSError")  # targets differ: cut
