@@ -160,3 +160,53 @@ def test_an_allowed_address_pair_is_routed_to_its_vm(hybrid: tuple[Path, Cloud, 
     assert _connect(work, "leonardo/web", extra, 22).startswith("failed")  # not routed to it yet
     cloud.cli("leonardo", "port", "set", port["id"], "--allowed-address", f"ip-address={extra}")
     _until(lambda: _connect(work, "leonardo/web", extra, 22), vm)  # now it is, across nodes
+
+
+PING = """
+import os, socket, struct, sys
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+body = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xFFFF, 1) + b"isthmus!"
+packet = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+    s.settimeout(1)
+    s.sendto(packet, (sys.argv[1], 0))
+    try:
+        while True:
+            reply, (source, _) = s.recvfrom(1500)
+            if source == sys.argv[1] and reply[20] == 0:
+                print("reply")
+                break
+    except OSError:
+        print("no reply")
+"""  # one ICMP echo to ADDRESS: "reply" or "no reply"
+
+
+def test_an_icmp_rule_lets_a_pod_ping_a_vm(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
+    work, cloud, _ = hybrid
+    port = cloud.json(
+        "leonardo",
+        "port",
+        "create",
+        "pinged",
+        "--network",
+        "pods",
+        "--host",
+        "node-2",
+        "--device-owner",
+        "compute:nova",
+    )
+    vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
+
+    def ping() -> str:
+        return lab_exec(work, "leonardo/web", "python3", "-c", PING, address).stdout.strip()
+
+    cloud.cli(
+        "leonardo", "security", "group", "rule", "create", "default", "--protocol", "tcp", "--dst-port", "80"
+    )
+    _until(lambda: _connect(work, "leonardo/web", address, 80), vm)  # up, and its group programmed
+    assert ping() == "no reply"  # TCP 80 only
+    cloud.cli("leonardo", "security", "group", "rule", "create", "default", "--protocol", "icmp")
+    _until(ping, "reply")

@@ -317,3 +317,14 @@ def test_route_targets_of_a_namespace_go_to_its_named_networks(ledger: Ledger) -
         with pytest.raises(TranslationError, match=message):
             reconcile(ledger, KubeConfig(), kube(broken, *pods))
         assert snapshot(ledger) == before
+
+
+def test_a_network_policy_with_icmp_ports_is_refused(ledger: Ledger) -> None:
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "ping"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]},
+    }
+    with pytest.raises(TranslationError, match="protocol ICMP is not one of TCP, UDP, SCTP"):
+        reconcile(ledger, KubeConfig(), kube(policy))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from isthmus.compile import Compiler
+from isthmus.dataplane.kernel.plan import plan
 from isthmus.dataplane.trace import Tracer
 from isthmus.model import parse_object
 from tests.unit.test_compile import _meta
@@ -63,3 +64,18 @@ def test_a_group_admits_only_what_its_rules_allow() -> None:
     assert _verdict(tracer, "other", "db", 53, "UDP") == "allow"  # 10.0.0.4 is other's address
     assert _verdict(tracer, "db", "other", 80) == "deny"  # pg allows nothing out
     assert _verdict(tracer, "app", "other", 80) == "allow"  # web sends anywhere; other is in no group
+
+
+def test_icmp_rules_and_rules_of_any_protocol_let_icmp_through() -> None:
+    tracer = _cloud([{"direction": "ingress", "protocol": "ICMP", "remoteGroup": "web"}])
+    made = plan(tracer.compiler.node_state("n1"))
+    chains = [str(v) for k, v in made.items() if k[0] == "chain" and str(k[1]).startswith("in_")]
+    assert any("meta l4proto icmp accept" in c for c in chains), chains
+    assert _verdict(tracer, "app", "db", 80) == "deny"  # ICMP only
+    anything = _cloud([{"direction": "ingress", "remoteGroup": "web"}])
+    chains = [
+        str(v)
+        for k, v in plan(anything.compiler.node_state("n1")).items()
+        if k[0] == "chain" and str(k[1]).startswith("in_")
+    ]
+    assert any(line.endswith("accept") and "l4proto" not in line for c in chains for line in c.splitlines())

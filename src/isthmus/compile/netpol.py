@@ -4,8 +4,9 @@ Invariants (networking.k8s.io/v1): an endpoint is isolated for a direction when 
 selects it and lists that direction in its (defaulted) policyTypes; then only the union of those policies'
 rules pass. A rule with no peers matches every peer, with no ports every port. A peer with only a
 podSelector means pods of the policy's namespace; with a namespaceSelector, pods of the matching
-namespaces; ipBlock, addresses (checked after DNAT, so against the backend). Ingress named ports resolve
-on the endpoint itself; egress named ports on the destination, when the packet is traced.
+namespaces; ipBlock, addresses (checked after DNAT, so against the backend). A rule with no ports allows
+every protocol (ICMP too). Ingress named ports resolve on the endpoint itself; egress named ports on the
+destination, when the packet is traced.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _allows(
     made: list[Allow] = []
     for one in peers or [Peer()]:
         if not ports:
-            made += [Allow(one, protocol, rule=rule) for protocol in ("TCP", "UDP", "SCTP")]
+            made.append(Allow(one, "any", rule=rule))
         for port in ports:
             if port.port is None:
                 made.append(Allow(one, port.protocol, rule=rule))
@@ -90,7 +91,7 @@ def allowing(
     """The first allowance that lets this peer (`address`, `identity`) through on `protocol`/`port`;
     `destination` resolves named ports (egress)."""
     for allow in isolated.allows:
-        if allow.protocol != protocol or not allow.peer.matches(address, identity):
+        if allow.protocol not in (protocol, "any") or not allow.peer.matches(address, identity):
             continue
         if allow.port_name:
             if destination is not None and destination.named_port(allow.port_name, protocol) == port:

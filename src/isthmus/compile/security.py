@@ -2,8 +2,8 @@
 allowance, so the compiler enforces both with one mechanism. A pure function.
 
 A rule with no remote allows every address of its ethertype; a remote group, that group's members (in
-the group's tenant). ICMP rules are not expressible as NetworkPolicy ports: they allow nothing (ICMP to
-and from members is dropped).
+the group's tenant); no protocol, every protocol (ICMP included); ICMP, all of ICMP (types and codes are
+not told apart).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def _peer(rule: SecurityGroupRule) -> dict[str, Any]:
 def _ports(rule: SecurityGroupRule) -> list[dict[str, Any]]:
     if rule.protocol is None:
         return []
+    if rule.protocol == "ICMP":
+        return [{"protocol": "ICMP"}]
     if rule.port_range_min is None and rule.port_range_max is None:
         return [{"protocol": rule.protocol}]
     low = rule.port_range_min or 1
@@ -37,8 +39,6 @@ def network_policy(group: SecurityGroup) -> NetworkPolicySpec:
     """The NetworkPolicy that does what the group does."""
     rules: dict[str, list[dict[str, Any]]] = {"ingress": [], "egress": []}
     for rule in group.spec.rules:
-        if rule.protocol == "ICMP":
-            continue
         peers = "from" if rule.direction == "ingress" else "to"
         rules[rule.direction].append({peers: [_peer(rule)], "ports": _ports(rule)})
     return NetworkPolicySpec.model_validate(

@@ -177,11 +177,12 @@ class EgressEntry:
 
 @dataclass(frozen=True, slots=True)
 class Allow:
-    """One NetworkPolicy allowance for a local endpoint: traffic with a peer matching `peer`, `protocol`,
-    and a destination port in [low, high] (or named `port_name`, resolved on the destination endpoint)."""
+    """One NetworkPolicy allowance for a local endpoint: traffic with a peer matching `peer`, `protocol`
+    ("any": every protocol, ICMP included), and a destination port in [low, high] (or named `port_name`,
+    resolved on the destination endpoint)."""
 
     peer: Peer
-    protocol: Protocol
+    protocol: Protocol | Literal["ICMP", "any"]
     low: int = 1
     high: int = 65535
     port_name: str = ""

@@ -322,12 +322,14 @@ def uses_policies(namespace: str, pods: list[KubeObject], services: set[str]) ->
 
 
 def check_network_policy(policy: KubeObject) -> None:
+    where = f"NetworkPolicy {policy.metadata.namespace}/{policy.metadata.name}"
     try:
-        parse_network_policy(policy.body)
+        spec = parse_network_policy(policy.body)
     except ValidationError as exc:
-        raise TranslationError(
-            f"NetworkPolicy {policy.metadata.namespace}/{policy.metadata.name}: {describe(exc)}"
-        ) from None
+        raise TranslationError(f"{where}: {describe(exc)}") from None
+    ports = [p for r in spec.ingress for p in r.ports] + [p for r in spec.egress for p in r.ports]
+    if any(port.protocol == "ICMP" for port in ports):
+        raise TranslationError(f"{where}: protocol ICMP is not one of TCP, UDP, SCTP")
 
 
 def units(view: KubeView) -> Iterator[Key]:

@@ -58,12 +58,16 @@ class NetworkPolicyPeer(Model):
 
 
 class NetworkPolicyPort(Model):
-    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    protocol: Literal["TCP", "UDP", "SCTP", "ICMP"] = Field(
+        "TCP", description="ICMP only from security groups: Kubernetes has no ICMP ports"
+    )
     port: Port | str | None = None
     end_port: Port | None = None
 
     @model_validator(mode="after")
     def _range(self) -> NetworkPolicyPort:
+        if self.protocol == "ICMP" and (self.port is not None or self.end_port is not None):
+            raise ValueError("ICMP has no ports")
         numeric = isinstance(self.port, int)
         if self.end_port is not None and not (numeric and self.end_port >= self.port):  # type: ignore[operator]
             raise ValueError(
