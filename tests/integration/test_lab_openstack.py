@@ -210,3 +210,24 @@ def test_an_icmp_rule_lets_a_pod_ping_a_vm(hybrid: tuple[Path, Cloud, dict[str, 
     assert ping() == "no reply"  # TCP 80 only
     cloud.cli("leonardo", "security", "group", "rule", "create", "default", "--protocol", "icmp")
     _until(ping, "reply")
+
+
+def test_a_bare_metal_host_on_the_pod_network_is_reached_like_a_pod(
+    hybrid: tuple[Path, Cloud, dict[str, Any]], tmp_path: Path
+) -> None:
+    work, _, _ = hybrid
+    host = {
+        "apiVersion": "isthmus.io/v1",
+        "kind": "Endpoint",
+        "metadata": {"name": "storage-1", "namespace": "leonardo"},
+        "spec": {
+            "kind": "host",
+            "network": "isthmus-system/pods",
+            "node": "node-2",
+            "ports": [{"port": 3260}],
+        },
+    }
+    (tmp_path / "host.yaml").write_text(yaml.safe_dump(host))
+    lab(work, "apply", "-f", str(tmp_path / "host.yaml"))  # settles once its machine is up
+    address = json.loads(isthmus(work, "get", "endpoint", "storage-1", "-n", "leonardo", "-o", "json").output)
+    assert _connect(work, "leonardo/web", address["spec"]["addresses"][0], 3260) == "leonardo/storage-1"
