@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,29 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         time.sleep(0.01)
 print(json.dumps({"sent": count, "answered": answered}))
 """  # a UDP client, one datagram every 10 ms to HOST:80, each waiting up to 1 s for its answer
+ASK = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as conn:
+        conn.sendall(b"?")
+        print(conn.recv(64).decode())
+except OSError as exc:
+    print("failed: " + type(exc).__name__)
+"""  # one TCP connection to HOST PORT: the answer (a lab server's name), or "failed: ERROR"
+
+
+def ask(work: Path, source: str, address: str, port: int) -> str:
+    """What ADDRESS:PORT answers a connection from `source` (a pod, VM or node of the lab)."""
+    return lab_exec(work, source, "python3", "-c", ASK, address, str(port)).stdout.strip()
+
+
+def until(what: Callable[[], Any], expected: Any, seconds: float = 15) -> float:
+    """Seconds until `what()` == `expected` (fails after `seconds`, showing the last value)."""
+    started = time.monotonic()
+    while (got := what()) != expected:
+        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
+        time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def lab(work: Path, *args: str) -> Result:

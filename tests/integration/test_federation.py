@@ -9,9 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from isthmus.compile import Compiler
 from isthmus.dataplane.kernel.plan import Route, plan
 from isthmus.model import KINDS, ImportedRoute, parse_object
 from isthmus.store import Ledger, objects, open_ledger
+from tests.integration.labs import until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("bird"), reason="needs root and BIRD 2 (scripts/bootstrap)"
@@ -47,14 +47,6 @@ class Cluster:
 
     def compiled(self) -> Compiler:
         return Compiler(o for info in KINDS if info.model for o in objects.list_objects(self.ledger, info)[0])
-
-
-def _until(what: Callable[[], Any], seconds: float = 10) -> float:
-    started = time.monotonic()
-    while not what():
-        assert time.monotonic() - started < seconds, "not within the time"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -136,11 +128,9 @@ def test_route_targets_join_networks_of_two_clusters(clusters: tuple[Cluster, Cl
         }
     )
     vni = a.compiled().state[""][("network", "leonardo/db")].vni  # type: ignore[union-attr]
-    seconds = _until(
-        lambda: (
-            [(str(r.spec.prefix), str(r.spec.next_hop), r.spec.vni) for r in b.imported()]
-            == [("10.50.0.5/32", "10.9.0.11", vni)]
-        )
+    seconds = until(
+        lambda: [(str(r.spec.prefix), str(r.spec.next_hop), r.spec.vni) for r in b.imported()],
+        [("10.50.0.5/32", "10.9.0.11", vni)],
     )
     print(f"route in the other cluster's ledger {seconds:.2f} s after the endpoint")
     network = b.compiled().state[""][("network", "web/web")]
@@ -153,7 +143,7 @@ def test_route_targets_join_networks_of_two_clusters(clusters: tuple[Cluster, Cl
         "spec": {"vni": vni, "exportTargets": ["64512:8"]},
     }
     a.apply(changed)
-    seconds = _until(lambda: ("route", "web/web", "10.50.0.5/32") not in b.compiled().state[""])
+    seconds = until(lambda: ("route", "web/web", "10.50.0.5/32") in b.compiled().state[""], False)
     print(f"target changed: route gone from the importing network after {seconds:.2f} s")
     a.apply({**changed, "spec": {"vni": vni}})
-    _until(lambda: b.imported() == [])
+    until(b.imported, [])

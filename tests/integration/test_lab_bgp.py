@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from isthmus.cli.main import cli
 from isthmus.lab.fabric import Fabric
-from tests.integration.labs import STREAM, isthmus, lab, lab_exec, running
+from tests.integration.labs import STREAM, isthmus, lab, lab_exec, running, until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
@@ -103,15 +103,6 @@ def _hops(fabric: Fabric, address: str) -> list[str]:
     return sorted(h.get("gateway", "") for r in routes for h in (r.get("nexthops") or [r]))
 
 
-def _until(what: Any, expected: Any, seconds: float) -> float:
-    """Seconds until `what()` == `expected` (fails after `seconds`)."""
-    started = time.monotonic()
-    while (got := what()) != expected:
-        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("bgp")
@@ -128,7 +119,7 @@ def _fip(work: Path) -> str:
 
 def test_the_router_spreads_the_floating_ip_over_every_node_with_nginx(work: Path) -> None:
     fabric, fip = Fabric.load(work), _fip(work)
-    _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
+    until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
     shown = json.loads(isthmus(work, "get", "bgp", "-o", "json").output)
     status = json.loads(lab(work, "status", "-o", "json").output)
     for node in NODES:
@@ -207,7 +198,7 @@ def test_a_namespace_egress_address_is_announced_by_its_owner_and_seen_outside(
     shown = json.loads(isthmus(work, "get", "bgp", "-o", "json").output)
     owners = [n for n in NODES if "203.0.113.200/32" in shown[n]["announced"]]
     assert len(owners) == 1, shown
-    _until(lambda: _hops(fabric, "203.0.113.200"), [fabric.nodes[owners[0]]], 10)
+    until(lambda: _hops(fabric, "203.0.113.200"), [fabric.nodes[owners[0]]], 10)
     with _outside_server(fabric):
         seen = {pod: _seen_outside(work, f"shop/{pod}") for pod in ("shop-1", "shop-2", "shop-3")}
         assert set(seen.values()) == {"203.0.113.200"}, seen  # from the owner and from the other nodes
@@ -218,7 +209,7 @@ def test_a_namespace_egress_address_is_announced_by_its_owner_and_seen_outside(
     refused = lab_exec(work, "outside", "python3", "-c", CONNECT, "203.0.113.200", "1")
     assert list(json.loads(refused.stdout)) == ["failed: ConnectionRefusedError"], refused.stdout
     lab(work, "delete", "-f", str(manifests))
-    _until(lambda: _hops(fabric, "203.0.113.200"), [], 10)
+    until(lambda: _hops(fabric, "203.0.113.200"), [], 10)
 
 
 def _flat() -> list[dict[str, Any]]:
@@ -284,7 +275,7 @@ def test_a_routed_network_goes_through_the_router_with_no_vxlan_and_policy_enfor
     owner = {b["spec"]["cidr"]: b["spec"]["node"] for b in blocks}
     assert sorted(owner.values()) == list(NODES), owner  # one block per node
     for block, node in owner.items():
-        _until(lambda b=block: _hops(fabric, b), [fabric.nodes[node]], 10)  # announced by its node
+        until(lambda b=block: _hops(fabric, b), [fabric.nodes[node]], 10)  # announced by its node
     pods = json.loads(isthmus(work, "get", "pods", "-n", "flat", "-o", "json").output)["items"]
     address = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
     for pod in pods:
@@ -318,7 +309,7 @@ def test_a_routed_network_goes_through_the_router_with_no_vxlan_and_policy_enfor
     assert "through the underlay to node-2" in trace, trace
     lab(work, "delete", "-f", str(manifests))
     for block in owner:
-        _until(lambda b=block: _hops(fabric, b), [], 10)
+        until(lambda b=block: _hops(fabric, b), [], 10)
 
 
 def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, tmp_path: Path) -> None:
@@ -337,7 +328,7 @@ def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, 
         shown = json.loads(isthmus(work, "get", "bgp", "node-3", "-o", "json").output)["node-3"]
         return {p["address"]: p["state"] for p in shown.get("peers", [])}
 
-    _until(lambda: states().get("192.168.77.250", "Established") != "Established", True, 10)
+    until(lambda: states().get("192.168.77.250", "Established") != "Established", True, 10)
     assert states()["192.168.77.1"] == "Established"  # the router's session never dropped
     assert _hops(fabric, fip) == sorted(fabric.nodes.values())
     shown = isthmus(work, "get", "bgp").output
@@ -348,7 +339,7 @@ def test_an_unreachable_peer_is_reported_and_the_rest_keeps_working(work: Path, 
         )
     )
     isthmus(work, "apply", "-f", str(changed))
-    _until(lambda: list(states()), ["192.168.77.1"], 10)
+    until(lambda: list(states()), ["192.168.77.1"], 10)
 
 
 def test_agents_killed_and_restarted_lose_no_packet_from_outside(work: Path) -> None:
@@ -372,19 +363,19 @@ def test_agents_killed_and_restarted_lose_no_packet_from_outside(work: Path) -> 
 
 def test_scaling_down_and_stopping_agents_withdraw_routes(work: Path, tmp_path: Path) -> None:
     fabric, fip = Fabric.load(work), _fip(work)
-    _until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
+    until(lambda: _hops(fabric, fip), sorted(fabric.nodes.values()), 10)
     gone = tmp_path / "gone.yaml"
     gone.write_text(yaml.safe_dump_all(_nginx(("node-2", "node-3"))[:2]))
     isthmus(work, "delete", "-f", str(gone))
-    seconds = _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 3)
+    seconds = until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 3)
     print(f"scaled to one pod: one next hop after {seconds:.2f} s")
     done = lab_exec(work, "outside", "python3", "-c", CONNECT, fip, "200")
     assert json.loads(done.stdout) == {"default/nginx-1": 200}  # none fails to the remaining pod
     fabric.stop("agent/node-1")  # a clean stop withdraws
-    seconds = _until(lambda: _hops(fabric, fip), [], 2)
+    seconds = until(lambda: _hops(fabric, fip), [], 2)
     print(f"agent stopped: route withdrawn after {seconds:.2f} s")
     fabric.start_agent("node-1")
-    _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
+    until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
 
 
 def test_a_node_with_no_local_backend_forwards_to_another_unless_policy_is_local(
@@ -398,7 +389,7 @@ def test_a_node_with_no_local_backend_forwards_to_another_unless_policy_is_local
     service.write_text(yaml.safe_dump(_nginx(("node-1",))[-1]))
     lab(work, "apply", "-f", str(service))
     isthmus(work, "delete", "pod", "nginx-2", "nginx-3", "--ignore-not-found")  # nginx-1 on node-1 only
-    _until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
+    until(lambda: _hops(fabric, fip), [fabric.nodes["node-1"]], 10)
     router = ["ip", "-n", f"{fabric.prefix}router", "route"]
     static = [f"{fip}/32", "via", fabric.nodes["node-3"], "metric", "0"]  # preferred to BIRD's
     subprocess.run([*router, "add", *static], check=True)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from isthmus.lab.fabric import Fabric
-from tests.integration.labs import lab, lab_exec, running
+from tests.integration.labs import ask, lab, running, until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
@@ -28,15 +28,6 @@ TOPOLOGY = {
     "clusters": [{"name": "os", "asn": 64601}],
     "nodes": [{"name": "a1"}, {"name": "b1", "cluster": "os"}],
 }
-CONNECT = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as conn:
-        conn.sendall(b"?")
-        print(conn.recv(64).decode())
-except OSError as exc:
-    print("failed: " + type(exc).__name__)
-"""
 
 
 def _side(
@@ -68,18 +59,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield work
 
 
-def _connect(work: Path, source: str, address: str, port: int) -> str:
-    return lab_exec(work, source, "python3", "-c", CONNECT, address, str(port)).stdout.strip()
-
-
-def _until(what: Any, expected: str, seconds: float = 15) -> float:
-    started = time.monotonic()
-    while (got := what()) != expected:
-        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
 def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path) -> None:
     fabric = Fabric.load(work)
     main = _side(
@@ -103,9 +82,9 @@ def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path
     lab(work, "apply", "-f", str(tmp_path / "main.yaml"))
     started = time.monotonic()
     lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "other.yaml"))
-    _until(lambda: _connect(work, "leonardo/pg-1", "10.61.0.10", 22), "web/client")
+    until(lambda: ask(work, "leonardo/pg-1", "10.61.0.10", 22), "web/client")
     print(f"route targets set: first connection after {time.monotonic() - started:.2f} s")
-    assert _connect(work, "web/client", "10.62.0.10", 5432) == "leonardo/pg-1"
+    assert ask(work, "web/client", "10.62.0.10", 5432) == "leonardo/pg-1"
     network = json.loads(
         subprocess.run(
             ["ip", "-n", fabric.node_netns("a1"), "-j", "route", "show", "table", "all", "10.62.0.10"],
@@ -121,7 +100,7 @@ def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
     started = time.monotonic()
     lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "changed.yaml"))
-    _until(lambda: _connect(work, "web/client", "10.62.0.10", 5432), "failed: OSError")
+    until(lambda: ask(work, "web/client", "10.62.0.10", 5432), "failed: OSError")
     print(f"route target changed: disconnected after {time.monotonic() - started:.2f} s")
 
 
@@ -151,9 +130,7 @@ def test_a_kubernetes_pod_reaches_a_vm_of_the_other_cluster_only_while_targets_m
     lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "vm.yaml"))
     (tmp_path / "shop.yaml").write_text(yaml.safe_dump_all(shop("64600:3")))
     lab(work, "apply", "-f", str(tmp_path / "shop.yaml"))
-    _until(
-        lambda: _connect(work, "shop/buyer", "10.63.0.10", 5432), "stock/pg"
-    )  # pod -> VM, cluster to cluster
+    until(lambda: ask(work, "shop/buyer", "10.63.0.10", 5432), "stock/pg")  # pod -> VM, cluster to cluster
     (tmp_path / "shop.yaml").write_text(yaml.safe_dump_all(shop("64600:4")))
     lab(work, "apply", "-f", str(tmp_path / "shop.yaml"))
-    _until(lambda: _connect(work, "shop/buyer", "10.63.0.10", 5432), "failed: OSError")  # targets differ: cut
+    until(lambda: ask(work, "shop/buyer", "10.63.0.10", 5432), "failed: OSError")  # targets differ: cut

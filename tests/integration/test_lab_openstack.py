@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,13 @@ import pytest
 import yaml
 
 from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
-from tests.integration.labs import isthmus, lab, lab_exec, running
+from tests.integration.labs import ask, isthmus, lab, lab_exec, running, until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not HAS_CLIENTS,
     reason="needs root, nftables and python-openstackclient (scripts/bootstrap dev)",
 )
 TOPOLOGY = {"name": "hyb", "nodes": [{"name": "node-1"}, {"name": "node-2"}]}
-CONNECT = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 1) as conn:
-        conn.sendall(b"?")
-        print(conn.recv(64).decode())
-except OSError as exc:
-    print("failed: " + type(exc).__name__)
-"""
 WEB = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -67,17 +57,6 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Clo
             yield work, cloud, port
 
 
-def _connect(work: Path, source: str, address: str, port: int) -> str:
-    return lab_exec(work, source, "python3", "-c", CONNECT, address, str(port)).stdout.strip()
-
-
-def _until(what: Any, expected: str, seconds: float = 10) -> None:
-    started = time.monotonic()
-    while (got := what()) != expected:
-        assert time.monotonic() - started < seconds, f"still {got!r}, expected {expected!r}"
-        time.sleep(0.2)
-
-
 def test_a_pod_and_a_vm_on_one_network_talk_as_their_security_group_allows(
     hybrid: tuple[Path, Cloud, dict[str, Any]],
 ) -> None:
@@ -86,10 +65,8 @@ def test_a_pod_and_a_vm_on_one_network_talk_as_their_security_group_allows(
     web = json.loads(isthmus(work, "get", "pod", "web", "-n", "leonardo", "-o", "json").output)["status"][
         "podIP"
     ]
-    _until(lambda: _connect(work, vm, web, 80), "leonardo/web")  # the VM is up on node-2; out is allowed
-    assert (
-        _connect(work, "leonardo/web", address, 5432) == "failed: TimeoutError"
-    )  # default group: members only
+    until(lambda: ask(work, vm, web, 80), "leonardo/web")  # the VM is up on node-2; out is allowed
+    assert ask(work, "leonardo/web", address, 5432) == "failed: TimeoutError"  # default group: members only
     cloud.cli(
         "leonardo",
         "security",
@@ -102,10 +79,10 @@ def test_a_pod_and_a_vm_on_one_network_talk_as_their_security_group_allows(
         "--dst-port",
         "5432",
     )
-    _until(lambda: _connect(work, "leonardo/web", address, 5432), vm)  # pod -> VM, across nodes
-    assert _connect(work, "leonardo/web", address, 22) == "failed: TimeoutError"  # only the rule's port
+    until(lambda: ask(work, "leonardo/web", address, 5432), vm)  # pod -> VM, across nodes
+    assert ask(work, "leonardo/web", address, 22) == "failed: TimeoutError"  # only the rule's port
     cloud.cli("leonardo", "port", "delete", port["id"])
-    _until(lambda: _connect(work, "leonardo/web", address, 5432), "failed: TimeoutError")
+    until(lambda: ask(work, "leonardo/web", address, 5432), "failed: TimeoutError")
 
 
 def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
@@ -128,13 +105,13 @@ def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cl
         )
         vms[name] = (f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"])
     (front, _), (back, address) = vms["front"], vms["back"]
-    _until(lambda: _connect(work, front, address, 22), "failed: OSError")  # up, but no route to back
+    until(lambda: ask(work, front, address, 22), "failed: OSError")  # up, but no route to back
     cloud.cli("leonardo", "router", "create", "edge")
     for subnet in ("front-v4", "back-v4"):
         cloud.cli("leonardo", "router", "add", "subnet", "edge", subnet)
-    _until(lambda: _connect(work, front, address, 22), back)  # routed, node-1 to node-2
+    until(lambda: ask(work, front, address, 22), back)  # routed, node-1 to node-2
     cloud.cli("leonardo", "router", "remove", "subnet", "edge", "back-v4")
-    _until(lambda: _connect(work, front, address, 22), "failed: OSError")
+    until(lambda: ask(work, front, address, 22), "failed: OSError")
 
 
 def test_an_allowed_address_pair_is_routed_to_its_vm(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
@@ -155,11 +132,11 @@ def test_an_allowed_address_pair_is_routed_to_its_vm(hybrid: tuple[Path, Cloud, 
     )
     vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
     extra = address.rsplit(".", 1)[0] + ".250"  # a VIP the VM holds beside its own address
-    _until(lambda: _connect(work, "leonardo/web", address, 22), vm)
+    until(lambda: ask(work, "leonardo/web", address, 22), vm)
     assert lab_exec(work, vm, "ip", "addr", "add", f"{extra}/32", "dev", "eth0").returncode == 0
-    assert _connect(work, "leonardo/web", extra, 22).startswith("failed")  # not routed to it yet
+    assert ask(work, "leonardo/web", extra, 22).startswith("failed")  # not routed to it yet
     cloud.cli("leonardo", "port", "set", port["id"], "--allowed-address", f"ip-address={extra}")
-    _until(lambda: _connect(work, "leonardo/web", extra, 22), vm)  # now it is, across nodes
+    until(lambda: ask(work, "leonardo/web", extra, 22), vm)  # now it is, across nodes
 
 
 PING = """
@@ -206,10 +183,10 @@ def test_an_icmp_rule_lets_a_pod_ping_a_vm(hybrid: tuple[Path, Cloud, dict[str, 
     cloud.cli(
         "leonardo", "security", "group", "rule", "create", "default", "--protocol", "tcp", "--dst-port", "80"
     )
-    _until(lambda: _connect(work, "leonardo/web", address, 80), vm)  # up, and its group programmed
+    until(lambda: ask(work, "leonardo/web", address, 80), vm)  # up, and its group programmed
     assert ping() == "no reply"  # TCP 80 only
     cloud.cli("leonardo", "security", "group", "rule", "create", "default", "--protocol", "icmp")
-    _until(ping, "reply")
+    until(ping, "reply")
 
 
 def test_a_bare_metal_host_on_the_pod_network_is_reached_like_a_pod(
@@ -230,4 +207,4 @@ def test_a_bare_metal_host_on_the_pod_network_is_reached_like_a_pod(
     (tmp_path / "host.yaml").write_text(yaml.safe_dump(host))
     lab(work, "apply", "-f", str(tmp_path / "host.yaml"))  # settles once its machine is up
     address = json.loads(isthmus(work, "get", "endpoint", "storage-1", "-n", "leonardo", "-o", "json").output)
-    assert _connect(work, "leonardo/web", address["spec"]["addresses"][0], 3260) == "leonardo/storage-1"
+    assert ask(work, "leonardo/web", address["spec"]["addresses"][0], 3260) == "leonardo/storage-1"
