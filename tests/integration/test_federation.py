@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -137,6 +138,10 @@ def test_route_targets_join_networks_of_two_clusters(clusters: tuple[Cluster, Cl
     made = plan(b.compiled().node_state("b1"))
     assert made[("route", network.table, "10.50.0.5/32")] == Route("via", f"isx{vni}", "10.9.0.11")  # type: ignore[union-attr]
     assert a.imported() == []  # b exports nothing
+    os.kill(int((a.state / "federation" / "bird.pid").read_text()), signal.SIGKILL)  # a's speaker dies
+    until(lambda: len(b.imported()), 0)  # its session, and routes, go at once
+    seconds = until(lambda: len(b.imported()), 1)  # its controller starts it again
+    print(f"speaker killed: its routes back {seconds:.2f} s after they went")
     changed = {
         "kind": "VirtualNetwork",
         "metadata": {"name": "db", "namespace": "leonardo"},

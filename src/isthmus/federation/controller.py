@@ -56,14 +56,20 @@ class Federation:
         self.peer = ",".join(str(p.address) for p in settings.peers)
 
     def run(self, stop: threading.Event, every: float = 0.2) -> None:
-        """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes."""
-        self.bird.start(render(self.settings, (), self.bird.log))
-        revision = 0
+        """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes. A BIRD that
+        died or refused is started (or adopted) again and given the exports anew on the next pass."""
+        revision, started = 0, False
         try:
             while not stop.is_set():
                 try:
+                    if not started:
+                        self.bird.start(render(self.settings, (), self.bird.log))
+                        self.exports, started = None, True
                     revision = self.step(revision)
-                except (BgpError, intent.IntentError) as exc:  # tried again on the next pass
+                except BgpError as exc:
+                    log.warning("federation: %s (BIRD started again on the next pass)", exc)
+                    started = False
+                except intent.IntentError as exc:  # tried again on the next pass
                     log.warning("federation: %s", exc)
                 stop.wait(every)
         finally:
