@@ -85,6 +85,11 @@ def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path
     until(lambda: ask(work, "leonardo/pg-1", "10.61.0.10", 22), "web/client")
     print(f"route targets set: first connection after {time.monotonic() - started:.2f} s")
     assert ask(work, "web/client", "10.62.0.10", 5432) == "leonardo/pg-1"
+    status = json.loads(lab(work, "status", "-o", "json").output)
+    assert {n: s["cluster"] for n, s in status["nodes"].items()} == {"a1": "main", "b1": "os"}
+    machines = {m["ref"]: (m["cluster"], m["node"], m["up"]) for m in status["machines"]}
+    assert machines == {"web/client": ("main", "a1", True), "leonardo/pg-1": ("os", "b1", True)}
+    assert "leonardo/pg-1" in lab(work, "status").output
     network = json.loads(
         subprocess.run(
             ["ip", "-n", fabric.node_netns("a1"), "-j", "route", "show", "table", "all", "10.62.0.10"],

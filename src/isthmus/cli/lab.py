@@ -160,19 +160,24 @@ def probe(
 @click.option("-o", "--output", type=click.Choice(["json"]), help="Output format.")
 @click.pass_context
 def status(ctx: click.Context, output: str | None) -> None:
-    """The lab's nodes (agent revision, endpoints programmed, problems), pods (node, address, phase) and the
-    router's BGP session with each node (state, routes received, last error)."""
+    """The lab's nodes (cluster, agent revision, endpoints programmed, problems), pods (node, address,
+    phase), VMs and hosts (cluster, node, address, up) and the router's BGP session with each node (state,
+    routes received, last error)."""
     running = _lab(ctx)
     agents = {n: running.agent(n) for n in running.fabric.nodes}
     pods = [vars(p) for p in running.pods()]
+    machines = [vars(m) for m in running.machines()]
     router = _router(running)
+    clusters = running.fabric.clusters
     if output == "json":
-        nodes = {n: {"address": a, "agent": agents[n]} for n, a in running.fabric.nodes.items()}
-        click.echo(
-            json.dumps({"nodes": nodes, "pods": pods} | ({"router": router} if router else {}), indent=2)
-        )
+        nodes = {
+            n: {"address": a, "cluster": clusters.get(n, "main"), "agent": agents[n]}
+            for n, a in running.fabric.nodes.items()
+        }
+        shown = {"nodes": nodes, "pods": pods, "machines": machines} | ({"router": router} if router else {})
+        click.echo(json.dumps(shown, indent=2))
         return
-    rows = [["NODE", "ADDRESS", "REVISION", "ENDPOINTS", "PROBLEMS"]]
+    rows = [["NODE", "CLUSTER", "ADDRESS", "REVISION", "ENDPOINTS", "PROBLEMS"]]
     for name, agent in agents.items():
         endpoints = dict(agent.get("endpoints") or {})
         programmed = sum(1 for e in endpoints.values() if e.get("programmed"))
@@ -180,15 +185,29 @@ def status(ctx: click.Context, output: str | None) -> None:
             f"{k}: {v}" for k, v in dict(agent.get("problems") or {}).items()
         )
         address = running.fabric.nodes[name]
-        rows.append(
-            [name, address, str(agent.get("revision", "-")), f"{programmed}/{len(endpoints)}", problems]
-        )
+        revision = str(agent.get("revision", "-"))
+        cluster = clusters.get(name, "main")
+        rows.append([name, cluster, address, revision, f"{programmed}/{len(endpoints)}", problems])
     click.echo(aligned(rows))
     rows = [["POD", "NODE", "ADDRESS", "STATUS", "PROBLEM"]]
     rows += [
         [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["problem"]] for p in pods
     ]
     click.echo("\n" + aligned(rows))
+    if machines:
+        rows = [["MACHINE", "KIND", "CLUSTER", "NODE", "ADDRESS", "STATUS"]]
+        rows += [
+            [
+                m["ref"],
+                m["kind"],
+                m["cluster"],
+                m["node"],
+                m["addresses"],
+                "Running" if m["up"] else "Booting",
+            ]
+            for m in machines
+        ]
+        click.echo("\n" + aligned(rows))
     if router:
         rows = [["ROUTER PEER", "ADDRESS", "ASN", "BGP STATE", "ROUTES", "LAST ERROR"]]
         rows += [

@@ -58,6 +58,19 @@ class Pod:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass
+class Machine:
+    """A VM or host of the lab: its cluster, NAMESPACE/NAME, kind, node, addresses, and whether its
+    sandbox is up."""
+
+    cluster: str
+    ref: str
+    kind: str
+    node: str | None
+    addresses: str
+    up: bool
+
+
 def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
     """A ledger Node's spec: its underlay address and, with a router, its BGP speaker peering with it."""
     if router is None:
@@ -174,14 +187,18 @@ class Lab:
             )
         return found
 
-    def _machines(self) -> dict[str, str]:
-        """The VMs and hosts bound to the lab's nodes, of every cluster: sandbox -> NAMESPACE/NAME."""
-        found = {}
-        for cluster in {"", *self.fabric.clusters.values()}:
+    def machines(self) -> list[Machine]:
+        """The VMs and hosts bound to the lab's nodes, of every cluster, and whether they are up."""
+        booted = self._booted()
+        found = []
+        for cluster in sorted({"", *self.fabric.clusters.values()}):
             for e in objects.list_objects(self.ledger_of(cluster), lookup_kind("Endpoint"))[0]:
                 if isinstance(e, Endpoint) and e.spec.kind != "pod" and e.spec.node in self.fabric.nodes:
                     ref = f"{e.metadata.namespace}/{e.metadata.name}"
-                    found[self.fabric.sandbox(e.metadata.namespace or "", e.metadata.name)] = ref
+                    addresses = ",".join(map(str, e.spec.addresses))
+                    found.append(
+                        Machine(cluster or "main", ref, e.spec.kind, e.spec.node, addresses, ref in booted)
+                    )
         return found
 
     def _booted(self) -> set[str]:
@@ -213,8 +230,9 @@ class Lab:
             ]
             pods = [p for p in self.pods() if p.node in self.fabric.nodes]
             waiting = [p for p in pods if p.phase != "Running" and not p.problem]
-            machines = self._machines()
-            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods} | machines.keys()
+            machines = self.machines()
+            kept = {self.fabric.sandbox(p.namespace, p.name) for p in pods}
+            kept |= {self.fabric.sandbox(*m.ref.split("/", 1)) for m in machines}
             left = [
                 n
                 for n in self.fabric.namespaces()
@@ -224,8 +242,7 @@ class Lab:
                 if pod.phase == "Running" and pod.ref not in shown:
                     shown.add(pod.ref)
                     echo(f"pod {pod.ref}: running on {pod.node} at {pod.address}")
-            booted = self._booted()
-            booting = sorted(ref for ref in machines.values() if ref not in booted)
+            booting = sorted(m.ref for m in machines if not m.up)
             if (not behind and not waiting and not left and not booting) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
