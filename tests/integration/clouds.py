@@ -48,6 +48,21 @@ class Cloud:
     def json(self, project: str, *args: str) -> Any:
         return json.loads(self.cli(project, *args, "-f", "json").stdout)
 
+    def vm(self, project: str, name: str, network: str, node: str, *options: str) -> Any:
+        """A port bound to `node` as nova makes one for a VM (a lab boots it there); its JSON."""
+        argv = [
+            "port",
+            "create",
+            name,
+            "--network",
+            network,
+            "--host",
+            node,
+            "--device-owner",
+            "compute:nova",
+        ]
+        return self.json(project, *argv, *options)
+
     def sdk(self, project: str) -> Any:
         return openstack.connect(
             auth_url=f"{self.url}/v3",

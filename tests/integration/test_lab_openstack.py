@@ -42,18 +42,7 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Clo
         lab(work, "apply", "-f", str(base / "web.yaml"))
         with serving(work / "state") as cloud:
             cloud.tokens["leonardo"] = cloud.tenant("leonardo")
-            port = cloud.json(
-                "leonardo",
-                "port",
-                "create",
-                "pg-1",
-                "--network",
-                "pods",
-                "--host",
-                "node-2",
-                "--device-owner",
-                "compute:nova",
-            )
+            port = cloud.vm("leonardo", "pg-1", "pods", "node-2")
             yield work, cloud, port
 
 
@@ -91,18 +80,7 @@ def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cl
     for name, cidr, node in (("front", "10.40.1.0/24", "node-1"), ("back", "10.40.2.0/24", "node-2")):
         cloud.cli("leonardo", "network", "create", name)
         cloud.cli("leonardo", "subnet", "create", f"{name}-v4", "--network", name, "--subnet-range", cidr)
-        port = cloud.json(
-            "leonardo",
-            "port",
-            "create",
-            f"{name}-vm",
-            "--network",
-            name,
-            "--host",
-            node,
-            "--device-owner",
-            "compute:nova",
-        )
+        port = cloud.vm("leonardo", f"{name}-vm", name, node)
         vms[name] = (f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"])
     (front, _), (back, address) = vms["front"], vms["back"]
     until(lambda: ask(work, front, address, 22), "failed: OSError")  # up, but no route to back
@@ -116,19 +94,8 @@ def test_a_router_joins_two_tenant_networks_for_their_vms(hybrid: tuple[Path, Cl
 
 def test_an_allowed_address_pair_is_routed_to_its_vm(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
     work, cloud, _ = hybrid
-    port = cloud.json(
-        "leonardo",
-        "port",
-        "create",
-        "keepalived",
-        "--network",
-        "pods",
-        "--host",
-        "node-2",
-        "--device-owner",
-        "compute:nova",
-        "--disable-port-security",
-        "--no-security-group",
+    port = cloud.vm(
+        "leonardo", "keepalived", "pods", "node-2", "--disable-port-security", "--no-security-group"
     )
     vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
     extra = address.rsplit(".", 1)[0] + ".250"  # a VIP the VM holds beside its own address
@@ -163,18 +130,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
 
 def test_an_icmp_rule_lets_a_pod_ping_a_vm(hybrid: tuple[Path, Cloud, dict[str, Any]]) -> None:
     work, cloud, _ = hybrid
-    port = cloud.json(
-        "leonardo",
-        "port",
-        "create",
-        "pinged",
-        "--network",
-        "pods",
-        "--host",
-        "node-2",
-        "--device-owner",
-        "compute:nova",
-    )
+    port = cloud.vm("leonardo", "pinged", "pods", "node-2")
     vm, address = f"leonardo/{port['id']}", port["fixed_ips"][0]["ip_address"]
 
     def ping() -> str:

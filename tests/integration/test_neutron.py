@@ -56,20 +56,7 @@ def test_the_openstack_client_builds_a_tenant_network_and_reads_it_back(cloud: C
         "10.10.0.1",
         network["id"],
     )
-    port = cloud.json(
-        "leonardo",
-        "port",
-        "create",
-        "pg-1",
-        "--network",
-        "leonardodb",
-        "--host",
-        "node-1",
-        "--device-owner",
-        "compute:nova",
-        "--fixed-ip",
-        "ip-address=10.10.0.11",
-    )
+    port = cloud.vm("leonardo", "pg-1", "leonardodb", "node-1", "--fixed-ip", "ip-address=10.10.0.11")
     assert port["fixed_ips"] == [{"subnet_id": subnet["id"], "ip_address": "10.10.0.11"}]
     assert (port["binding_host_id"], port["device_owner"], port["status"]) == (
         "node-1",

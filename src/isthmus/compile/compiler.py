@@ -102,26 +102,14 @@ class Compiler:
     """Holds the objects it compiled and the state they give; `change` applies a change and returns the
     delta. Reads only model objects: the caller lists them from the ledger (or watches it)."""
 
-    KINDS = (
-        "Node",
-        "VirtualNetwork",
-        "Endpoint",
-        "ServiceVIP",
-        "FloatingIP",
-        "EgressIP",
-        "Policy",
-        "ImportedRoute",
-        "Namespace",
-        "NetworkPolicy",
-        "SecurityGroup",
-        "Subnet",
-        "SubnetPool",
-    )
+    KINDS = (*UNITS, "Namespace", "NetworkPolicy", "SecurityGroup", "SubnetPool")  # what it reads
 
     def __init__(self, objects: Iterable[Object] = ()) -> None:
         self.objects: dict[str, dict[tuple[str, str], Object]] = {k: {} for k in self.KINDS}
         self.netpols: dict[str, dict[str, NetworkPolicySpec]] = defaultdict(dict)  # namespace -> name -> spec
-        self.members: dict[str, set[tuple[str, str]]] = defaultdict(set)  # namespace or network -> endpoints
+        # "ns:"/"vn:" namespace or network -> its endpoints;
+        # "it:"/"rt:" route target -> the networks importing it / the imported routes carrying it
+        self.members: dict[str, set[tuple[str, str]]] = defaultdict(set)
         self.parts: dict[Unit, Made] = {}
         self.owners: dict[str, dict[Key, list[Unit]]] = defaultdict(dict)  # scope -> key -> units giving it
         # one object per identity, shared by its endpoints, and its isolation; both forgotten with it
@@ -179,13 +167,20 @@ class Compiler:
         self._index(obj, add=True)
 
     def _index(self, obj: Object, add: bool) -> None:
-        """Keep what is derived from stored objects in step: endpoints by namespace and network, parsed
-        NetworkPolicies, and the isolation cache of a namespace whose policies or labels change."""
+        """Keep what is derived from stored objects in step: endpoints by namespace and network, networks
+        and imported routes by route target, parsed NetworkPolicies, and the isolation cache of a namespace
+        whose policies or labels change."""
         namespace, name = obj.metadata.namespace or "", obj.metadata.name
+        groups: list[str] = []
         if isinstance(obj, Endpoint):
-            for group in ("ns:" + namespace, "vn:" + self.network_of(obj)):
-                (self.members[group].add if add else self.members[group].discard)((namespace, name))
-        elif obj.kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):
+            groups = ["ns:" + namespace, "vn:" + self.network_of(obj)]
+        elif isinstance(obj, VirtualNetwork):
+            groups = ["it:" + t for t in obj.spec.import_targets]
+        elif isinstance(obj, ImportedRoute):
+            groups = ["rt:" + t for t in obj.spec.route_targets]
+        for group in groups:
+            (self.members[group].add if add else self.members[group].discard)((namespace, name))
+        if obj.kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):
             self.isolations.pop(name if obj.kind == "Namespace" else namespace, None)
         if isinstance(obj, SecurityGroup):  # enforced as the NetworkPolicy it amounts to
             self.netpols[namespace].pop(SECURITY_GROUP + name, None)
@@ -243,8 +238,12 @@ class Compiler:
             return set()
         kind, namespace, name = unit_of(obj)
         touched = {(kind, namespace, name)} if kind in UNITS else set()
-        if kind == "VirtualNetwork":  # its import targets choose the imported routes it holds
-            touched |= {("ImportedRoute", ns, n) for ns, n in self.objects["ImportedRoute"]}
+        if isinstance(obj, VirtualNetwork):  # its import targets choose the imported routes it holds
+            touched |= {
+                ("ImportedRoute", ns, n)
+                for t in obj.spec.import_targets
+                for ns, n in self.members.get("rt:" + t, ())
+            }
         if kind == "Node":  # egress addresses may change owner
             touched |= {("EgressIP", ns, n) for ns, n in self.objects["EgressIP"]}
         if kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):  # the namespace's endpoints' isolation
@@ -516,18 +515,18 @@ class Compiler:
 
     def _imported(self, route: ImportedRoute) -> Made:
         """The route in every network that imports one of its route targets."""
-        targets, prefix = set(route.spec.route_targets), route.spec.prefix
+        prefix = route.spec.prefix
         rule = f"ImportedRoute {route.metadata.name} ({route.spec.route_distinguisher or route.spec.peer})"
+        importers = sorted({k for t in route.spec.route_targets for k in self.members.get("it:" + t, ())})
         return [
             (
                 SHARED,
                 ("route", name, str(prefix)),
                 RouteEntry(name, prefix, "imported", via=route.spec.next_hop, rule=rule, vni=route.spec.vni),
             )
-            for (ns, n), network in sorted(self.objects["VirtualNetwork"].items())
-            if isinstance(network, VirtualNetwork)
+            for ns, n in importers
+            if isinstance(network := self.objects["VirtualNetwork"].get((ns, n)), VirtualNetwork)
             and network.spec.vni is not None
-            and targets & set(network.spec.import_targets)
             for name in [ref(ns or None, n)]
         ]
 

@@ -19,11 +19,12 @@ from isthmus.bgp.config import Settings
 from isthmus.bgp.control import BgpError
 from isthmus.federation.vpn import VpnRoute, exported, parse_routes, render
 from isthmus.model import ImportedRoute, Object, lookup_kind
-from isthmus.store import Ledger, objects
+from isthmus.store import Compacted, Ledger, Watch, objects
 
 log = logging.getLogger("isthmus.federation")
 LEARNED = "isthmus.io/federation"  # the annotation of the ImportedRoutes the controller keeps
 _KINDS = [lookup_kind(k) for k in ("VirtualNetwork", "Endpoint", "Node")]
+_PREFIXES = tuple(objects.kind_prefix(k) for k in _KINDS)
 _IMPORTED = lookup_kind("ImportedRoute")
 
 
@@ -52,33 +53,36 @@ class Federation:
     def __init__(self, ledger: Ledger, directory: Path, settings: Settings) -> None:
         self.ledger, self.settings = ledger, settings
         self.bird = Bird(directory)
-        self.exports: set[VpnRoute] | None = None
+        self.exports: set[VpnRoute] | None = None  # what BIRD announces, once loaded
+        self.imported: dict[str, ImportedRoute] | None = None  # what the ledger holds, once written
+        self.watch: Watch | None = None  # changes of the kinds the exports come from
         self.peer = ",".join(str(p.address) for p in settings.peers)
 
     def run(self, stop: threading.Event, every: float = 0.2) -> None:
         """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes. A BIRD that
         died or refused is started (or adopted) again and given the exports anew on the next pass."""
-        revision, started = 0, False
+        started = False
         try:
             while not stop.is_set():
                 try:
                     if not started:
                         self.bird.start(render(self.settings, (), self.bird.log))
                         self.exports, started = None, True
-                    revision = self.step(revision)
+                    self.step()
                 except BgpError as exc:
                     log.warning("federation: %s (BIRD started again on the next pass)", exc)
                     started = False
                 except intent.IntentError as exc:  # tried again on the next pass
                     log.warning("federation: %s", exc)
+                    self.imported = None
                 stop.wait(every)
         finally:
             self.bird.stop(withdraw=True)
 
-    def step(self, revision: int) -> int:
-        """One pass: exports when the ledger moved since `revision`, imports always; the revision read."""
-        now = self.ledger.revision()
-        if now != revision or self.exports is None:
+    def step(self) -> None:
+        """One pass: the exports again when a network, endpoint or node changed; the imports when BIRD
+        learned something else than the ledger holds."""
+        if self._moved() or self.exports is None:
             found: list[Object] = [o for info in _KINDS for o in objects.list_objects(self.ledger, info)[0]]
             exports = exported(found, self.settings.asn)
             if exports != self.exports:
@@ -86,8 +90,20 @@ class Federation:
                 self.exports = exports
                 log.info("federation: announcing %d routes", len(exports))
         learned = parse_routes(self.bird.command("show route table vpntab where source = RTS_BGP all"))
-        self._import({route_name(r): imported(r, self.peer) for r in learned})
-        return now
+        wanted = {route_name(r): imported(r, self.peer) for r in learned}
+        if wanted != self.imported:
+            self._import(wanted)
+            self.imported = wanted
+
+    def _moved(self) -> bool:
+        """Whether a network, endpoint or node changed since the last pass (yes on the first)."""
+        if self.watch is not None:
+            try:
+                return any(e.key.startswith(_PREFIXES) for e in self.watch.poll())
+            except Compacted:
+                pass
+        self.watch = self.ledger.watch(objects.OBJECTS, self.ledger.revision())
+        return True
 
     def _import(self, wanted: dict[str, ImportedRoute]) -> None:
         """Make the controller's ImportedRoutes exactly `wanted`, in one transaction."""

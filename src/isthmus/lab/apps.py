@@ -1,7 +1,7 @@
 """Real services for lab sandboxes, run by the lab kubelet in place of the name server:
 
-  nginx NAME HOST:PORT          Debian's nginx on port 80, proxying to HOST:PORT (the service the pod
-                                `uses`), adding `X-Served-By: NAME`
+  nginx NAME HOST:PORT DIR      Debian's nginx on port 80, proxying to HOST:PORT (the service the pod
+                                `uses`), adding `X-Served-By: NAME`; its files in DIR
   leonardo NAME [PORT]          the seeds' CMS as a small web app on PORT (8000): each request is a session
                                 written to PostgreSQL (the first answering of $LEONARDO_DB, comma-separated
                                 addresses) and answered with what the database then holds
@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,14 +47,15 @@ http {{
 """
 
 
-def nginx(name: str, upstream: str) -> None:
+def nginx(name: str, upstream: str, directory: str) -> None:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         sys.exit("nginx is not installed (Debian package nginx-light; scripts/bootstrap installs it)")
-    work = tempfile.mkdtemp(prefix="isthmus-nginx-")
-    conf = Path(work) / "nginx.conf"
+    work = Path(directory)
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
     conf.write_text(NGINX.format(dir=work, upstream=upstream, name=name))
-    os.execv(binary, [binary, "-c", str(conf), "-p", work])
+    os.execv(binary, [binary, "-c", str(conf), "-p", str(work)])
 
 
 def leonardo(name: str, port: int = 8000) -> None:
@@ -124,7 +124,7 @@ def postgresql(name: str, address: str, directory: str) -> None:
 def main(argv: list[str]) -> None:
     kind, name, *rest = argv
     if kind == "nginx":
-        nginx(name, rest[0])
+        nginx(name, rest[0], rest[1])
     elif kind == "leonardo":
         leonardo(name, int(rest[0]) if rest else 8000)
     elif kind == "postgresql":

@@ -99,7 +99,7 @@ class Fabric:
 
     @staticmethod
     def disk(sandbox: str) -> Path:
-        """A sandbox's own files that outlive its processes (a PostgreSQL VM's cluster), where a service
+        """A sandbox's own files (a PostgreSQL VM's cluster, nginx's configuration), where a service
         user can reach them; removed with the sandbox."""
         return Path(tempfile.gettempdir()) / f"{sandbox}.disk"
 
@@ -284,14 +284,14 @@ class Fabric:
             program = [sys.executable, "-m", "isthmus.lab.apps", *app]
         else:
             program = [sys.executable, "-m", "isthmus.lab.server", f"{namespace}/{name}", *ports]
-        log = (self.work / f"{sandbox}.log").open("ab")
-        subprocess.Popen(
-            ["ip", "netns", "exec", sandbox, *program],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
+        with (self.work / f"{sandbox}.log").open("ab") as log:
+            subprocess.Popen(
+                ["ip", "netns", "exec", sandbox, *program],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         return sandbox
 
     def unpod(self, node: str, namespace: str, name: str) -> None:

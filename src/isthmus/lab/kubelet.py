@@ -95,18 +95,17 @@ class Kubelet:
         """What the sandbox runs when not the name server: by a pod's image (nginx proxying to the service
         it `uses`; the leonardo CMS), by a machine's annotation lab.isthmus.io/run (postgresql)."""
         namespace, name = key
-        ref = f"{namespace}/{name}"
+        ref, disk = f"{namespace}/{name}", str(self.fabric.disk(self.fabric.sandbox(namespace, name)))
         if isinstance(pod, Endpoint):
             if pod.metadata.annotations.get(RUN) == "postgresql" and pod.spec.addresses:
-                data = self.fabric.disk(self.fabric.sandbox(namespace, name))
-                return ["postgresql", name, str(pod.spec.addresses[0]), str(data)]
+                return ["postgresql", name, str(pod.spec.addresses[0]), disk]
             return None
         images = [str(c.get("image", "")) for c in _containers(pod)]
         uses = pod.metadata.labels.get("uses")
         if any(i.startswith("nginx") for i in images) and uses:
             vip = objects.list_one(self.ledger, VIPS, namespace, uses)
             if isinstance(vip, ServiceVIP) and vip.spec.vip is not None and vip.spec.ports:
-                return ["nginx", ref, f"{vip.spec.vip}:{vip.spec.ports[0].port}"]
+                return ["nginx", ref, f"{vip.spec.vip}:{vip.spec.ports[0].port}", disk]
         if any(i.startswith("leonardo") for i in images):
             return ["leonardo", ref, next(iter(ports(pod)), "8000/TCP").split("/")[0]]
         return None
@@ -163,13 +162,15 @@ class Kubelet:
         temporary.replace(self.saved)
 
     def run(self, stop: threading.Event) -> None:
-        """Follow the ledger's Pods until `stop` is set; pods that failed are tried again."""
+        """Follow the ledger's Pods and Endpoints until `stop` is set; pods that failed are tried again."""
+        mine = (objects.kind_prefix(PODS), objects.kind_prefix(ENDPOINTS))
         revision = self.sync()
         while not stop.is_set():
             try:
                 watch = self.ledger.watch(objects.OBJECTS, revision)
                 while not stop.is_set():
-                    if watch.poll(timeout=0.5) or self.failed:
+                    changed = any(e.key.startswith(mine) for e in watch.poll(timeout=0.5))
+                    if changed or self.failed:
                         revision = self.sync()
             except Compacted:
                 revision = self.sync()

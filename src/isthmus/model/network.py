@@ -12,6 +12,7 @@ from pydantic import AfterValidator, Field, model_validator
 from isthmus.model.meta import Cidr, IPAddress, Model, Name, Ref, RefTo, Resource, ref_to
 
 VNI_MAX = 2**24 - 1
+VNI = Annotated[int, Field(ge=1, le=VNI_MAX)]
 _RT = re.compile(r"^(?:(\d+)|(\d+\.\d+\.\d+\.\d+)):(\d+)$")
 
 
@@ -98,7 +99,7 @@ class VirtualNetworkSpec(Model):
         "subnets (`Subnet.spec.node`), announces them by BGP, and traffic between nodes goes through the "
         "underlay's routers",
     )
-    vni: Annotated[int, Field(ge=1, le=VNI_MAX)] | None = Field(None, description="allocated when absent")
+    vni: VNI | None = Field(None, description="allocated when absent")
     import_targets: list[RouteTarget] = []
     export_targets: list[RouteTarget] = []
     external: bool = Field(False, description="a pool of public floating IPs, usable by every tenant")
@@ -256,7 +257,7 @@ class Subnet(Resource):
 class ImportedRouteSpec(Model):
     prefix: Cidr
     next_hop: IPAddress = Field(description="the remote node holding it: its VTEP")
-    vni: Annotated[int, Field(ge=1, le=VNI_MAX)] = Field(description="the remote network's VNI")
+    vni: VNI = Field(description="the remote network's VNI")
     route_targets: list[RouteTarget] = Field(min_length=1)
     route_distinguisher: str = ""
     peer: str = Field("", description="the speaker it was learned from")

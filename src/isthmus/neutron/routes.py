@@ -244,15 +244,8 @@ VIEWS: dict[str, View] = {
 def _default_group(ledger: Ledger, project: str) -> None:
     """The project's `default` security group, as Neutron makes it on first use."""
     if objects.list_one(ledger, _INFO["SecurityGroup"], project, "default") is None:
-        group = shapes.to_security_group(
-            {"name": "default", "description": "Default security group"}, project, None, "default"
-        )
-        rules = [r.model_dump(by_alias=True, exclude_none=True) for r in shapes.default_rules("default")]
-        made = SecurityGroup.model_validate(
-            {**group.model_dump(by_alias=True, exclude_none=True), "spec": {"rules": rules}}
-        )
         with errors("SecurityGroup"):
-            intent.apply(ledger, [made])
+            intent.apply(ledger, [shapes.default_group(project)])
 
 
 def _to_network(request: Request, who: Scope, body: dict[str, Any], old: Any) -> Object:

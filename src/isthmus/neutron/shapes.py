@@ -352,27 +352,28 @@ def to_rule(body: dict[str, Any]) -> SecurityGroupRule:
     )
 
 
-def default_rules(group: str) -> list[SecurityGroupRule]:
-    """Neutron's default group: everything out, in only from its own members."""
-    return [
-        SecurityGroupRule(direction=direction, ethertype=ethertype, remote_group=peer)
-        for direction, peer in (("egress", None), ("ingress", group))
-        for ethertype in ("IPv4", "IPv6")
-    ]
-
-
-def to_security_group(
-    body: dict[str, Any], project: str, old: SecurityGroup | None, ident: str | None = None
-) -> SecurityGroup:
-    name = old.metadata.name if old else (ident or new_id())
-    if old is not None:
-        rules = old.spec.rules
-    else:  # a new group may send everything out, as Neutron's do
-        rules = [SecurityGroupRule(direction="egress", ethertype=e) for e in ("IPv4", "IPv6")]
+def _group(name: str, project: str, body: dict[str, Any], rules: list[SecurityGroupRule]) -> SecurityGroup:
     spec = {"rules": [r.model_dump(by_alias=True, exclude_none=True) for r in rules]}
-    made = _object("SecurityGroup", _meta(name, project, _merged(old, body)), spec)
+    made = _object("SecurityGroup", _meta(name, project, body), spec)
     assert isinstance(made, SecurityGroup)
     return made
+
+
+def default_group(project: str) -> SecurityGroup:
+    """The project's group `default`, as Neutron makes it: everything out, in only from its members."""
+    rules = [
+        SecurityGroupRule(direction=direction, ethertype=ethertype, remote_group=peer)
+        for direction, peer in (("egress", None), ("ingress", "default"))
+        for ethertype in ("IPv4", "IPv6")
+    ]
+    return _group("default", project, {"name": "default", "description": "Default security group"}, rules)
+
+
+def to_security_group(body: dict[str, Any], project: str, old: SecurityGroup | None) -> SecurityGroup:
+    if old is not None:
+        return _group(old.metadata.name, project, _merged(old, body), old.spec.rules)
+    out = [SecurityGroupRule(direction="egress", ethertype=e) for e in ("IPv4", "IPv6")]  # as Neutron's do
+    return _group(new_id(), project, body, out)
 
 
 # -- routers
