@@ -97,6 +97,54 @@ def test_collection_mode_gives_a_network_per_collection_and_uses_policies(ledger
     assert len(set(subnets.values())) == 2  # each collection its own block of the pod CIDR
 
 
+def test_a_pod_keeps_its_network_and_address_for_life(ledger: Ledger) -> None:
+    seeds = [yaml.safe_load(p.read_text()) for p in sorted(SEEDS.iterdir())]
+    reconcile(ledger, KubeConfig(), kube(*seeds))  # cluster mode: every pod on isthmus-system/pods
+    before = {
+        e.metadata.name: (e.spec.network, e.spec.addresses) for e in listed(ledger, "Endpoint", "default")
+    }
+    nginx = next(p for p in listed(ledger, "Pod", "default") if p.metadata.name.startswith("nginx"))
+    pod = nginx.model_dump(by_alias=True, exclude_none=True)
+    relabelled = pod | {"metadata": {**pod["metadata"], "labels": {"name": "other"}}}
+    reconcile(ledger, KubeConfig(), kube(namespace("default", "collection"), relabelled))
+    after = {
+        e.metadata.name: (e.spec.network, e.spec.addresses) for e in listed(ledger, "Endpoint", "default")
+    }
+    assert after == before  # the namespace's isolation and the pod's labels changed: nothing moved
+    held = {p.metadata.name: p.body["status"]["podIP"] for p in listed(ledger, "Pod", "default")}
+    assert held == {name: str(addresses[0]) for name, (_, addresses) in before.items()}
+    moved = {
+        e.metadata.name: e.metadata.annotations.get("isthmus.io/declared-network")
+        for e in listed(ledger, "Endpoint", "default")
+    }
+    assert moved[nginx.metadata.name] == "other" and set(moved.values()) == {"other", "leonardo", "nginx"}
+    # a pod made afterwards lands in the network its namespace and labels declare now
+    scaled = next(
+        d for d in seeds if d["kind"] == "ReplicationController" and d["metadata"]["name"] == "nginx"
+    )
+    scaled["spec"]["replicas"] = 4
+    reconcile(ledger, KubeConfig(), kube(scaled))
+    endpoints = {e.metadata.name: e for e in listed(ledger, "Endpoint", "default")}
+    (new,) = set(endpoints) - set(before)
+    assert (
+        endpoints[new].spec.network == "nginx"
+        and "isthmus.io/declared-network" not in endpoints[new].metadata.annotations
+    )
+    assert {(e.metadata.namespace, e.metadata.name) for e in listed(ledger, "VirtualNetwork")} >= {
+        ("isthmus-system", "pods"),
+        ("default", "nginx"),
+    }
+    # deleted and made again, a pod is a new pod: it goes where it is declared
+    reconcile(ledger, KubeConfig(), removed=[(lookup_kind("Pod"), "default", nginx.metadata.name)])
+    reconcile(
+        ledger,
+        KubeConfig(),
+        kube(relabelled | {"metadata": {k: v for k, v in relabelled["metadata"].items() if k != "uid"}}),
+    )
+    again = {e.metadata.name: e for e in listed(ledger, "Endpoint", "default")}[nginx.metadata.name]
+    assert again.spec.network == "other"
+
+
 def test_scaling_and_deleting_controllers_and_namespaces(ledger: Ledger) -> None:
     rc = yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())
     rc["metadata"]["namespace"] = "web"

@@ -11,7 +11,7 @@ from isthmus.intent import IntentError
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler, load_view
 from isthmus.kube.translate import TranslationError, translate
-from isthmus.model import KubeObject, lookup_kind
+from isthmus.model import Endpoint, KubeObject, lookup_kind
 from isthmus.store import MemoryLedger, objects
 
 NAMESPACES = ("red", "blue")
@@ -103,13 +103,14 @@ deletes = st.tuples(
 ).map(lambda t: ("delete", t))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(puts, deletes), min_size=1, max_size=25))
 def test_any_sequence_of_changes_matches_a_cold_translation(steps: list[tuple[str, Any]]) -> None:
     ledger = MemoryLedger()
     config = KubeConfig()
     warm = Reconciler(ledger, config)
     committed = False
+    held: dict[str, tuple[str, list[str]]] = {}  # pod uid -> its Endpoint's network and addresses
     for op, what in steps:
         if op == "put":
             change: dict[str, Any] = {"incoming": [what]}
@@ -131,6 +132,12 @@ def test_any_sequence_of_changes_matches_a_cold_translation(steps: list[tuple[st
         assert made == {objects.object_key(o): o for o in translate(warm.view, config)}
         stored = load_view(ledger)
         assert sorted(map(objects.object_key, stored)) == sorted(map(objects.object_key, warm.view))
+        assert stored.held == warm.view.held
+        # a pod keeps its network and addresses for its UID's life, whatever its labels or namespace say
+        for endpoint in objects.list_objects(ledger, lookup_kind("Endpoint"))[0]:
+            assert isinstance(endpoint, Endpoint) and endpoint.spec.owner is not None
+            now = (endpoint.spec.network, [str(a) for a in endpoint.spec.addresses])
+            assert held.setdefault(endpoint.spec.owner.uid, now) == now
     if not committed:
         return
     # a cold reconciler on the same ledger finds nothing to change

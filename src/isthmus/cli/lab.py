@@ -161,8 +161,8 @@ def probe(
 @click.pass_context
 def status(ctx: click.Context, output: str | None) -> None:
     """The lab's nodes (cluster, agent revision, endpoints programmed, problems), pods (node, address,
-    phase), VMs and hosts (cluster, node, address, up) and the router's BGP session with each node (state,
-    routes received, last error)."""
+    phase, the network held and, if another, the one declared now), VMs and hosts (cluster, node, address,
+    up) and the router's BGP session with each node (state, routes received, last error)."""
     running = _lab(ctx)
     agents = {n: running.agent(n) for n in running.fabric.nodes}
     pods = [vars(p) for p in running.pods()]
@@ -189,9 +189,10 @@ def status(ctx: click.Context, output: str | None) -> None:
         cluster = clusters.get(name, "main")
         rows.append([name, cluster, address, revision, f"{programmed}/{len(endpoints)}", problems])
     click.echo(aligned(rows))
-    rows = [["POD", "NODE", "ADDRESS", "STATUS", "PROBLEM"]]
+    rows = [["POD", "NODE", "ADDRESS", "STATUS", "NETWORK", "PROBLEM"]]
     rows += [
-        [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["problem"]] for p in pods
+        [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["network"], p["problem"]]
+        for p in pods
     ]
     click.echo("\n" + aligned(rows))
     if machines:

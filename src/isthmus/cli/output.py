@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from isthmus.kube.conditions import NETWORK
 from isthmus.model import KindInfo, KubeObject, Object, ServiceVIP
 
 Column = tuple[str, Callable[[Any], str], bool]  # header, cell, wide only
@@ -29,6 +30,12 @@ def _external_ips(svc: KubeObject) -> str:
     ingress = (_get(svc, "status", "loadBalancer") or {}).get("ingress") or []
     found = [i.get("ip") for i in ingress if i.get("ip")] + list(_get(svc, "spec", "externalIPs") or [])
     return ",".join(found) or "<none>"
+
+
+def _pod_network(pod: KubeObject) -> str:
+    """The network the pod holds (and the one it declares, when another), from its condition."""
+    found = [c for c in _get(pod, "status", "conditions") or [] if c.get("type") == NETWORK]
+    return str(found[0].get("message", "")) if found else "<none>"
 
 
 def _kube_ports(svc: KubeObject) -> str:
@@ -90,6 +97,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("STATUS", lambda o: _get(o, "status", "phase") or "Pending", False),
         ("IP", lambda o: _get(o, "status", "podIP") or "<none>", False),
         ("NODE", lambda o: _get(o, "spec", "nodeName") or "<none>", False),
+        ("NETWORK", _pod_network, True),
         ("LABELS", lambda o: _join([f"{k}={v}" for k, v in sorted(o.metadata.labels.items())]), True),
     ],
     "Service": [

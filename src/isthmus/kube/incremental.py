@@ -1,8 +1,10 @@
 """Incremental translation: a change to a few Kubernetes objects recomputes only the parts it touches.
 
 Invariant: after every change, `parts` equals `{u: part(view, u) for u in units(view)}` (the pure
-translation), and the union of the parts is what `translate(view)` yields. A change that fails (bad
-input, or a ledger commit that does not happen) leaves the view and the parts as they were.
+translation), and the union of the parts is what `translate(view)` yields; `view.held` names, for each
+pod UID with an Endpoint in the parts, that Endpoint's network (so a pod keeps its network for life). A
+change that fails (bad input, or a ledger commit that does not happen) leaves the view and the parts as
+they were.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.translate import INFRASTRUCTURE, check_network_policy, part, selects, units
-from isthmus.kube.view import Key, KubeView, key, node_name
+from isthmus.kube.view import Key, KubeView, holding, key, node_name
 from isthmus.model import Endpoint, KindInfo, KubeObject, Resource, ServiceVIP
 from isthmus.store import objects
 
@@ -37,6 +39,7 @@ class Translator:
         for policy in self.view.of("NetworkPolicy"):
             check_network_policy(policy)
         self.parts = {u: made for u in units(self.view) if (made := part(self.view, u, self.config))}
+        self.view.held = dict(h for made in self.parts.values() for o in made if (h := holding(o)))
         return [o for made in self.parts.values() for o in made]
 
     @contextmanager
@@ -46,6 +49,7 @@ class Translator:
         """Apply a change to the view (and the set of declared nodes, when given) and yield the delta of
         the translation; if the body raises, the view and the parts are restored."""
         undo_view: list[tuple[Key, KubeObject | None]] = []
+        undo_held: list[tuple[str, str | None]] = []
         touched: set[Key] = set()
         nodes_before = set(self.view.declared_nodes)
         try:
@@ -63,14 +67,14 @@ class Translator:
                 undo_view.append(((kind, namespace, name), old))
                 touched |= self._touches(old, None)
             before = {u: self.parts.get(u, []) for u in touched}
-            delta = self._recompute(touched)
+            delta = self._recompute(touched, undo_held)
         except BaseException:
-            self._restore(undo_view, nodes_before)
+            self._restore(undo_view, nodes_before, undo_held)
             raise
         try:
             yield delta
         except BaseException:
-            self._restore(undo_view, nodes_before)
+            self._restore(undo_view, nodes_before, undo_held)
             for unit, made in before.items():
                 self._set(unit, made)
             raise
@@ -81,13 +85,20 @@ class Translator:
         with self.changing(objs, ()):
             pass
 
-    def _restore(self, undo_view: list[tuple[Key, KubeObject | None]], nodes: set[str]) -> None:
+    def _restore(
+        self,
+        undo_view: list[tuple[Key, KubeObject | None]],
+        nodes: set[str],
+        undo_held: list[tuple[str, str | None]],
+    ) -> None:
         for (kind, namespace, name), old in reversed(undo_view):
             if old is None:
                 self.view.remove(kind, namespace, name)
             else:
                 self.view.add(old)
         self.view.declared_nodes = nodes
+        for uid, network in reversed(undo_held):
+            _keep(self.view.held, uid, network)
 
     def _set(self, unit: Key, made: list[Resource]) -> None:
         if made:
@@ -95,7 +106,9 @@ class Translator:
         else:
             self.parts.pop(unit, None)
 
-    def _recompute(self, touched: set[Key]) -> Delta:
+    def _recompute(self, touched: set[Key], undo_held: list[tuple[str, str | None]]) -> Delta:
+        """The delta of the touched parts; pods' held networks follow their Endpoints (`undo_held` says
+        how to put them back)."""
         delta = Delta()
         for unit in touched:
             old = {objects.object_key(o): o for o in self.parts.get(unit, [])}
@@ -104,6 +117,10 @@ class Translator:
             delta.puts += [o for k, o in new.items() if old.get(k) != o]
             delta.deletes += [objects.parse_key(k) for k in old if k not in new]
             self._set(unit, made)
+            held = dict(h for o in made if (h := holding(o)))
+            for uid in {h[0] for o in old.values() if (h := holding(o))} | set(held):
+                undo_held.append((uid, self.view.held.get(uid)))
+                _keep(self.view.held, uid, held.get(uid))
         delta.puts += self._readmitted(delta.puts)
         return delta
 
@@ -159,3 +176,10 @@ class Translator:
 
 def _node(pod: KubeObject | None) -> str | None:
     return None if pod is None else node_name(pod)
+
+
+def _keep(held: dict[str, str], uid: str, network: str | None) -> None:
+    if network is None:
+        held.pop(uid, None)
+    else:
+        held[uid] = network

@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from isthmus.kube.conditions import shows
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.informer import KINDS, Changed, Event, Informer
 from isthmus.kube.sync import Reconciler, Shown, kube_target
@@ -171,7 +172,7 @@ class Manager:
                 continue
             status = current.body.get("status") or {}
             try:
-                if kind == "Pod" and any(status.get(k) != v for k, v in wanted["status"].items()):
+                if kind == "Pod" and not _shows(status, wanted["status"]):
                     self.core.patch_namespaced_pod_status(name, namespace, {"status": wanted["status"]})
                 elif kind == "Service":
                     ingress = wanted["status"]["loadBalancer"].get("ingress")
@@ -185,3 +186,10 @@ class Manager:
             except Exception as exc:
                 log.warning("%s %s/%s: status not written: %s", kind, namespace, name, exc)
                 self.unshown.add((kind, namespace, name))
+
+
+def _shows(status: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a pod's status shows what Isthmus wants it to (its conditions merged by type)."""
+    conditions = wanted.get("conditions", [])
+    same = all(status.get(k) == v for k, v in wanted.items() if k != "conditions")
+    return same and shows(status.get("conditions") or [], *conditions)

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from isthmus import intent
+from isthmus.kube.conditions import network
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.incremental import Translator
 from isthmus.kube.offline import carry_over, expand, scheduled, with_status
 from isthmus.kube.translate import KUBERNETES, SOURCE
-from isthmus.kube.view import Key, KubeView, key
+from isthmus.kube.view import Key, KubeView, holding, key
 from isthmus.model import (
     KINDS,
     Endpoint,
@@ -49,9 +50,15 @@ class Moved(Exception):
 
 
 def load_view(ledger: Ledger) -> KubeView:
+    """The ledger's Kubernetes objects, the nodes declared as Isthmus Nodes, and the network each pod's
+    Endpoint holds."""
     nodes = objects.list_objects(ledger, lookup_kind("Node"))[0]
+    endpoints = objects.list_objects(ledger, lookup_kind("Endpoint"))[0]
     view = KubeView(
-        declared_nodes={n.metadata.name for n in nodes if n.metadata.annotations.get(SOURCE) != KUBERNETES}
+        declared_nodes={n.metadata.name for n in nodes if n.metadata.annotations.get(SOURCE) != KUBERNETES},
+        held=dict(
+            h for e in endpoints if e.metadata.annotations.get(SOURCE) == KUBERNETES and (h := holding(e))
+        ),
     )
     for info in KINDS:
         if info.model is None:
@@ -212,13 +219,14 @@ def _statuses(txn: Txn, keys: Sequence[Key], done: Sequence[intent.Applied]) -> 
 
 
 def pod_statuses(nodes: Sequence[Object], admitted: Sequence[Object]) -> Shown:
-    """What each Pod whose Endpoint was admitted should show: its addresses and its node's."""
+    """What each Pod whose Endpoint was admitted should show: its addresses, its node's and whether it is
+    in the network it declares."""
     shown: Shown = {}
     addresses = {n.metadata.name: str(n.spec.address) for n in nodes if isinstance(n, Node)}
     for ep in admitted:
         if isinstance(ep, Endpoint) and ep.spec.owner and ep.spec.owner.kind == "Pod" and ep.spec.addresses:
             ips = [str(a) for a in ep.spec.addresses]
-            status = {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}
+            status = {"podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips], "conditions": [network(ep)]}
             if ep.spec.node in addresses:
                 status["hostIP"] = addresses[ep.spec.node]
             shown[("Pod", ep.metadata.namespace, ep.metadata.name)] = {"status": status}

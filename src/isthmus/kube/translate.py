@@ -36,6 +36,7 @@ ISOLATION = "isthmus.io/isolation"
 EGRESS_IP = "isthmus.io/egress-ip"
 NETWORK_MODE = "isthmus.io/network-mode"
 ROUTE_TARGETS = "isthmus.io/route-targets"  # NETWORK=RT[,RT...][;NETWORK=...]: imported and exported
+DECLARED_NETWORK = "isthmus.io/declared-network"  # on an Endpoint whose pod now declares another network
 KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
 
@@ -130,13 +131,20 @@ def _dns_label(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in value.lower()).strip("-.") or "pods"
 
 
-def network_of(pod: KubeObject, mode: Isolation, config: KubeConfig) -> str:
-    """The reference of the pod's virtual network, as its endpoint names it."""
+def declared_network(pod: KubeObject, mode: Isolation, config: KubeConfig) -> str:
+    """The reference of the virtual network the pod's namespace and labels place it in now."""
     if mode == "cluster":
         return f"{config.system}/pods"
     if mode == "collection" and "name" in pod.metadata.labels:
         return _dns_label(pod.metadata.labels["name"])
     return "pods"
+
+
+def network_of(view: KubeView, pod: KubeObject, mode: Isolation, config: KubeConfig) -> str:
+    """The pod's network, as its endpoint names it: the one it was admitted to, for its UID's life (as
+    its IP in Kubernetes), else the one it declares."""
+    held = view.held.get(pod.metadata.uid or "")
+    return held if held is not None else declared_network(pod, mode, config)
 
 
 def _terminal(pod: KubeObject) -> bool:
@@ -157,28 +165,31 @@ def _container_ports(pod: KubeObject) -> list[dict[str, Any]]:
     return ports
 
 
-def endpoint(pod: KubeObject, mode: Isolation, config: KubeConfig) -> Endpoint:
+def endpoint(view: KubeView, pod: KubeObject, mode: Isolation, config: KubeConfig) -> Endpoint:
+    """The pod's Endpoint, annotated with the network the pod declares when that is not the one it holds."""
     meta = pod.metadata
+    network, declared = network_of(view, pod, mode, config), declared_network(pod, mode, config)
     spec = {
         "kind": "pod",
-        "network": network_of(pod, mode, config),
+        "network": network,
         "node": node_name(pod),
         "owner": {"kind": "Pod", "name": meta.name, "uid": meta.uid or ""},
         "ports": _container_ports(pod),
     }
+    metadata = _meta(meta.name, meta.namespace, meta.labels, meta.uid or "")
+    if declared != network:
+        metadata["annotations"][DECLARED_NETWORK] = declared
     try:
-        return Endpoint.model_validate(
-            {"metadata": _meta(meta.name, meta.namespace, meta.labels, meta.uid or ""), "spec": spec}
-        )
+        return Endpoint.model_validate({"metadata": metadata, "spec": spec})
     except ValidationError as exc:
         raise TranslationError(f"Pod {meta.namespace}/{meta.name}: {describe(exc)}") from None
 
 
 def _ready(pod: KubeObject) -> bool:
-    conditions = (pod.body.get("status") or {}).get("conditions")
-    if not conditions:
-        return True  # declared in a manifest: nothing reports readiness, so it is taken as ready
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    conditions = (pod.body.get("status") or {}).get("conditions") or []
+    ready = [c for c in conditions if c.get("type") == "Ready"]
+    # declared in a manifest, nothing reports readiness: it is taken as ready
+    return all(c.get("status") == "True" for c in ready)
 
 
 def _service_ports(svc: KubeObject) -> list[dict[str, Any]]:
@@ -357,7 +368,7 @@ def part(view: KubeView, unit: Key, config: KubeConfig) -> list[Resource]:
         assert namespace is not None
         mode = isolation(view, namespace, config)
         scheduled = node_name(found) is not None  # as in Kubernetes, a pod has no address before its node
-        return [endpoint(found, mode, config)] if scheduled and not _terminal(found) else []
+        return [endpoint(view, found, mode, config)] if scheduled and not _terminal(found) else []
     return [o for o in (service_vip(found, view, config), floating_ip(found, config)) if o is not None]
 
 
@@ -396,9 +407,9 @@ def route_targets(namespace: str, value: str) -> dict[str, list[str]]:
 
 
 def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
-    """The namespace's tenant, its egress address, its own pod networks (routed with the annotation
-    isthmus.io/network-mode: routed; route targets from isthmus.io/route-targets) and, in collection mode,
-    its `uses` policies."""
+    """The namespace's tenant, its egress address, its own pod networks (those its pods declare or still
+    hold; routed with the annotation isthmus.io/network-mode: routed; route targets from
+    isthmus.io/route-targets) and, in collection mode, its `uses` policies."""
     made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
     made += egress_ip(view, namespace, config)
     mode = isolation(view, namespace, config)
@@ -409,10 +420,8 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
             f"Namespace {namespace}: annotation {NETWORK_MODE} is {routing!r}; overlay or routed, for the "
             f"namespace's own networks (annotation {ISOLATION}: namespace or collection)"
         )
-    if mode == "cluster":
-        return made
     pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
-    local = sorted({n for n in (network_of(p, mode, config) for p in pods) if "/" not in n})
+    local = sorted({n for n in (network_of(view, p, mode, config) for p in pods) if "/" not in n})
     targets = route_targets(
         namespace, declared.metadata.annotations.get(ROUTE_TARGETS, "") if declared else ""
     )

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from isthmus.model import KubeObject
+from isthmus.model import Endpoint, KubeObject, Object
 
 Key = tuple[str, str | None, str]  # kind, namespace, name
 
@@ -20,13 +20,22 @@ def node_name(pod: KubeObject) -> str | None:
     return node if isinstance(node, str) and node else None
 
 
+def holding(obj: Object) -> tuple[str, str] | None:
+    """The UID of the pod an Endpoint stands for, and the network it holds."""
+    if isinstance(obj, Endpoint) and obj.spec.owner and obj.spec.owner.kind == "Pod" and obj.spec.owner.uid:
+        return obj.spec.owner.uid, obj.spec.network
+    return None
+
+
 @dataclass
 class KubeView:
-    """Kubernetes objects by kind, then namespace, then name; plus the nodes declared as Isthmus Nodes."""
+    """Kubernetes objects by kind, then namespace, then name; plus the nodes declared as Isthmus Nodes and
+    the network each admitted pod holds (chosen at its first admission, kept while its UID lives)."""
 
     objects: dict[str, dict[str | None, dict[str, KubeObject]]] = field(default_factory=dict)
     declared_nodes: set[str] = field(default_factory=set)
     pods_on: Counter[str | None] = field(default_factory=Counter)  # pods by spec.nodeName
+    held: dict[str, str] = field(default_factory=dict)  # pod uid -> the network its Endpoint holds for life
 
     def add(self, obj: KubeObject) -> KubeObject | None:
         """Store `obj`; the object it replaces."""

@@ -19,6 +19,7 @@ from isthmus import intent
 from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Tracer
 from isthmus.dataplane.trace.matrix import destinations
+from isthmus.kube.conditions import NETWORK
 from isthmus.lab import probe
 from isthmus.lab.fabric import Fabric, ip
 from isthmus.lab.router import Peer, config
@@ -51,7 +52,8 @@ class Pod:
     node: str
     address: str
     phase: str
-    problem: str
+    problem: str  # why it does not run
+    network: str  # the network it holds, and the one it now declares when they differ
 
     @property
     def ref(self) -> str:
@@ -170,10 +172,10 @@ class Lab:
             if not isinstance(obj, KubeObject):
                 continue
             status = obj.body.get("status") or {}
+            conditions = {c.get("type"): c for c in status.get("conditions") or []}
+            network = conditions.pop(NETWORK, {})
             reasons = [
-                f"{c.get('reason')}: {c.get('message')}"
-                for c in status.get("conditions") or []
-                if c.get("reason")
+                f"{c.get('reason')}: {c.get('message')}" for c in conditions.values() if c.get("reason")
             ]
             found.append(
                 Pod(
@@ -183,6 +185,7 @@ class Lab:
                     str(status.get("podIP", "")),
                     str(status.get("phase", "Pending")),
                     "; ".join(reasons),
+                    str(network.get("message", "")),
                 )
             )
         return found

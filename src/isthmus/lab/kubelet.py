@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from isthmus.kube.conditions import merged
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.lab.fabric import Fabric
@@ -148,7 +149,7 @@ class Kubelet:
         condition: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False"}
         condition |= {"reason": reason, "message": message[-500:]} if reason else {}
         status = {**(pod.body.get("status") or {}), "phase": "Running" if ready else "Pending"}
-        status["conditions"] = [condition]
+        status["conditions"] = merged(status.get("conditions") or [], condition)
         if status == pod.body.get("status"):
             return
         body = pod.model_dump(by_alias=True, exclude_none=True) | {"status": status}
