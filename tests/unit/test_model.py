@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from isthmus.model import LabelSelector, ManifestError, Subnet, lookup_kind, parse_manifests
+from isthmus.model.netpol import parse_network_policy
 from tests.conftest import manifest, obj
 
 
@@ -234,6 +235,55 @@ def test_label_selectors(selector: dict[str, Any], labels: dict[str, str], match
 def test_selector_operators_check_their_values() -> None:
     with pytest.raises(ValueError, match="operator In on 'k' needs values"):
         LabelSelector.model_validate({"matchExpressions": [{"key": "k", "operator": "In"}]})
+
+
+ALL_PODS = {"podSelector": {}}
+
+
+@pytest.mark.parametrize(
+    ("declared", "stored"),
+    [  # a NetworkPolicy created in kube-apiserver 1.20.2 and its spec read back
+        ({"spec": {"podSelector": None}}, ALL_PODS),
+        ({"spec": {}}, ALL_PODS),
+        ({"spec": None}, ALL_PODS),
+        ({}, ALL_PODS),
+        ({"spec": {"podSelector": None, "ingress": None, "egress": None, "policyTypes": None}}, ALL_PODS),
+        (
+            {
+                "spec": {
+                    "podSelector": {"matchLabels": None, "matchExpressions": None},
+                    "ingress": [{"from": [{"podSelector": None, "namespaceSelector": {}}], "ports": None}],
+                }
+            },
+            {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]},
+        ),
+        ({"spec": {"podSelector": {}, "ingress": [None]}}, {"podSelector": {}, "ingress": [{}]}),
+        (
+            {"spec": {"podSelector": {}, "ingress": [{"ports": [None, {"protocol": None, "port": None}]}]}},
+            {"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP"}, {"protocol": "TCP"}]}]},
+        ),
+        (
+            {
+                "spec": {
+                    "podSelector": {},
+                    "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": None}}]}],
+                }
+            },
+            {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]},
+        ),
+    ],
+)
+def test_network_policy_nulls_read_as_the_api_server_stores_them(
+    declared: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    assert parse_network_policy(declared) == parse_network_policy({"spec": stored})
+
+
+@pytest.mark.parametrize("peer", [{"podSelector": None}, None])
+def test_a_network_policy_peer_of_nulls_is_no_peer(peer: dict[str, Any] | None) -> None:
+    """kube-apiserver 1.20.2: spec.ingress[0].from[0]: Required value: must specify a peer."""
+    with pytest.raises(ValueError, match="a peer needs podSelector, namespaceSelector or ipBlock"):
+        parse_network_policy({"spec": {"podSelector": {}, "ingress": [{"from": [peer]}]}})
 
 
 @pytest.mark.parametrize(

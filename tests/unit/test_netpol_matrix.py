@@ -1437,6 +1437,47 @@ CASES: list[Case] = [
             ),
         ),
     ),
+    # --- JSON null as kube-apiserver 1.20 stores it (checked against a real one) -----------------------
+    Case(
+        "null-podselector",
+        SPEC + "a null spec.podSelector is stored as {}: the policy selects every pod of x",
+        (80,),
+        ("TCP",),
+        one_step(
+            Policy("deny-ingress", "podSelector:\npolicyTypes: [Ingress]"), probes=(Probe(80, into_x_denied),)
+        ),
+    ),
+    Case(
+        "null-peer-podselector",
+        SPEC
+        + "a null podSelector in a peer is no podSelector: the namespaceSelector alone picks the sources",
+        (80,),
+        ("TCP",),
+        one_step(
+            Policy(
+                "allow-y-into-a",
+                """
+                podSelector: {matchLabels: {pod: a}}
+                ingress:
+                - from:
+                  - namespaceSelector: {matchLabels: {ns: y}}
+                    podSelector:
+                  ports:
+                """,
+            ),
+            probes=(Probe(80, only_y_into_xa),),
+        ),
+    ),
+    Case(
+        "null-ingress-rule",
+        SPEC + "a null item of ingress is an empty rule, which allows everything; a null egress is none",
+        (80,),
+        ("TCP",),
+        one_step(
+            Policy("allow-all-into-a", "podSelector: {matchLabels: {pod: a}}\ningress:\n-\negress:"),
+            probes=(Probe(80),),
+        ),
+    ),
 ]
 
 

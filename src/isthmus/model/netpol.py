@@ -2,7 +2,9 @@
 
 Invariants after parsing: every port has a protocol (TCP by default); policy_types() is what the API server
 would store (legacy policies: Ingress, plus Egress when egress rules exist). ipBlock CIDRs are accepted with
-host bits set, as upstream tests send them, and normalised to their network.
+host bits set, as upstream tests send them, and normalised to their network. JSON null reads as the API
+server decodes it: a null field is absent (so a null spec.podSelector, like a missing one, is `{}`: every
+pod; a null peer podSelector is no podSelector) and a null list item is an empty object.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class EgressRule(Model):
 
 
 class NetworkPolicySpec(Model):
-    pod_selector: LabelSelector
+    pod_selector: LabelSelector = LabelSelector()
     ingress: list[IngressRule] = []
     egress: list[EgressRule] = []
     policy_types: list[Literal["Ingress", "Egress"]] | None = None
@@ -100,9 +102,18 @@ class NetworkPolicySpec(Model):
 
 class _Declared(Model):
     model_config = ConfigDict(extra="ignore")
-    spec: NetworkPolicySpec
+    spec: NetworkPolicySpec = NetworkPolicySpec()
+
+
+def _null_is_absent(value: Any) -> Any:
+    """`value` as Go decodes JSON null: a null field is left out, a null list item is the zero object."""
+    if isinstance(value, dict):
+        return {k: _null_is_absent(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [{} if v is None else _null_is_absent(v) for v in value]
+    return value
 
 
 def parse_network_policy(body: dict[str, Any]) -> NetworkPolicySpec:
     """The spec of a NetworkPolicy's declared body; pydantic.ValidationError names the bad field."""
-    return _Declared.model_validate(body).spec
+    return _Declared.model_validate(_null_is_absent(body)).spec
