@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from isthmus.kube.conditions import merged
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.translate import TranslationError
 from isthmus.kube.view import Key, KubeView, key
@@ -204,7 +205,9 @@ def with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
     """The object showing what `shown` says (see kube.sync), as the API server and kubelet would."""
     body = obj.model_dump(by_alias=True, exclude_none=True)
     if obj.kind == "Pod":
-        body["status"] = {**(body.get("status") or {}), **shown["status"]}
+        status = body.get("status") or {}
+        conditions = merged(status.get("conditions") or [], *shown["status"].get("conditions", []))
+        body["status"] = {**status, **shown["status"], "conditions": conditions}
     else:
         spec = dict(body.get("spec") or {})
         spec["clusterIP"] = shown["clusterIP"]
