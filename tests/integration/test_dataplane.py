@@ -158,7 +158,9 @@ def test_pods_talk_across_nodes_through_services_and_policy(
     assert _probe(pods["c"], nobody) == "failed: ConnectionRefusedError"  # no endpoints: refused
     assert _probe(pods["c"], nobody, 53, "UDP") == "failed: ConnectionRefusedError"
     assert _probe(pods["c"], nobody, 81) == "failed: OSError"  # not a port of the service: unreachable
-    assert _probe(pods["c"], fabric.nodes["node-1"]).startswith("failed")  # pods do not reach nodes
+    for client in ("c", "b"):  # pods reach node addresses, their own node's and another's (nothing listens)
+        assert _probe(pods[client], fabric.nodes["node-1"]) == "failed: ConnectionRefusedError"
+        assert _probe(pods[client], fabric.nodes["node-1"], 179) == "failed: TimeoutError"  # BGP: dropped
     deny = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

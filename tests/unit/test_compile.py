@@ -237,8 +237,7 @@ def test_an_egress_table_routes_out_but_keeps_every_cluster_prefix_unreachable()
         "0.0.0.0/0": "egress",
         "::/0": "egress",
         "10.0.0.0/23": "unreachable",  # both tenants' subnets, aggregated
-        "192.0.2.1/32": "unreachable",  # the node itself
-    }
+    }  # the node's address is not among them: endpoints reach it (NetworkEntry.node_access)
     other = {k[2]: e.kind for k, e in compiler.state[SHARED].items() if k[:2] == ("route", "y/vms")}
     assert other == {"0.0.0.0/0": "unreachable", "::/0": "unreachable"}
     subnet = {

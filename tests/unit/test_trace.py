@@ -145,7 +145,37 @@ def test_node_ports_are_served_on_every_node_address(state: Path) -> None:
         assert walked["verdict"] == "allow" and walked["backends"] == [
             {"address": walked["backends"][0]["address"], "port": 8080, "verdict": "allow"}
         ]
-    assert _trace(state, "web/b", "192.0.2.11", port=80)["verdict"] == "deny"
+
+
+def test_pods_reach_node_addresses_but_not_their_infrastructure(state: Path, tmp_path: Path) -> None:
+    own = _trace(state, "web/b", "192.0.2.12", port=6443)  # b is on node-2
+    assert own["verdict"] == "allow" and own["hops"][-1]["detail"].startswith("192.0.2.12: node node-2's own")
+    other = _trace(state, "web/b", "192.0.2.11", port=80)
+    assert other["verdict"] == "allow"
+    assert [h["detail"] for h in other["hops"][1:]] == [
+        "192.0.2.11: node node-1's address, through node-2's uplink",
+        "source NAT to node-2's address",
+        "to node node-1's host stack",
+    ]
+    for port, protocol, what in ((179, "TCP", "BGP"), (4789, "UDP", "VXLAN")):
+        guarded = _trace(state, "web/b", "192.0.2.11", port=port, protocol=protocol)
+        assert guarded["verdict"] == "deny" and guarded["hops"][-1]["rule"] == "node infrastructure"
+        assert what in guarded["hops"][-1]["detail"]
+    kept = tmp_path / "kept.yaml"
+    annotations = {"isthmus.io/isolation": "namespace", "isthmus.io/node-access": "false"}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "kept", "annotations": annotations},
+    }
+    pod = _pod("k", "node-1", {}, []) | {"metadata": {"name": "k", "namespace": "kept"}}
+    kept.write_text(manifest(namespace, pod))
+    _cli(state, "apply", "-f", str(kept))
+    walked = _trace(state, "kept/k", "192.0.2.11", port=80)
+    assert (
+        walked["verdict"] == "deny"
+        and walked["hops"][-1]["rule"] == "VirtualNetwork kept/pods nodeAccess: false"
+    )
 
 
 def test_udp_traces_the_reply_and_external_ips_are_served(state: Path) -> None:
@@ -175,7 +205,6 @@ def test_pods_leave_the_cluster_through_source_nat_to_their_node(state: Path) ->
     [
         "10.33.0.9",  # in the pod CIDR, in no allocated block
         "10.254.200.200",  # in the service CIDR, no service
-        "192.0.2.12",  # another node, on a port that is no node port
     ],
 )
 def test_cluster_addresses_never_leave_through_egress(state: Path, destination: str) -> None:

@@ -146,7 +146,7 @@ class Compiler:
             if old is not None:
                 touched |= self._touches(old)
                 self._index(old, add=False)
-        addressing = ("Node", "VirtualNetwork", "Subnet", "SubnetPool")
+        addressing = ("VirtualNetwork", "Subnet", "SubnetPool")
         if any(o.kind in addressing for o in puts) or any(d[0] in addressing for d in deletes):
             internal = self._internal()
             if internal != self.internal:  # every egress network's table holds these prefixes
@@ -197,18 +197,16 @@ class Compiler:
         return [e for e in found if isinstance(e, Endpoint)]
 
     def _internal(self) -> tuple[Prefix, ...]:
-        """The cluster's own addresses, never routed out of it: the nodes' addresses (only their node ports
-        answer endpoints), the subnets of every network that is not external and the SubnetPools such
-        networks draw from, aggregated."""
+        """The cluster's own addresses, never routed out of it: the subnets of every network that is not
+        external and the SubnetPools such networks draw from, aggregated. (Nodes' addresses are not among
+        them: endpoints reach them as the nodes' own, `NetworkEntry.node_access`.)"""
         inside = {
             key: network
             for key, network in self.objects["VirtualNetwork"].items()
             if isinstance(network, VirtualNetwork) and not network.spec.external
         }
         pools = {n.spec.subnet_pool for n in inside.values() if n.spec.subnet_pool}
-        found: list[Prefix] = [
-            _host(n.spec.address) for n in self.objects["Node"].values() if isinstance(n, Node)
-        ]
+        found: list[Prefix] = []
         for (namespace, _), subnet in self.objects["Subnet"].items():
             if not isinstance(subnet, Subnet) or subnet.spec.cidr is None:
                 continue
@@ -356,7 +354,13 @@ class Compiler:
             (
                 SHARED,
                 ("network", name),
-                NetworkEntry(name, network.spec.vni, TABLE_BASE + network.spec.vni, network.spec.mode),
+                NetworkEntry(
+                    name,
+                    network.spec.vni,
+                    TABLE_BASE + network.spec.vni,
+                    network.spec.mode,
+                    network.spec.node_access,
+                ),
             )
         ]
         if not network.spec.egress:

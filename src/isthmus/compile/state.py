@@ -34,6 +34,11 @@ Protocol = Literal["TCP", "UDP", "SCTP"]
 SHARED = ""  # the scope of cluster-wide entries
 
 
+# the node's own infrastructure, which no endpoint reaches on a node's address, whatever its network allows:
+# VXLAN (a packet from a pod would be decapsulated into any network) and BGP (its sessions announce routes)
+GUARDED = {("UDP", 4789): "VXLAN", ("TCP", 179): "BGP"}
+
+
 @dataclass(frozen=True, slots=True)
 class NodeEntry:
     name: str
@@ -47,6 +52,7 @@ class NetworkEntry:
     vni: int
     table: int  # the kernel routing table, chosen by `ip rule` for the network's endpoints
     mode: str
+    node_access: bool = True  # its endpoints reach the nodes' addresses
 
 
 @dataclass(frozen=True, slots=True)

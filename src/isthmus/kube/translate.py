@@ -35,6 +35,7 @@ SOURCE = "isthmus.io/source"
 ISOLATION = "isthmus.io/isolation"
 EGRESS_IP = "isthmus.io/egress-ip"
 NETWORK_MODE = "isthmus.io/network-mode"
+NODE_ACCESS = "isthmus.io/node-access"  # "false": the namespace's own networks do not reach the nodes
 ROUTE_TARGETS = "isthmus.io/route-targets"  # NETWORK=RT[,RT...][;NETWORK=...]: imported and exported
 DECLARED_NETWORK = "isthmus.io/declared-network"  # on an Endpoint whose pod now declares another network
 KUBERNETES = "kubernetes"
@@ -147,10 +148,27 @@ def network_of(view: KubeView, pod: KubeObject, mode: Isolation, config: KubeCon
     return held if held is not None else declared_network(pod, mode, config)
 
 
+def _host_network(pod: KubeObject) -> bool:
+    return bool((pod.body.get("spec") or {}).get("hostNetwork"))
+
+
 def _terminal(pod: KubeObject) -> bool:
+    """No Endpoint: the pod has ended, or it shares its node's network (its address is its node's)."""
     status = pod.body.get("status") or {}
-    spec = pod.body.get("spec") or {}
-    return status.get("phase") in ("Succeeded", "Failed") or bool(spec.get("hostNetwork"))
+    return status.get("phase") in ("Succeeded", "Failed") or _host_network(pod)
+
+
+def _backend(
+    pod: KubeObject, ready: bool, ports: dict[str, int], address: str | None
+) -> dict[str, Any] | None:
+    """A pod as a service backend: its Endpoint, or a host-network pod's address (its node's); None for
+    a pod that has ended or has no address yet."""
+    phase = (pod.body.get("status") or {}).get("phase")
+    if phase in ("Succeeded", "Failed"):
+        return None
+    if _host_network(pod):
+        return {"address": address, "ready": ready, "ports": ports} if address else None
+    return {"endpoint": pod.metadata.name, "ready": ready, "ports": ports}
 
 
 def _container_ports(pod: KubeObject) -> list[dict[str, Any]]:
@@ -223,15 +241,17 @@ def selects(svc: KubeObject, pod: KubeObject) -> bool:
 def _selected_backends(svc: KubeObject, selector: dict[str, str], view: KubeView) -> list[dict[str, Any]]:
     """Backends chosen by the selector, as a controller would list them (manifests)."""
     pods = view.objects.get("Pod", {}).get(svc.metadata.namespace, {}).values()
-    return [
-        {
-            "endpoint": p.metadata.name,
-            "ready": _ready(p),
-            "ports": {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
-        }
+    made = (
+        _backend(
+            p,
+            _ready(p),
+            {q["name"]: q["port"] for q in _container_ports(p) if q["name"]},
+            (p.body.get("status") or {}).get("podIP"),
+        )
         for p in pods
-        if _matches(selector, p) and not _terminal(p)
-    ]
+        if _matches(selector, p)
+    )
+    return [b for b in made if b is not None]
 
 
 def _listed_backends(svc: KubeObject, listed: KubeObject, view: KubeView) -> list[dict[str, Any]]:
@@ -247,9 +267,10 @@ def _listed_backends(svc: KubeObject, listed: KubeObject, view: KubeView) -> lis
                 ref = address.get("targetRef") or {}
                 if ref.get("kind") == "Pod":
                     pod = view.get("Pod", ref.get("namespace", svc.metadata.namespace), ref.get("name", ""))
-                    if pod is None or _terminal(pod) or pod.metadata.namespace != svc.metadata.namespace:
+                    if pod is None or pod.metadata.namespace != svc.metadata.namespace:
                         continue
-                    backends.append({"endpoint": pod.metadata.name, "ready": ready, "ports": ports})
+                    if (backend := _backend(pod, ready, ports, address.get("ip"))) is not None:
+                        backends.append(backend)
                 elif address.get("ip"):
                     backends.append({"address": address["ip"], "ready": ready, "ports": ports})
     return backends
@@ -409,7 +430,8 @@ def route_targets(namespace: str, value: str) -> dict[str, list[str]]:
 def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[Resource]:
     """The namespace's tenant, its egress address, its own pod networks (those its pods declare or still
     hold; routed with the annotation isthmus.io/network-mode: routed; route targets from
-    isthmus.io/route-targets) and, in collection mode, its `uses` policies."""
+    isthmus.io/route-targets; kept from the nodes by isthmus.io/node-access: "false") and, in collection
+    mode, its `uses` policies."""
     made: list[Resource] = [Tenant.model_validate({"metadata": _meta(namespace)})]
     made += egress_ip(view, namespace, config)
     mode = isolation(view, namespace, config)
@@ -418,6 +440,12 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
     if routing not in ("overlay", "routed") or (routing == "routed" and mode == "cluster"):
         raise TranslationError(
             f"Namespace {namespace}: annotation {NETWORK_MODE} is {routing!r}; overlay or routed, for the "
+            f"namespace's own networks (annotation {ISOLATION}: namespace or collection)"
+        )
+    access = declared.metadata.annotations.get(NODE_ACCESS, "true") if declared else "true"
+    if access not in ("true", "false") or (access == "false" and mode == "cluster"):
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {NODE_ACCESS} is {access!r}; true or false, for the "
             f"namespace's own networks (annotation {ISOLATION}: namespace or collection)"
         )
     pods = [p for p in view.of("Pod", namespace) if not _terminal(p)]
@@ -434,6 +462,7 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
                         "subnetPool": "kube-pods",
                         "egress": True,
                         "mode": routing,
+                        "nodeAccess": access == "true",
                         "importTargets": targets.get(n, []),
                         "exportTargets": targets.get(n, []),
                     },

@@ -294,6 +294,28 @@ class Fabric:
             )
         return sandbox
 
+    def host_pod(self, node: str, namespace: str, name: str, ports: list[str]) -> None:
+        """A host-network pod: its server in the node's namespace, on the node's address, serving its name
+        on `ports`; its PID kept in a file for `unhost_pod` (and `destroy` ends it with the node)."""
+        program = [sys.executable, "-m", "isthmus.lab.server", f"{namespace}/{name}", *ports]
+        with self.log("hostpods", node).open("ab") as log:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", self.node_netns(node), *program], stdout=log, stderr=log
+            )
+        self._host_pid(namespace, name).write_text(str(process.pid))
+
+    def unhost_pod(self, namespace: str, name: str) -> None:
+        """End a host-network pod's server; nothing left is not an error."""
+        pidfile = self._host_pid(namespace, name)
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(pidfile.read_text())
+            pidfile.unlink()
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+
+    def _host_pid(self, namespace: str, name: str) -> Path:
+        return self.work / f"hostpod-{namespace}-{name}.pid"
+
     def unpod(self, node: str, namespace: str, name: str) -> None:
         """Detach the pod (CNI DEL), end its processes, remove its sandbox; nothing left is not an error."""
         sandbox = self.sandbox(namespace, name)

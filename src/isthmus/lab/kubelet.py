@@ -39,6 +39,10 @@ def _containers(pod: KubeObject) -> list[dict[str, Any]]:
     return list((pod.body.get("spec") or {}).get("containers") or [])
 
 
+def _host_network(pod: KubeObject | Endpoint) -> bool:
+    return isinstance(pod, KubeObject) and bool((pod.body.get("spec") or {}).get("hostNetwork"))
+
+
 def env(pod: KubeObject) -> dict[str, str]:
     """The environment its containers declare (plain values)."""
     return {
@@ -118,8 +122,11 @@ class Kubelet:
         else:
             served = ports(pod)
         try:
-            environment = env(pod) if isinstance(pod, KubeObject) else {}
-            self.fabric.pod(self.node, namespace, name, served, self._app(key, pod), environment)
+            if _host_network(pod):
+                self.fabric.host_pod(self.node, namespace, name, served)
+            else:
+                environment = env(pod) if isinstance(pod, KubeObject) else {}
+                self.fabric.pod(self.node, namespace, name, served, self._app(key, pod), environment)
         except Exception as exc:  # reported on the pod, tried again
             self.failed[key] = time.monotonic() + RETRY
             log.warning("%s/%s: %s", namespace, name, exc)
@@ -136,6 +143,7 @@ class Kubelet:
     def _stop(self, key: PodKey) -> None:
         namespace, name = key
         try:
+            self.fabric.unhost_pod(namespace, name)
             self.fabric.unpod(self.node, namespace, name)
         except Exception as exc:
             log.warning("pod %s/%s: removing its sandbox: %s", namespace, name, exc)
@@ -149,6 +157,9 @@ class Kubelet:
         condition: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False"}
         condition |= {"reason": reason, "message": message[-500:]} if reason else {}
         status = {**(pod.body.get("status") or {}), "phase": "Running" if ready else "Pending"}
+        if _host_network(pod):  # its address is its node's, as a kubelet reports it
+            address = self.fabric.nodes[self.node]
+            status |= {"podIP": address, "podIPs": [{"ip": address}], "hostIP": address}
         status["conditions"] = merged(status.get("conditions") or [], condition)
         if status == pod.body.get("status"):
             return

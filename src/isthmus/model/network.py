@@ -107,6 +107,11 @@ class VirtualNetworkSpec(Model):
         False,
         description="endpoints reach addresses outside the cluster, source NATed to their node's address",
     )
+    node_access: bool = Field(
+        True,
+        description="endpoints reach the nodes' addresses (host-network pods, the API server), source NATed "
+        "to their node's address and subject to policy; false keeps the infrastructure out of their reach",
+    )
     shared: bool = Field(False, description="other tenants may attach endpoints and VIPs to it")
     subnet_pool: Name | None = Field(
         None, description="grow by a block of this SubnetPool when subnets are full"

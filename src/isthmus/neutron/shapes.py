@@ -118,6 +118,7 @@ def to_network(body: dict[str, Any], project: str, old: VirtualNetwork | None) -
     spec = old.spec.model_dump(by_alias=True, exclude_none=True) if old else {}
     spec["shared"] = bool(body.get("shared", spec.get("shared", False)))
     spec["external"] = bool(body.get("router:external", spec.get("external", False)))
+    spec.setdefault("nodeAccess", False)  # a project's VMs do not reach the hypervisors, as in OpenStack
     merged = _merged(old, body)
     made = _object("VirtualNetwork", _meta(ident, project, merged), spec)
     assert isinstance(made, VirtualNetwork)

@@ -1,7 +1,8 @@
 """Links, routes, rules and VXLAN peers through netlink (pyroute2), read as plan entries and changed one
 entry at a time. Everything here lives in the node's namespace: devices named isv*/isx*, the tables of
 networks (above TABLE_BASE) and of egress owners (those plus a slot in bits 25-29), and the `ip rule`s at
-RULE_PRIORITY (networks) and just after (egress owners)."""
+RULE_PRIORITY (networks), just after (egress owners) and just before (outer VXLAN packets; pods' flows to
+other nodes, by the main table)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from isthmus.dataplane.kernel.plan import (
     RULE_PRIORITY,
     SLOT_SHIFT,
     SLOTS,
+    TO_NODE,
     VETH_PREFIX,
     VXLAN_MTU,
     VXLAN_PORT,
@@ -90,6 +92,8 @@ def read(ipr: Any) -> Plan:
             found[("rule", rule.get("table"))] = rule.get("priority")
         elif rule.get("priority") == RULE_PRIORITY - 1 and rule.get("iifname") == "lo":
             found[("rule", "underlay")] = RULE_PRIORITY - 1
+        elif rule.get("priority") == RULE_PRIORITY - 2 and rule.get("fwmark") == TO_NODE:
+            found[("rule", "nodes")] = RULE_PRIORITY - 2
     return found
 
 
@@ -137,6 +141,8 @@ def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int])
 
 
 def _rule(key: Key) -> dict[str, Any]:
+    if key[1] == "nodes":  # a pod's flow to another node: out of the uplink
+        return {"fwmark": TO_NODE, "fwmask": TO_NODE, "table": MAIN, "priority": RULE_PRIORITY - 2}
     if key[1] == "underlay":
         port = f"{VXLAN_PORT}:{VXLAN_PORT}"
         return {

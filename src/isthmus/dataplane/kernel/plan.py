@@ -67,6 +67,7 @@ from typing import Literal, TypeVar
 
 from isthmus.compile.compiler import INTERNAL
 from isthmus.compile.state import (
+    GUARDED,
     SHARED,
     Address,
     Allow,
@@ -97,6 +98,7 @@ RULE_PRIORITY = 1000
 MARK_MASK = 0x1FFFFFF  # the bits of a mark that name a table (1000 + a 24-bit VNI)
 MASQUERADE = 0x40000000  # a mark bit: source NAT this packet (hairpin)
 SLOT_SHIFT, SLOTS = 25, 31  # mark bits 25-29: the egress owner a packet is steered to (node-local number)
+TO_NODE = 0x80000000  # a mark bit: a pod's flow to another node's address, routed by the main table
 VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -341,7 +343,13 @@ _REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejecte
 meta l4proto . th dport @nodeport_rejected reject"""
 _OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
 _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
-_LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served"  # out of the cluster
+_LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ip daddr != @nodes"  # outside
+_GUARDED = ", ".join(f"{protocol.lower()} . {port}" for protocol, port in GUARDED)
+_POD = f'iifname "{VETH_PREFIX}*"'
+_TO_NODES = (  # a pod's packet to a node's address: refused on its infrastructure ports, or without access
+    f'{_POD} meta l4proto . th dport {{ {_GUARDED} }} counter drop comment "node infrastructure"\n'
+    f'{_POD} {_MARK} != @node_access counter drop comment "no node access"'
+)
 _UPLINK = f'oifname != "{VETH_PREFIX}*" oifname != "{VXLAN_PREFIX}*"'  # routed out of the node
 BASE: Plan = {
     ("set", "networks"): "ifname : mark",
@@ -360,6 +368,8 @@ BASE: Plan = {
     ("set", "internal"): "ipv4_addr; flags interval",
     ("set", "served"): "ipv4_addr",
     ("set", "nodes"): "ipv4_addr",
+    ("set", "node_access"): "mark",
+    ("set", "host_services"): "ipv4_addr . inet_proto . inet_service",
     ("set", "egress_marks"): "mark . ipv4_addr : mark",
     ("set", "egress_snat"): "mark . ipv4_addr : ipv4_addr",
     ("set", "egress_addresses"): "ipv4_addr",
@@ -369,6 +379,9 @@ BASE: Plan = {
     ("set", "egress"): "ifname : verdict",
     ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
 meta mark set iifname map @networks
+{_POD} ip daddr @nodes ct zone set 0
+{_POD} ip daddr . meta l4proto . th dport @host_services ct zone set 0
+iifname "{VXLAN_PREFIX}*" ip saddr @nodes ct zone set 0
 {_LEAVING} ct zone set 0
 iifname "{VXLAN_PREFIX}*" {_MARK} @egress_networks ip saddr != @internal ip saddr != @served ct zone set 0
 iifname "{VXLAN_PREFIX}*" fib daddr type local ct zone set 0
@@ -383,6 +396,10 @@ ct zone set oifname map @zones""",
     ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
 ct state new ct direction original ct mark set {_MARK}
 ct direction reply meta mark set ct mark""",
+    ("chain", "pre_route"): f"""type filter hook prerouting priority filter; policy accept;
+{_POD} ct direction original ip daddr @nodes meta mark set meta mark or {TO_NODE:#x}""",
+    ("chain", "out_route"): """type route hook output priority mangle; policy accept;
+ct direction reply ct mark != 0 meta mark set ct mark""",
     ("chain", "pre_nat"): f"""type nat hook prerouting priority dstnat; policy accept;
 {_SERVICES}""",
     ("chain", "out_nat"): f"""type nat hook output priority -100; policy accept;
@@ -390,6 +407,7 @@ ct direction reply meta mark set ct mark""",
     ("chain", "post_nat"): f"""type nat hook postrouting priority srcnat; policy accept;
 ip saddr . ip daddr @hairpin masquerade
 {_OUTSIDE} oifname != "{VETH_PREFIX}*" ct status dnat snat ip to NODE
+{_POD} ip daddr @nodes {_UPLINK} masquerade
 {_LEAVING} {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
 {_LEAVING} {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
@@ -398,15 +416,20 @@ ct state invalid drop
 ip daddr @egress_addresses counter reject
 {_REFUSE}
 iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
-iifname "{VETH_PREFIX}*" ip daddr @nodes counter drop comment "pods do not reach nodes"
+{_POD} ip daddr @nodes jump to_nodes
 iifname "{VETH_PREFIX}*" jump rules
 iifname vmap @egress
 oifname vmap @ingress""",
     ("chain", "input"): f"""type filter hook input priority filter; policy accept;
 {_REFUSE_NODEPORT}
-iifname "{VETH_PREFIX}*" ct state established,related accept
-iifname "{VETH_PREFIX}*" counter drop comment "pods do not reach the node"
+{_POD} ct state established,related accept
+{_POD} ip daddr != @nodes counter drop comment "pods reach their node on its address only"
+{_POD} jump to_nodes
+{_POD} jump rules
+iifname vmap @egress
 """,
+    ("chain", "in_nat"): f"""type nat hook input priority 100; policy accept;
+{_POD} snat ip to NODE""",
 }
 
 
@@ -732,10 +755,15 @@ def _base(builder: _Builder) -> None:
     reach no node), and the underlay's `ip rule`."""
     ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
     rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
+    to_nodes = builder.chain("to_nodes", _TO_NODES)
     me = builder.address(builder.planner.node)
     for base, declared in BASE.items():
         if base[0] == "chain":
-            body = str(declared).replace("jump rules", f"jump {rules}")
+            body = (
+                str(declared)
+                .replace("jump rules", f"jump {rules}")
+                .replace("jump to_nodes", f"jump {to_nodes}")
+            )
             if me is not None and me.version == 4:
                 body = body.replace("snat ip to NODE", f"snat ip to {me}")
             else:
@@ -747,14 +775,17 @@ def _base(builder: _Builder) -> None:
         if address.version == 4:
             builder.element("nodes", str(address))
     builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
+    builder.plan[("rule", "nodes")] = RULE_PRIORITY - 2
     builder.element("internal", GATEWAY)  # hairpinned flows come back to it: they stay in their zone
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
-    """Its `ip rule`; routes to the other nodes' addresses (replies to flows they source NATed), over its
-    VXLAN device or, routed, through the underlay; unless routed, that device (with every other node as a
-    peer) and its mark and zone."""
+    """Its `ip rule`; whether it reaches the nodes; routes to the other nodes' addresses (replies to flows
+    they source NATed), over its VXLAN device or, routed, through the underlay; unless routed, that device
+    (with every other node as a peer) and its mark and zone."""
     builder.plan[("rule", network.table)] = RULE_PRIORITY
+    if network.node_access:
+        builder.element("node_access", str(network.table))
     device, me, nodes = vxlan_name(network.vni), builder.planner.node, builder.nodes()
     routed = network.mode == "routed"
     for name, address in nodes.items():
@@ -946,6 +977,8 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
             builder.element("refused", address)
         else:
             builder.element("services", element, f"goto {chain}")
+            if all(t.address in builder.nodes().values() for t in service.targets):
+                builder.element("host_services", element)  # its flows have a node as their peer: zone 0
         return
     protocol, port = str(key[1]), int(key[2])
     chain = _service(builder, service, protocol, port)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from isthmus.compile.compiler import INTERNAL, Compiler
 from isthmus.compile.netpol import allowing
 from isthmus.compile.state import (
+    GUARDED,
     Address,
     EgressEntry,
     Identity,
@@ -95,7 +96,7 @@ class Tracer:
             )
         ]
         self.shared = shared
-        self.node_addresses = {e.address for e in shared.values() if isinstance(e, NodeEntry)}
+        self.hosts = {e.address: e.name for e in shared.values() if isinstance(e, NodeEntry)}
         self.cidr_sensitive = any(
             a.peer.cidrs
             for scope, entries in compiler.state.items()
@@ -134,7 +135,7 @@ class Tracer:
         service = (
             self.shared.get(("service", str(destination), protocol, port))
             or self.shared.get(("service", str(destination), "any", 0))
-            or (self.shared.get(("nodeport", protocol, port)) if destination in self.node_addresses else None)
+            or (self.shared.get(("nodeport", protocol, port)) if destination in self.hosts else None)
         )
         node = source.node or self._entry_node(service)
         hops = [
@@ -258,6 +259,10 @@ class Tracer:
             if isinstance(network, NetworkEntry)
             else (f"network {network_name}")
         )
+        host = self.hosts.get(destination)
+        if host is not None and source.network is not None:
+            hops += self._to_node(node, host, destination, port, protocol, network, network_name)
+            return "deny" if hops[-1].step == "node guard" else "allow"
         if route is None or route.kind == "unreachable":
             internal = route is not None and route.rule == INTERNAL
             prefix = f"{route.prefix} (cluster-internal)" if route is not None and internal else "default"
@@ -299,6 +304,40 @@ class Tracer:
             )
             hops.append(Hop(arrive, "tunnel", f"decapsulated into the table of network {network_name}"))
         return self._arrive(source, arrive, destination, port, protocol, service, hops, found)
+
+    @staticmethod
+    def _to_node(
+        node: str,
+        host: str,
+        destination: Address,
+        port: int,
+        protocol: str,
+        network: object,
+        network_name: str,
+    ) -> list[Hop]:
+        """To a node's address: refused to networks without node access and on the node's infrastructure
+        ports; else delivered to the node's host stack, source NATed to the sending node's address (through
+        its uplink when it is another node)."""
+        if not isinstance(network, NetworkEntry) or not network.node_access:
+            why = f"{destination} is node {host}'s address; network {network_name} does not reach the nodes"
+            return [Hop(node, "node guard", why, f"VirtualNetwork {network_name} nodeAccess: false")]
+        guarded = GUARDED.get((protocol, port))
+        if guarded is not None:
+            why = f"{destination}:{port}/{protocol} is node {host}'s {guarded}: no endpoint reaches it"
+            return [Hop(node, "node guard", why, "node infrastructure")]
+        if host == node:
+            how = f"{destination}: node {node}'s own address, to its host stack, source NATed to it"
+            return [Hop(node, "route", how, "node address")]
+        return [
+            Hop(
+                node,
+                "route",
+                f"{destination}: node {host}'s address, through {node}'s uplink",
+                "node address",
+            ),
+            Hop(node, "snat", f"source NAT to {node}'s address", "node address"),
+            Hop(host, "host", f"to node {host}'s host stack", "node address"),
+        ]
 
     def _egress(self, source: Source) -> EgressEntry | None:
         found = self.shared.get(("egressip", source.identity.namespace)) if source.identity else None
