@@ -50,7 +50,7 @@ http {{
 def nginx(name: str, upstream: str, directory: str) -> None:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
-        sys.exit("nginx is not installed (Debian package nginx-light; scripts/bootstrap installs it)")
+        sys.exit("nginx is not installed (Debian package nginx; scripts/bootstrap installs it)")
     work = Path(directory)
     work.mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
