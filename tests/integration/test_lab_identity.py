@@ -282,13 +282,6 @@ def test_a_pod_made_afterwards_lands_in_its_collection_network(work: Path, tmp_p
     assert served == {"answered": {f"default/{new}": 20}, "failed": []}, served
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a floating IP's flows from the uplink get the mark of one network (the first local target's: "
-    "dataplane/kernel/plan.py _outside), so a backend on that node in another network is not routed "
-    "(No route to host, timeouts)",
-)
 def test_the_outside_reaches_the_new_pod_through_the_floating_ip(work: Path) -> None:
     """The service's backends now span two networks: the pods that kept the cluster's and the new one."""
     (new,) = (n for n, p in _pods(work).items() if n.startswith("nginx") and _network(p)["status"] == "True")

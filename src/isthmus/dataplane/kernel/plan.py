@@ -365,6 +365,7 @@ BASE: Plan = {
     ("set", "refused"): "ipv4_addr",
     ("set", "floating"): "ipv4_addr : ipv4_addr",
     ("set", "outside_marks"): "ipv4_addr : mark",
+    ("set", "backend_marks"): "ipv4_addr : mark",
     ("set", "internal"): "ipv4_addr; flags interval",
     ("set", "served"): "ipv4_addr",
     ("set", "nodes"): "ipv4_addr",
@@ -397,7 +398,9 @@ ct zone set oifname map @zones""",
 ct state new ct direction original ct mark set {_MARK}
 ct direction reply meta mark set ct mark""",
     ("chain", "pre_route"): f"""type filter hook prerouting priority filter; policy accept;
-{_POD} ct direction original ip daddr @nodes meta mark set meta mark or {TO_NODE:#x}""",
+{_POD} ct direction original ip daddr @nodes meta mark set meta mark or {TO_NODE:#x}
+{_OUTSIDE} ct direction original ct status dnat meta mark set ip daddr map @backend_marks
+{_OUTSIDE} ct state new ct status dnat ct mark set {_MARK}""",
     ("chain", "out_route"): """type route hook output priority mangle; policy accept;
 ct direction reply ct mark != 0 meta mark set ct mark""",
     ("chain", "pre_nat"): f"""type nat hook prerouting priority dstnat; policy accept;
@@ -933,13 +936,17 @@ def _egress_address(builder: _Builder, egress: EgressEntry) -> None:
 def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceEntry:
     """An external or floating IP goes to the service's targets on this node; with none here, to no
     target with `local_only`, else to every one (the base chain source NATs those flows to the node's
-    address, so that replies come back through it). Flows from the uplink get the (first) target's
-    network mark before DNAT, so that they are routed by its table."""
+    address, so that replies come back through it). Flows from the uplink get the first target's network
+    mark before DNAT, and their own target's after it (`backend_marks`): the service's backends may be in
+    several networks (pods keep theirs when their namespace's isolation changes), each routed by its table."""
     local = tuple(t for t in service.targets if t.node == builder.planner.node)
     targets = local or (() if service.local_only else service.targets)
     network = _network_of(builder, targets[0]) if targets else None
     if network is not None:
         builder.element("outside_marks", address, str(network.table))
+    for target in targets:
+        if _v4(target.address) and (own := _network_of(builder, target)) is not None:
+            builder.element("backend_marks", str(target.address), str(own.table))
     return replace(service, targets=targets)
 
 
