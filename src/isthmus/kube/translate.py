@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from isthmus.kube.config import Isolation, KubeConfig
-from isthmus.kube.view import Key, KubeView, node_name
+from isthmus.kube.view import Key, KubeView, host_network, node_name
 from isthmus.model import (
     EgressIP,
     Endpoint,
@@ -148,14 +148,10 @@ def network_of(view: KubeView, pod: KubeObject, mode: Isolation, config: KubeCon
     return held if held is not None else declared_network(pod, mode, config)
 
 
-def _host_network(pod: KubeObject) -> bool:
-    return bool((pod.body.get("spec") or {}).get("hostNetwork"))
-
-
 def _terminal(pod: KubeObject) -> bool:
     """No Endpoint: the pod has ended, or it shares its node's network (its address is its node's)."""
     status = pod.body.get("status") or {}
-    return status.get("phase") in ("Succeeded", "Failed") or _host_network(pod)
+    return status.get("phase") in ("Succeeded", "Failed") or host_network(pod)
 
 
 def _backend(
@@ -166,7 +162,7 @@ def _backend(
     phase = (pod.body.get("status") or {}).get("phase")
     if phase in ("Succeeded", "Failed"):
         return None
-    if _host_network(pod):
+    if host_network(pod):
         return {"address": address, "ready": ready, "ports": ports} if address else None
     return {"endpoint": pod.metadata.name, "ready": ready, "ports": ports}
 

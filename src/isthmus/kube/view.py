@@ -20,6 +20,11 @@ def node_name(pod: KubeObject) -> str | None:
     return node if isinstance(node, str) and node else None
 
 
+def host_network(pod: KubeObject) -> bool:
+    """Whether the pod shares its node's network (its address is its node's; it has no Endpoint)."""
+    return bool((pod.body.get("spec") or {}).get("hostNetwork"))
+
+
 def holding(obj: Object) -> tuple[str, str] | None:
     """The UID of the pod an Endpoint stands for, and the network it holds."""
     if isinstance(obj, Endpoint) and obj.spec.owner and obj.spec.owner.kind == "Pod" and obj.spec.owner.uid:

@@ -22,6 +22,7 @@ from typing import Any
 from isthmus.kube.conditions import merged
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
+from isthmus.kube.view import host_network
 from isthmus.lab.fabric import Fabric
 from isthmus.model import Endpoint, KubeObject, ServiceVIP, lookup_kind
 from isthmus.store import Compacted, Ledger, objects, open_ledger
@@ -37,10 +38,6 @@ PodKey = tuple[str, str]
 
 def _containers(pod: KubeObject) -> list[dict[str, Any]]:
     return list((pod.body.get("spec") or {}).get("containers") or [])
-
-
-def _host_network(pod: KubeObject | Endpoint) -> bool:
-    return isinstance(pod, KubeObject) and bool((pod.body.get("spec") or {}).get("hostNetwork"))
 
 
 def env(pod: KubeObject) -> dict[str, str]:
@@ -122,7 +119,7 @@ class Kubelet:
         else:
             served = ports(pod)
         try:
-            if _host_network(pod):
+            if isinstance(pod, KubeObject) and host_network(pod):
                 self.fabric.host_pod(self.node, namespace, name, served)
             else:
                 environment = env(pod) if isinstance(pod, KubeObject) else {}
@@ -157,7 +154,9 @@ class Kubelet:
         condition: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False"}
         condition |= {"reason": reason, "message": message[-500:]} if reason else {}
         status = {**(pod.body.get("status") or {}), "phase": "Running" if ready else "Pending"}
-        if _host_network(pod):  # its address is its node's, as a kubelet reports it
+        if isinstance(pod, KubeObject) and host_network(
+            pod
+        ):  # its address is its node's, as a kubelet reports it
             address = self.fabric.nodes[self.node]
             status |= {"podIP": address, "podIPs": [{"ip": address}], "hostIP": address}
         status["conditions"] = merged(status.get("conditions") or [], condition)

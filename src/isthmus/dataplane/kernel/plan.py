@@ -984,7 +984,7 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
             builder.element("refused", address)
         else:
             builder.element("services", element, f"goto {chain}")
-            if all(t.address in builder.nodes().values() for t in service.targets):
+            if {t.address for t in service.targets} <= set(builder.nodes().values()):
                 builder.element("host_services", element)  # its flows have a node as their peer: zone 0
         return
     protocol, port = str(key[1]), int(key[2])
