@@ -10,11 +10,20 @@ import pytest
 import yaml
 
 from isthmus.store import Ledger, MemoryLedger, SqliteLedger
+from tests.etcdenv import EtcdCluster
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    store: Ledger = MemoryLedger() if request.param == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
+    """A new empty ledger on each backend; etcd's is a fresh single-member cluster of its own."""
+    if request.param == "etcd":
+        cluster = EtcdCluster(tmp_path)
+        store: Ledger = cluster.ledger()
+        yield store
+        store.close()
+        cluster.stop()
+        return
+    store = MemoryLedger() if request.param == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
     yield store
     store.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -12,26 +13,26 @@ from isthmus.store.txn import Txn
 
 
 def test_revisions_and_key_metadata(ledger: Ledger) -> None:
-    assert ledger.revision() == 0
+    base = ledger.revision()  # 0 on memory and SQLite, 1 on etcd
     r1 = ledger.commit({}, [("/a", b"1"), ("/b", b"2")])
     r2 = ledger.commit({}, [("/a", b"3")])
-    assert (r1, r2) == (1, 2)
+    assert (r1, r2) == (base + 1, base + 2)
     a = ledger.get("/a")
-    assert a is not None and (a.value, a.create_revision, a.mod_revision, a.version) == (b"3", 1, 2, 2)
+    assert a is not None and (a.value, a.create_revision, a.mod_revision, a.version) == (b"3", r1, r2, 2)
     assert ledger.get("/missing") is None
 
 
 def test_commit_without_change_keeps_revision(ledger: Ledger) -> None:
-    ledger.commit({}, [("/a", b"1")])
-    assert ledger.commit({}, [("/absent", None)]) == 1
-    assert ledger.revision() == 1
+    r1 = ledger.commit({}, [("/a", b"1")])
+    assert ledger.commit({}, [("/absent", None)]) == r1
+    assert ledger.revision() == r1
 
 
 def test_range_is_ordered_bounded_and_prefix_exact(ledger: Ledger) -> None:
     ledger.commit({}, [(f"/k/{i:02d}", b"x") for i in (5, 1, 3)] + [("/k0", b"y"), ("/j", b"z")])
     items, revision = ledger.list("/k/")
     assert [kv.key for kv in items] == ["/k/01", "/k/03", "/k/05"]
-    assert revision == 1
+    assert revision == ledger.revision()
     assert [kv.key for kv in ledger.range("/k/02", "/k/99", limit=1)] == ["/k/03"]
 
 
@@ -51,17 +52,18 @@ def test_conflicting_commit_changes_nothing(ledger: Ledger) -> None:
 
 
 def test_watch_replays_history_then_follows_live_changes(ledger: Ledger) -> None:
+    base = ledger.revision()
     ledger.commit({}, [("/w/a", b"1")])
     ledger.commit({}, [("/other", b"x")])
     ledger.commit({}, [("/w/a", None), ("/w/b", b"2")])
-    watch = ledger.watch("/w/", after=0)
-    events = watch.poll()
+    watch = ledger.watch("/w/", after=base)
+    events = watch.poll(timeout=5)
     assert [(e.type, e.key, e.value, e.revision) for e in events] == [
-        (EventType.PUT, "/w/a", b"1", 1),
-        (EventType.DELETE, "/w/a", b"", 3),
-        (EventType.PUT, "/w/b", b"2", 3),
+        (EventType.PUT, "/w/a", b"1", base + 1),
+        (EventType.DELETE, "/w/a", b"", base + 3),
+        (EventType.PUT, "/w/b", b"2", base + 3),
     ]
-    assert watch.poll() == []
+    assert watch.poll(timeout=0.2) == []
 
     def later() -> None:
         ledger.commit({}, [("/w/c", b"3")])
@@ -70,37 +72,44 @@ def test_watch_replays_history_then_follows_live_changes(ledger: Ledger) -> None
     timer.start()
     live = watch.poll(timeout=5)
     timer.join()
-    assert [(e.key, e.revision) for e in live] == [("/w/c", 4)]
-    assert watch.revision == 4
+    assert [(e.key, e.revision) for e in live] == [("/w/c", base + 4)]
+    assert watch.revision == base + 4
+    watch.close()
 
 
 def test_watch_from_a_revision_sees_only_later_changes(ledger: Ledger) -> None:
-    for i in range(5):
-        ledger.commit({}, [(f"/w/{i}", b"x")])
-    assert [e.key for e in ledger.watch("/w/", after=3).poll()] == ["/w/3", "/w/4"]
+    revisions = [ledger.commit({}, [(f"/w/{i}", b"x")]) for i in range(5)]
+    watch = ledger.watch("/w/", after=revisions[2])
+    assert [e.key for e in watch.poll(timeout=5)] == ["/w/3", "/w/4"]
+    watch.close()
 
 
 def test_watch_batches_never_split_a_revision(ledger: Ledger) -> None:
-    ledger.commit({}, [(f"/w/{i:04d}", b"x") for i in range(1500)])
+    base = ledger.revision()
+    big = ledger.commit({}, [(f"/w/{i:04d}", b"x") for i in range(1500)])
     ledger.commit({}, [("/w/last", b"y")])
-    watch = ledger.watch("/w/", after=0)
-    first = watch.poll()
-    assert len(first) == 1500 and {e.revision for e in first} == {1}
-    assert [e.key for e in watch.poll()] == ["/w/last"]
+    watch = ledger.watch("/w/", after=base)
+    polls = [watch.poll(timeout=5)]
+    while sum(map(len, polls)) < 1501:
+        polls.append(watch.poll(timeout=5))
+    assert sum(e.revision == big for e in polls[0]) == 1500  # the whole of the big revision comes at once
+    assert [e.key for e in polls[-1]][-1] == "/w/last"
+    watch.close()
 
 
 def test_compacted_revision_is_a_clear_error(ledger: Ledger) -> None:
-    for i in range(10):
-        ledger.commit({}, [("/c", str(i).encode())])
-    ledger.compact(6)
-    with pytest.raises(Compacted, match=r"revision 2 is compacted.*relist"):
-        ledger.watch("/c", after=2)
-    watch = ledger.watch("/c", after=6)
-    assert [e.revision for e in watch.poll()] == [7, 8, 9, 10]
-    old = ledger.watch("/", after=7)
-    ledger.compact(9)
-    with pytest.raises(Compacted):
-        old.poll()
+    r = [ledger.commit({}, [("/c", str(i).encode())]) for i in range(10)]
+    ledger.compact(r[5])
+    with pytest.raises(Compacted, match=rf"revision {r[1]} is compacted.*relist"):
+        ledger.watch("/c", after=r[1]).poll(timeout=5)  # at once, or at the first poll
+    watch = ledger.watch("/c", after=r[5])
+    assert [e.revision for e in watch.poll(timeout=5)] == r[6:]
+    old = ledger.watch("/", after=r[6])
+    ledger.compact(r[8])
+    with contextlib.suppress(Compacted):  # a watch either delivers every change in order or says it cannot
+        assert [e.revision for e in old.poll(timeout=5)] == r[7:]
+    watch.close()
+    old.close()
 
 
 def test_transact_retries_on_conflict_and_sees_its_own_writes(ledger: Ledger) -> None:
@@ -117,8 +126,9 @@ def test_transact_retries_on_conflict_and_sees_its_own_writes(ledger: Ledger) ->
         assert txn.get("/n") == str(value + 1).encode()
         return value + 1
 
+    base = ledger.revision()
     result, revision = transact(ledger, increment)
-    assert result == 11 and revision == 3
+    assert result == 11 and revision == base + 2
     got = ledger.get("/n")
     assert got is not None and got.value == b"11"
 

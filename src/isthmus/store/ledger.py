@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -34,6 +34,10 @@ class Compacted(LedgerError):
     def __init__(self, requested: int, compacted: int) -> None:
         super().__init__(f"revision {requested} is compacted (history starts after {compacted}); relist")
         self.requested, self.compacted = requested, compacted
+
+
+class Unavailable(LedgerError):
+    """The store could not be reached or has no quorum; the message names the store and the cause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +75,7 @@ class Ledger(ABC):
 
     @abstractmethod
     def revision(self) -> int:
-        """The revision of the last commit (0 for an empty ledger)."""
-
-    @abstractmethod
-    def compacted(self) -> int:
-        """History holds every revision above this one."""
+        """The revision of the last commit (the store's first revision for an empty ledger)."""
 
     @abstractmethod
     def get(self, key: str) -> KeyValue | None: ...
@@ -96,15 +96,8 @@ class Ledger(ABC):
         """Drop history up to and including `revision`."""
 
     @abstractmethod
-    def _events(self, start: str, end: str, after: int, limit: int) -> list[Event]:
-        """Changes to keys in [start, end) with revision > after, oldest first; raises Compacted.
-
-        At least `limit` events when there are that many, always ending with a whole revision.
-        """
-
-    @abstractmethod
-    def _wait(self, after: int, timeout: float) -> None:
-        """Return when the revision passes `after`, or after `timeout` seconds."""
+    def watch(self, prefix: str, after: int) -> Watch:
+        """Changes under `prefix` with revision > `after`; raises Compacted (now or on a later poll)."""
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release resources; the ledger must not be used afterwards."""
@@ -115,24 +108,57 @@ class Ledger(ABC):
     def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         return self.snapshot(prefix, prefix_end(prefix))
 
+
+class Watch(ABC):
+    """Changes under a prefix after a revision, in order, never splitting a revision between polls.
+
+    `.revision`: every change under the prefix up to it has been returned; resume a new watch from it.
+    A poll raises Compacted when the history it needs is gone: relist, then watch from the list's revision.
+    """
+
+    revision: int
+
+    @abstractmethod
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """The next events, waiting up to `timeout` seconds for some."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class LoggedLedger(Ledger):
+    """A ledger that keeps its own change log (memory, SQLite): its watches poll that log."""
+
+    @abstractmethod
+    def compacted(self) -> int:
+        """History holds every revision above this one."""
+
+    @abstractmethod
+    def _events(self, start: str, end: str, after: int, limit: int) -> list[Event]:
+        """Changes to keys in [start, end) with revision > after, oldest first; raises Compacted.
+
+        At least `limit` events when there are that many, always ending with a whole revision.
+        """
+
+    @abstractmethod
+    def _wait(self, after: int, timeout: float) -> None:
+        """Return when the revision passes `after`, or after `timeout` seconds."""
+
     def watch(self, prefix: str, after: int) -> Watch:
         if after < self.compacted():
             raise Compacted(after, self.compacted())
-        return Watch(self, prefix, after)
+        return LogWatch(self, prefix, after)
 
 
-class Watch:
-    """Changes under a prefix after a revision, in order. Resume a new watch from `.revision`."""
-
+class LogWatch(Watch):
     BATCH = 1000
 
-    def __init__(self, ledger: Ledger, prefix: str, after: int) -> None:
+    def __init__(self, ledger: LoggedLedger, prefix: str, after: int) -> None:
         self._ledger, self._start, self._end = ledger, prefix, prefix_end(prefix)
         self.revision = after
         self._closed = threading.Event()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
-        """The next events, waiting up to `timeout` seconds for some; raises Compacted."""
         events = self._fetch()
         if not events and timeout > 0 and not self._closed.is_set():
             self._ledger._wait(self.revision, timeout)
@@ -146,10 +172,6 @@ class Watch:
         # Everything up to `head` under this prefix has been seen unless the batch was cut short.
         self.revision = last if len(events) >= self.BATCH else max(last, head)
         return events
-
-    def __iter__(self) -> Iterator[Event]:
-        while not self._closed.is_set():
-            yield from self.poll(timeout=0.5)
 
     def close(self) -> None:
         self._closed.set()

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from sortedcontainers import SortedDict
 
-from isthmus.store.ledger import Compacted, Conflict, Event, EventType, KeyValue, Ledger, Op
+from isthmus.store.ledger import Compacted, Conflict, Event, EventType, KeyValue, LoggedLedger, Op
 
 
-class MemoryLedger(Ledger):
+class MemoryLedger(LoggedLedger):
     def __init__(self, history: int = 1_000_000) -> None:
         self._data: SortedDict = SortedDict()
         self._log: list[Event] = []

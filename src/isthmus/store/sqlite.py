@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from isthmus.store.ledger import Compacted, Conflict, Event, EventType, KeyValue, Ledger, Op
+from isthmus.store.ledger import Compacted, Conflict, Event, EventType, KeyValue, LoggedLedger, Op
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -28,7 +28,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
 
 
-class SqliteLedger(Ledger):
+class SqliteLedger(LoggedLedger):
     def __init__(self, path: str | Path, history: int = 1_000_000, poll: float = 0.05) -> None:
         self.path = str(path)
         self._history, self._poll = history, poll

@@ -1,0 +1,219 @@
+"""The etcd ledger: the ledger on an etcd v3 cluster, for Isthmus on many machines.
+
+Keys and revisions are etcd's own: a commit is one txn comparing mod revisions; a listing is paged at one
+revision; a watch is one etcd watch stream read by a thread of its own. Watches require a leader, move to
+another member from the last revision + 1 when their stream breaks, turn a compaction into Compacted, and
+treat events that do not move forward (duplicates or regressions, known etcd 3.4.23 watch bugs) as a reason
+to relist: they raise Compacted too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from isthmus.store.etcd_gateway import Gateway, b64, unb64
+from isthmus.store.ledger import (
+    Compacted,
+    Conflict,
+    Event,
+    EventType,
+    KeyValue,
+    Ledger,
+    LedgerError,
+    Op,
+    Unavailable,
+    Watch,
+    prefix_end,
+)
+
+PAGE = 1000  # keys per range request of a listing
+
+
+class EtcdLedger(Ledger):
+    def __init__(self, gateway: Gateway, watch_timeout: float = 20.0) -> None:
+        """`watch_timeout`: a stream silent this long is taken as lost (members send progress more often)."""
+        self.gateway = gateway
+        self._watch_timeout = watch_timeout
+
+    def revision(self) -> int:
+        return _revision(self.gateway.call("/v3/kv/range", {"key": b64("\0"), "count_only": True}))
+
+    def get(self, key: str) -> KeyValue | None:
+        found = self.gateway.call("/v3/kv/range", {"key": b64(key)}).get("kvs", [])
+        return _kv(found[0]) if found else None
+
+    def snapshot(self, start: str, end: str, limit: int | None = None) -> tuple[list[KeyValue], int]:
+        items: list[KeyValue] = []
+        at = 0
+        while limit is None or len(items) < limit:
+            page = PAGE if limit is None else min(PAGE, limit - len(items))
+            request: dict[str, Any] = {"key": b64(start), "range_end": b64(end), "limit": page}
+            if at:
+                request["revision"] = at
+            answer = self.gateway.call("/v3/kv/range", request)
+            at = at or _revision(answer)
+            items += [_kv(kv) for kv in answer.get("kvs", [])]
+            if not answer.get("more"):
+                break
+            start = items[-1].key + "\0"
+        return items, at
+
+    def commit(self, checks: Mapping[str, int], ops: Sequence[Op]) -> int:
+        request = {
+            "compare": [
+                {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expected}
+                for key, expected in checks.items()
+            ],
+            "success": [
+                {"request_delete_range": {"key": b64(key)}}
+                if value is None
+                else {"request_put": {"key": b64(key), "value": b64(value)}}
+                for key, value in ops
+            ],
+        }
+        answer = self.gateway.call("/v3/kv/txn", request)
+        if not answer.get("succeeded"):
+            raise self._conflict(checks)
+        return _revision(answer)
+
+    def _conflict(self, checks: Mapping[str, int]) -> Conflict:
+        """The first checked key that no longer has its expected revision (read after the failed txn)."""
+        for key, expected in checks.items():
+            kv = self.get(key)
+            actual = kv.mod_revision if kv else 0
+            if actual != expected:
+                return Conflict(key, expected, actual)
+        key, expected = next(iter(checks.items()))
+        return Conflict(key, expected, expected)  # changed and changed back meanwhile
+
+    def compact(self, revision: int) -> None:
+        revision = min(revision, self.revision())
+        with contextlib.suppress(Compacted):  # compacted already up to there or beyond
+            self.gateway.call("/v3/kv/compaction", {"revision": revision})
+
+    def watch(self, prefix: str, after: int) -> Watch:
+        return EtcdWatch(self, prefix, after)
+
+    def close(self) -> None:
+        self.gateway.close()
+
+
+class EtcdWatch(Watch):
+    """A thread reads the stream into a queue; `poll` returns what has arrived, in order."""
+
+    BATCH = 1000
+
+    def __init__(self, ledger: EtcdLedger, prefix: str, after: int) -> None:
+        self.revision = after
+        self._gateway, self._timeout = ledger.gateway, ledger._watch_timeout
+        self._range = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+        self._queue: queue.Queue[list[Event] | int | LedgerError] = queue.Queue()
+        self._closed = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._follow, args=(after,), daemon=True, name="etcd-watch")
+        self._thread.start()
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        events: list[Event] = []
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                if isinstance(item, LedgerError):
+                    self._queue.put(item)  # every later poll fails the same way
+                    raise item
+                if isinstance(item, int):
+                    self.revision = max(self.revision, item)
+                else:
+                    events += item
+                    self.revision = item[-1].revision
+                if len(events) >= self.BATCH:
+                    break
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return events
+
+    def close(self) -> None:
+        self._closed.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def _follow(self, after: int) -> None:
+        """Read streams until closed, resuming on any member after the last revision delivered."""
+        try:
+            while not self._closed.is_set():
+                after = self._read(after)
+        except LedgerError as exc:
+            if not self._closed.is_set():
+                self._queue.put(exc)
+
+    def _read(self, after: int) -> int:
+        """One stream from `after`; the revision delivered when it ends."""
+        request = {"create_request": self._range | {"start_revision": after + 1, "progress_notify": True}}
+        self._stream = self._gateway.watch(request, read_timeout=self._timeout)
+        if self._closed.is_set():
+            self._stream.close()
+        created = False
+        try:
+            for result in self._stream:
+                if result.get("canceled"):
+                    compacted = int(result.get("compact_revision", 0))
+                    if compacted:
+                        raise Compacted(after, compacted)
+                    raise Unavailable(f"store {self._gateway.name}: watch cancelled: {result}")
+                if result.get("created"):
+                    created = True
+                    continue
+                events = [_event(e) for e in result.get("events", [])]
+                if events:
+                    if events[0].revision <= after:
+                        raise WentBack(after, events[0].revision)
+                    after = events[-1].revision
+                    self._queue.put(events)
+                else:  # a progress notification: nothing more up to the header's revision
+                    after = max(after, _revision(result))
+                    self._queue.put(after)
+        except Unavailable:
+            if not created and not self._closed.is_set():
+                raise  # the member took the stream but could not serve it: no member can, now
+        return after  # the stream broke after serving: resume, on another member if need be
+
+
+class WentBack(Compacted):
+    """A watch delivered a revision not after the last one: etcd 3.4.23's watch bugs; relist."""
+
+    def __init__(self, delivered: int, received: int) -> None:
+        LedgerError.__init__(
+            self, f"watch went back from revision {delivered} to {received}; relist (etcd watch bug)"
+        )
+        self.requested, self.compacted = delivered, received
+
+
+def _revision(answer: dict[str, Any]) -> int:
+    return int(answer["header"]["revision"])
+
+
+def _kv(kv: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        unb64(kv["key"]).decode(),
+        unb64(kv.get("value", "")),
+        int(kv.get("create_revision", 0)),
+        int(kv.get("mod_revision", 0)),
+        int(kv.get("version", 0)),
+    )
+
+
+def _event(event: dict[str, Any]) -> Event:
+    kv = event["kv"]
+    deleted = event.get("type") == "DELETE"
+    return Event(
+        EventType.DELETE if deleted else EventType.PUT,
+        unb64(kv["key"]).decode(),
+        b"" if deleted else unb64(kv.get("value", "")),
+        int(kv["mod_revision"]),
+    )

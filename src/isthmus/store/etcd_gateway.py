@@ -1,0 +1,283 @@
+"""A small client of etcd v3's JSON gateway (`/v3/kv/*`, `/v3/watch`, `/v3/auth/*`, `/v3/maintenance/*`).
+
+Written here because no Python client works with etcd 3.4 and today's protobuf while offering require-leader
+watches, resumption and authentication (etcd3 does not import, etcd3gw hangs on compacted watches and drops
+progress notifications, aetcd has no TLS, etcd-sdk-python has no require-leader). Invariants:
+- every request carries `hasleader`, so a member cut from its quorum answers `no leader` at once instead of
+  queueing the request; such an answer, a refused connection or a timeout moves on to the next member;
+- a request that no member could answer raises `Unavailable` naming the store and the last cause;
+- etcd's refusals for its limits raise `Refused` naming the limit and the flag that sets it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+
+from isthmus.store.ledger import Compacted, LedgerError, Unavailable
+
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true", "Content-Type": "application/json"}
+
+# etcd's message -> (what was refused, the etcd flag that sets the limit)
+_LIMITS = {
+    "too many operations in txn request": ("more operations than one transaction may hold", "--max-txn-ops"),
+    "request is too large": ("a request larger than the store accepts", "--max-request-bytes"),
+    "database space exceeded": ("the store's space quota is used up", "--quota-backend-bytes"),
+}
+_TRY_ANOTHER = ("no leader", "leader changed", "request timed out", "not capable", "too many requests")
+
+
+class Refused(LedgerError):
+    """The store refused the request outright: a limit, a permission, a credential. Nothing was written."""
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """TLS files (CA to verify members, client certificate and key) and an etcd user."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+class _UnixConnection(HTTPConnection):
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__("localhost", **kwargs)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout if isinstance(self.timeout, int | float) else None)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class _UnixPool(HTTPConnectionPool):
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__("localhost", **kwargs)
+        self._path = path
+
+    def _new_conn(self) -> HTTPConnection:
+        self.num_connections += 1
+        return _UnixConnection(self._path, timeout=self.timeout.connect_timeout)
+
+
+class Gateway:
+    """The members of one etcd cluster, tried in turn, starting from the last that answered."""
+
+    def __init__(self, name: str, members: list[str], credentials: Credentials, timeout: float = 5.0) -> None:
+        """`members`: `host:port` (HTTPS when credentials give a CA or certificate) or a unix socket path."""
+        self.name, self.members, self.credentials = name, members, credentials
+        self.timeout = timeout
+        secure = bool(credentials.ca or credentials.cert)
+        self._pools: list[HTTPConnectionPool] = []
+        for member in members:
+            if member.startswith("/"):
+                self._pools.append(_UnixPool(member, maxsize=16, block=False))
+            elif secure:
+                self._pools.append(
+                    urllib3.HTTPSConnectionPool(
+                        *_host_port(member), maxsize=16, ssl_context=credentials.context()
+                    )
+                )
+            else:
+                self._pools.append(urllib3.HTTPConnectionPool(*_host_port(member), maxsize=16))
+        self._current = 0
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """POST to `path` on a member that has a leader; the answer as JSON."""
+        cause = "no member answered"
+        for index in self._order():
+            try:
+                answer = self._post(index, path, body, timeout or self.timeout)
+            except _TryAnother as exc:
+                cause = str(exc)
+                continue
+            self._current = index
+            return answer
+        raise Unavailable(f"store {self.name}: {cause}")
+
+    def watch(self, body: dict[str, Any], read_timeout: float) -> Stream:
+        """One watch stream on the first member that takes it."""
+        cause = "no member answered"
+        for index in self._order():
+            try:
+                response = self._open(index, "/v3/watch", body, read_timeout, stream=True)
+            except _TryAnother as exc:
+                cause = str(exc)
+                continue
+            self._current = index
+            return Stream(self, response)
+        raise Unavailable(f"store {self.name}: {cause}")
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.close()
+
+    def _order(self) -> list[int]:
+        first = self._current
+        return [(first + i) % len(self._pools) for i in range(len(self._pools))]
+
+    def _post(self, index: int, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        response = self._open(index, path, body, timeout, stream=False)
+        answer: dict[str, Any] = json.loads(response.data)
+        return answer
+
+    def _open(
+        self, index: int, path: str, body: dict[str, Any], timeout: float, stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        for attempt in range(2):
+            headers = dict(REQUIRE_LEADER)
+            if self.credentials.user:
+                headers["Authorization"] = self._authenticate(index, renew=attempt > 0)
+            response = self._request(index, path, body, headers, timeout, stream)
+            if response.status == 200:
+                return response
+            message = _message(response)
+            if "invalid auth token" in message or "user name is empty" in message:
+                continue
+            raise self._error(message)
+        raise Refused(f"store {self.name}: authentication as {self.credentials.user} keeps failing")
+
+    def _request(
+        self,
+        index: int,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: float,
+        stream: bool,
+    ) -> urllib3.BaseHTTPResponse:
+        member = self.members[index]
+        try:
+            return self._pools[index].urlopen(
+                "POST",
+                path,
+                body=json.dumps(body),
+                headers=headers,
+                timeout=urllib3.Timeout(connect=min(2.0, timeout), read=timeout),
+                retries=False,
+                preload_content=not stream,
+                release_conn=not stream,
+            )
+        except urllib3.exceptions.SSLError as exc:
+            raise Refused(f"store {self.name}: TLS with {member} failed: {_reason(exc)}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _TryAnother(f"{member}: {_reason(exc)}") from None
+
+    def _authenticate(self, index: int, renew: bool) -> str:
+        with self._lock:
+            if self._token is None or renew:
+                user, password = self.credentials.user, self.credentials.password or ""
+                response = self._request(
+                    index,
+                    "/v3/auth/authenticate",
+                    {"name": user, "password": password},
+                    dict(REQUIRE_LEADER),
+                    self.timeout,
+                    stream=False,
+                )
+                if response.status != 200:
+                    raise self._error(_message(response))
+                self._token = json.loads(response.data)["token"]
+            assert self._token is not None
+            return self._token
+
+    def _error(self, message: str) -> LedgerError:
+        for text, (what, flag) in _LIMITS.items():
+            if text in message:
+                return Refused(f"store {self.name} refused the commit: {what} ({message}; etcd flag {flag})")
+        if "required revision has been compacted" in message:
+            return Compacted(0, 0)
+        if any(text in message for text in _TRY_ANOTHER):
+            return _TryAnother(message)
+        if "permission denied" in message:
+            return Refused(f"store {self.name}: permission denied to user {self.credentials.user}")
+        if "authentication failed" in message:
+            return Refused(f"store {self.name}: authentication as {self.credentials.user} failed")
+        return LedgerError(f"store {self.name}: {message}")
+
+
+class _TryAnother(Unavailable):
+    """This member cannot serve now (down, cut off, no leader): ask the next one."""
+
+
+class Stream:
+    """The responses of a watch stream, one JSON document per line; `close` may come from another thread."""
+
+    def __init__(self, gateway: Gateway, response: urllib3.BaseHTTPResponse) -> None:
+        self._gateway, self._response = gateway, response
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pending: list[bytes] = []  # the pieces of an unfinished line (a response may be tens of MB)
+        try:
+            for chunk in self._response.stream(1 << 20):
+                if b"\n" not in chunk:
+                    pending.append(chunk)
+                    continue
+                *lines, rest = chunk.split(b"\n")
+                lines[0] = b"".join([*pending, lines[0]])
+                pending = [rest]
+                for line in lines:
+                    if line.strip():
+                        document = json.loads(line)
+                        if "error" in document:
+                            error = document["error"]
+                            raise self._gateway._error(str(error.get("message", error)))
+                        yield document["result"]
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _TryAnother(f"store {self._gateway.name}: watch stream lost: {_reason(exc)}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            self._response.shutdown()  # wakes a reader blocked in another thread
+        self._response.close()
+        self._response.release_conn()
+
+
+def _host_port(member: str) -> tuple[str, int]:
+    host, _, port = member.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _message(response: urllib3.BaseHTTPResponse) -> str:
+    try:
+        return str(json.loads(response.data).get("message") or response.data.decode())
+    except ValueError:
+        return f"HTTP {response.status}: {response.data[:200]!r}"
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)

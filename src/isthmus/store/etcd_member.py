@@ -1,0 +1,76 @@
+"""How Isthmus runs an etcd member: the flags it sets and why, for the lab, the tests and deployments.
+
+- `--max-txn-ops` and `--max-request-bytes`: an `isthmus apply` and the cold translation of a Kubernetes
+  cluster are one transaction each, all or nothing; 10,000 pods, 1,000 services and 1,000 NetworkPolicies
+  take about 90,000 operations and 25 MiB (bench/store.py measures it), far above etcd's defaults of 128
+  operations and 1.5 MiB. A commit beyond these limits is refused with an error naming the flag.
+- `--quota-backend-bytes`: 8 GiB, etcd's suggested maximum, against the default 2 GiB.
+- `--auto-compaction-*`: history older than an hour is compacted; a watcher that falls further behind
+  relists, as it must after any compaction.
+- `--experimental-watch-progress-notify-interval 5s`: a quiet watch learns the store's revision every 5 s
+  (default 10 minutes), so its resume revision stays fresh and a silent stream is noticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LIMITS = {
+    "--max-txn-ops": "200000",
+    "--max-request-bytes": str(64 << 20),
+    "--quota-backend-bytes": str(8 << 30),
+    "--auto-compaction-mode": "periodic",
+    "--auto-compaction-retention": "1h",
+    "--experimental-watch-progress-notify-interval": "5s",
+}
+
+
+@dataclass(frozen=True)
+class MemberTLS:
+    """Files of a member: its CA (of clients and peers), its own certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def member_argv(
+    name: str,
+    data_dir: Path,
+    client_urls: list[str],
+    peer_url: str,
+    cluster: dict[str, str],
+    tls: MemberTLS | None = None,
+    extra: dict[str, str] | None = None,
+) -> list[str]:
+    """The command line of one member of a new cluster (`cluster`: member name -> peer URL).
+
+    `client_urls`: where clients reach it; the first is advertised. `unix://NAME:0` listens on a socket file
+    NAME:0 in the member's working directory.
+    """
+    flags = {
+        "--name": name,
+        "--data-dir": str(data_dir),
+        "--listen-client-urls": ",".join(client_urls),
+        "--advertise-client-urls": client_urls[0],
+        "--listen-peer-urls": peer_url,
+        "--initial-advertise-peer-urls": peer_url,
+        "--initial-cluster": ",".join(f"{n}={u}" for n, u in sorted(cluster.items())),
+        "--initial-cluster-state": "new",
+        "--initial-cluster-token": "isthmus",
+        **LIMITS,
+    }
+    if tls is not None:
+        flags |= {
+            "--trusted-ca-file": str(tls.ca),
+            "--cert-file": str(tls.cert),
+            "--key-file": str(tls.key),
+            "--client-cert-auth": "true",
+            "--peer-trusted-ca-file": str(tls.ca),
+            "--peer-cert-file": str(tls.cert),
+            "--peer-key-file": str(tls.key),
+            "--peer-client-cert-auth": "true",
+        }
+    flags |= extra or {}
+    return ["etcd", *(f"{flag}={value}" for flag, value in flags.items())]

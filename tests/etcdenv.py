@@ -1,0 +1,79 @@
+"""Real etcd members for the tests: Debian's etcd, started with the project's flags on loopback ports."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from isthmus.store import Credentials, EtcdLedger, Unavailable, open_store
+from isthmus.store.etcd_member import member_argv
+
+FAST = {"--heartbeat-interval": "10", "--election-timeout": "100"}  # one member on an idle loopback
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EtcdCluster:
+    """N members on 127.0.0.1, each with its own data directory under `root`; stopped by `stop()`."""
+
+    def __init__(self, root: Path, size: int = 1, fast: bool = True) -> None:
+        self.root = root
+        names = [f"m{i}" for i in range(1, size + 1)]
+        self.clients = {n: f"127.0.0.1:{free_port()}" for n in names}
+        peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+        self.argv = {
+            n: member_argv(
+                n, root / n, [f"http://{self.clients[n]}"], peers[n], peers, extra=FAST if fast else None
+            )
+            for n in names
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        for name in names:
+            self.start(name)
+        self.wait_ready()
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(self.clients.values())
+
+    def ledger(self) -> EtcdLedger:
+        ledger = open_store(self.url, Credentials())
+        assert isinstance(ledger, EtcdLedger)
+        return ledger
+
+    def start(self, name: str) -> None:
+        log = (self.root / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(self.argv[name], stdout=log, stderr=log, cwd=self.root)
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        ledger = self.ledger()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ledger.revision()
+                break
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        ledger.close()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+        self.processes.clear()
