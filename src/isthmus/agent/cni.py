@@ -105,8 +105,9 @@ class Service:
 
     def _scheduled(self, namespace: str, name: str) -> Veth:
         """The endpoint's attachment on this node. An endpoint the ledger places on another node is
-        refused at once; one not (yet) known here is waited for, since the runtime may call ADD before
-        the ledger's change reaches this agent."""
+        refused at once, as is one not known here while the store cannot be reached; one not (yet) known
+        here is waited for, since the runtime may call ADD before the ledger's change reaches this agent.
+        An endpoint known here attaches from the agent's state even while the store is away."""
         deadline = time.monotonic() + self.wait
         while (veth := self.agent.endpoint(namespace, name)) is None:
             with self.agent.lock:
@@ -114,6 +115,8 @@ class Service:
             elsewhere = found.spec.node if isinstance(found, Endpoint) else None
             if elsewhere and elsewhere != self.agent.node:
                 raise Refused(11, f"endpoint {namespace}/{name} is on {elsewhere}, not {self.agent.node}")
+            if problem := self.agent.store_problem:
+                raise Refused(11, f"endpoint {namespace}/{name} is not known here: {problem}")
             if time.monotonic() > deadline:
                 raise Refused(11, f"endpoint {namespace}/{name} is not scheduled to {self.agent.node} yet")
             time.sleep(0.05)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Collection
@@ -22,7 +23,7 @@ from isthmus.compile.state import Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
 from isthmus.model import Node, Object
-from isthmus.store import Compacted, Event, EventType, Ledger
+from isthmus.store import Compacted, Event, EventType, Ledger, Unavailable
 from isthmus.store.ledger import prefix_end
 from isthmus.store.objects import OBJECTS, STATUS, _decode, decode, parse_key
 
@@ -37,6 +38,8 @@ class Metrics:
     last_kernel_seconds: float = 0.0
     total_seconds: float = 0.0
     objects: int = 0
+    store_up: int = 0
+    store_errors: int = 0
 
     def text(self, node: str) -> str:
         """Prometheus exposition format."""
@@ -50,31 +53,60 @@ class Metrics:
                 ("reconcile_last_seconds", "gauge", round(self.last_seconds, 6)),
                 ("reconcile_last_kernel_seconds", "gauge", round(self.last_kernel_seconds, 6)),
                 ("objects_programmed", "gauge", self.objects),
+                ("store_up", "gauge", self.store_up),
+                ("store_errors_total", "counter", self.store_errors),
             )
         )
 
 
 class Agent:
     """Holds the node's compiler and driver; every method takes the lock, so CNI requests and ledger
-    changes are applied one at a time."""
+    changes are applied one at a time. While the store cannot be reached the kernel keeps what it holds:
+    the agent reports the store as its problem and retries; it relists only after a compaction."""
+
+    RETRY = (0.1, 1.0)  # seconds between attempts to reach the store: first, most
 
     def __init__(self, ledger: Ledger, node: str, driver: Driver, announcer: Announcer | None = None) -> None:
         self.ledger, self.node, self.driver, self.announcer = ledger, node, driver, announcer
         self.lock = threading.RLock()
         self.metrics = Metrics()
         self.problems: dict[str, str] = {}
+        self.store_problem: str | None = None
         self.published = b""
-        self._list()
+        self.revision = 0
+        self.compiler = Compiler([])
+        self.planner = Planner(self.compiler.node_state(node))
+        self.listed = False
+        try:
+            self._list()
+        except Unavailable as exc:
+            self._unreachable(exc)
 
     def _list(self) -> None:
         """List the ledger, compile and plan from scratch, and compare the whole plan with the kernel."""
         with self.lock:
             started = time.perf_counter()
-            found, self.revision = self.ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
+            found, revision = self.ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
+            self.revision = revision
             self.compiler = Compiler(decode(kv) for kv in found if _kind(kv.key) in Compiler.KINDS)
             self.planner = Planner(self.compiler.node_state(self.node))
             self._program(None, started)
             self._announce()
+            self.listed = True
+            self._reachable()
+
+    def _reachable(self) -> None:
+        if self.store_problem is not None:
+            log.info("store reachable again at revision %d", self.revision)
+        self.store_problem = None
+        self.metrics.store_up = 1
+
+    def _unreachable(self, exc: Unavailable) -> None:
+        if self.store_problem != str(exc):
+            log.warning("%s; the kernel keeps its state, retrying", exc)
+        self.store_problem = str(exc)
+        self.metrics.store_up = 0
+        self.metrics.store_errors += 1
 
     def reconcile(self) -> None:
         """Try again what the kernel could not hold yet (after a CNI ADD made a veth, and periodically)."""
@@ -156,17 +188,18 @@ class Agent:
                     endpoints[entry.endpoint] = {"programmed": reason is None} | (
                         {"reason": reason} if reason else {}
                     )
+            store = {"store": self.store_problem} if self.store_problem else {}
             return {
                 "node": self.node,
                 "revision": self.revision,
                 "endpoints": endpoints,
-                "problems": self.problems,
+                "problems": self.problems | store,
             } | ({"bgp": self.announcer.report()} if self.announcer else {})
 
     def publish(self) -> None:
         """The node's status into the ledger (under STATUS, outside the objects), when it changed."""
         with self.lock:
-            report = self.status()
+            report = self.status() | {"problems": self.problems}  # written, so the store was reached
             report.pop("revision")
             body = json.dumps(report, sort_keys=True).encode()
             if body != self.published:
@@ -174,25 +207,41 @@ class Agent:
                 self.published = body
 
     def run(self, stop: threading.Event) -> None:
-        """Follow the ledger until `stop` is set."""
+        """Follow the ledger until `stop` is set: resume from the last revision, relist after a compaction."""
+        delay = self.RETRY[0]
         while not stop.is_set():
             try:
-                watch = self.ledger.watch(OBJECTS, self.revision)
-                while not stop.is_set():
-                    events = watch.poll(timeout=0.5)
-                    if events:
-                        self.changed(events, watch.revision)
-                    else:
-                        self.revision = watch.revision  # nothing of ours changed up to here
-                        if self.problems:
-                            self.reconcile()  # retry what could not be made
-                        if self.announcer is not None and self.announcer.error:
-                            with self.lock:
-                                self._announce()
-                    self.publish()
-            except Compacted:
-                log.warning("watch from %d compacted; listing again", self.revision)
-                self._list()
+                if not self.listed:
+                    self._list()
+                self._follow(stop)
+            except Compacted as exc:
+                log.warning("%s: listing again", exc)
+                self.listed = False
+            except Unavailable as exc:
+                self._unreachable(exc)
+                stop.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, self.RETRY[1])
+                continue
+            delay = self.RETRY[0]
+
+    def _follow(self, stop: threading.Event) -> None:
+        watch = self.ledger.watch(OBJECTS, self.revision)
+        try:
+            while not stop.is_set():
+                events = watch.poll(timeout=0.5)
+                self._reachable()
+                if events:
+                    self.changed(events, watch.revision)
+                else:
+                    self.revision = watch.revision  # nothing of ours changed up to here
+                    if self.problems:
+                        self.reconcile()  # retry what could not be made
+                    if self.announcer is not None and self.announcer.error:
+                        with self.lock:
+                            self._announce()
+                self.publish()
+        finally:
+            watch.close()
 
 
 def _kind(key: str) -> str:

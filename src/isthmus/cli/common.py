@@ -15,18 +15,20 @@ from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.kube.translate import TranslationError
 from isthmus.model import ManifestError, kind_of, load_manifests, lookup_kind
-from isthmus.store import Ledger, LedgerError, objects, open_ledger
+from isthmus.store import Credentials, Ledger, LedgerError, objects, open_ledger
 
 
 class Context:
-    def __init__(self, state: str) -> None:
-        self.state = state
+    def __init__(self, state: str, store: str | None = None, credentials: Credentials | None = None) -> None:
+        self.state, self.store, self.credentials = state, store, credentials or Credentials()
         self._ledger: Ledger | None = None
 
     @property
     def ledger(self) -> Ledger:
+        """The ledger, opened at first use; a store that cannot be used is one line and exit code 1."""
         if self._ledger is None:
-            self._ledger = open_ledger(self.state)
+            with errors():
+                self._ledger = open_ledger(self.state, self.store, self.credentials)
         return self._ledger
 
 

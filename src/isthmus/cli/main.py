@@ -39,7 +39,7 @@ from isthmus.model import (
     lookup_kind,
 )
 from isthmus.model.network import BgpPeer
-from isthmus.store import Ledger, objects
+from isthmus.store import Credentials, Ledger, objects
 
 
 def default_state() -> str:
@@ -54,12 +54,30 @@ def default_state() -> str:
     envvar="ISTHMUS_STATE",
     default=default_state,
     show_default="~/.local/state/isthmus",
-    help="State directory holding the ledger ($ISTHMUS_STATE); 'memory:' for a throw-away one.",
+    help="State directory holding the ledger, or a file `store` naming it ($ISTHMUS_STATE); 'memory:' for "
+    "a throw-away one.",
 )
+@click.option(
+    "--store",
+    envvar="ISTHMUS_STORE",
+    help="The ledger's store, overriding --state ($ISTHMUS_STORE): etcd://HOST:PORT[,HOST:PORT...] "
+    "(credentials also as ?ca=&cert=&key=&user=&password-file=), etcd+unix:///SOCKET[,...], "
+    "or a SQLite path.",
+)
+@click.option("--store-ca", envvar="ISTHMUS_STORE_CA", help="CA certificate of the etcd members.")
+@click.option("--store-cert", envvar="ISTHMUS_STORE_CERT", help="Client certificate for etcd.")
+@click.option("--store-key", envvar="ISTHMUS_STORE_KEY", help="The client certificate's key.")
 @click.pass_context
-def cli(ctx: click.Context, state: str) -> None:
+def cli(
+    ctx: click.Context,
+    state: str,
+    store: str | None,
+    store_ca: str | None,
+    store_cert: str | None,
+    store_key: str | None,
+) -> None:
     """Isthmus: one SDN control plane for Kubernetes pods, OpenStack VMs and bare-metal hosts."""
-    ctx.obj = Context(state)
+    ctx.obj = Context(state, store, Credentials(store_ca, store_cert, store_key))
 
 
 @cli.command()
@@ -266,7 +284,9 @@ def serve(ctx: Context, listen: str, admin_token: str | None) -> None:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise click.ClickException(f"--listen {listen!r} is not HOST:PORT")
-    uvicorn.run(create_app(ctx.ledger, admin_token), host=host.strip("[]"), port=int(port), log_level="info")
+    with errors():
+        app = create_app(ctx.ledger, admin_token)
+    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="info")
 
 
 @cli.group()
@@ -292,7 +312,8 @@ def watch(ctx: Context, kubeconfig: str, resync: float) -> None:
 
     stop = _serving()
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
+    with errors():
+        Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
 
 
 @cli.group()
@@ -310,7 +331,8 @@ def agent_run(ctx: Context, node: str, socket: str, work: str, metrics: str | No
     """Program this node's network namespace and serve the CNI plugin until stopped."""
     from isthmus.agent.run import run
 
-    run(ctx.ledger, node, Path(socket), Path(work), metrics)
+    with errors():
+        run(ctx.ledger, node, Path(socket), Path(work), metrics)
 
 
 def _serving() -> threading.Event:
@@ -352,7 +374,8 @@ def federation_run(ctx: Context, address: str, asn: int, peers: tuple[str, ...],
         settings = Settings(ipaddress.ip_address(address), asn, tuple(_peer(p) for p in peers))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    Federation(ctx.ledger, Path(work), settings).run(_serving())
+    with errors():
+        Federation(ctx.ledger, Path(work), settings).run(_serving())
 
 
 cli.add_command(lab)
