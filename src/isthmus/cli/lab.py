@@ -38,7 +38,8 @@ def _lab(ctx: click.Context) -> Lab:
 
 def _settle(lab: Lab, timeout: float) -> None:
     """Wait for the lab to program the change; fail naming each node or pod that did not."""
-    problems = lab.settle(timeout, lambda line: click.echo(line, err=True))
+    with _failures():
+        problems = lab.settle(timeout, lambda line: click.echo(line, err=True))
     if problems:
         raise click.ClickException("the lab did not settle:\n  " + "\n  ".join(problems))
 
@@ -162,19 +163,22 @@ def probe(
 def status(ctx: click.Context, output: str | None) -> None:
     """The lab's nodes (cluster, agent revision, endpoints programmed, problems), pods (node, address,
     phase, the network held and, if another, the one declared now), VMs and hosts (cluster, node, address,
-    up) and the router's BGP session with each node (state, routes received, last error)."""
+    up), the etcd members (cluster, address, health, leader, revision) and the router's BGP session with
+    each node (state, routes received, last error)."""
     running = _lab(ctx)
     agents = {n: running.agent(n) for n in running.fabric.nodes}
     pods = [vars(p) for p in running.pods()]
     machines = [vars(m) for m in running.machines()]
     router = _router(running)
+    members = running.members()
     clusters = running.fabric.clusters
     if output == "json":
         nodes = {
             n: {"address": a, "cluster": clusters.get(n, "main"), "agent": agents[n]}
             for n, a in running.fabric.nodes.items()
         }
-        shown = {"nodes": nodes, "pods": pods, "machines": machines} | ({"router": router} if router else {})
+        shown = {"nodes": nodes, "pods": pods, "machines": machines}
+        shown |= ({"store": members} if members else {}) | ({"router": router} if router else {})
         click.echo(json.dumps(shown, indent=2))
         return
     rows = [["NODE", "CLUSTER", "ADDRESS", "REVISION", "ENDPOINTS", "PROBLEMS"]]
@@ -207,6 +211,13 @@ def status(ctx: click.Context, output: str | None) -> None:
                 "Running" if m["up"] else "Booting",
             ]
             for m in machines
+        ]
+        click.echo("\n" + aligned(rows))
+    if members:
+        rows = [["ETCD MEMBER", "CLUSTER", "ADDRESS", "HEALTH", "LEADER", "REVISION"]]
+        rows += [
+            [m["member"], m["cluster"], m["address"], m["health"], m["leader"], m["revision"]]
+            for m in members
         ]
         click.echo("\n" + aligned(rows))
     if router:

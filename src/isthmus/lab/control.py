@@ -25,7 +25,8 @@ from isthmus.lab.fabric import Fabric, ip
 from isthmus.lab.router import Peer, config
 from isthmus.lab.topology import Topology
 from isthmus.model import Endpoint, KubeObject, Node, lookup_kind
-from isthmus.store import Ledger, objects, open_ledger
+from isthmus.store import Credentials, Ledger, LedgerError, objects, open_ledger
+from isthmus.store.etcd_gateway import Gateway
 
 Echo = Callable[[str], None]
 
@@ -73,6 +74,21 @@ class Machine:
     up: bool
 
 
+def _member_status(fabric: Fabric, cluster: str, member: str) -> dict[str, str]:
+    """One member's health, leadership and revision, asked over its own socket (this member alone)."""
+    pki = fabric.pki(cluster)
+    credentials = Credentials(user="admin", password=(pki / "admin.password").read_text().strip())
+    gateway = Gateway(member, [str(fabric.member_socket(member))], credentials, timeout=2.0)
+    try:
+        status = gateway.call("/v3/maintenance/status", {})
+    except LedgerError as exc:
+        return {"health": f"unhealthy: {exc}", "leader": "-", "revision": "-"}
+    finally:
+        gateway.close()
+    leads = status.get("leader") == status["header"]["member_id"]
+    return {"health": "healthy", "leader": "yes" if leads else "no", "revision": status["header"]["revision"]}
+
+
 def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
     """A ledger Node's spec: its underlay address and, with a router, its BGP speaker peering with it."""
     if router is None:
@@ -84,7 +100,12 @@ def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
 class Lab:
     def __init__(self, fabric: Fabric) -> None:
         self.fabric = fabric
-        self.ledger: Ledger = open_ledger(str(fabric.state))
+        self._ledgers: dict[str, Ledger] = {}
+
+    @property
+    def ledger(self) -> Ledger:
+        """The main cluster's ledger."""
+        return self.ledger_of("")
 
     @classmethod
     def open(cls, work: Path) -> Lab:
@@ -108,6 +129,17 @@ class Lab:
         clusters = {n.name: n.cluster for n in topology.nodes if n.cluster}
         lab.fabric.clusters = clusters
         try:
+            lab.fabric.build(addresses, topology.underlay.prefixlen, router.address if router else None)
+            echo(f"underlay switch {lab.fabric.underlay}: {topology.underlay}")
+            for cluster, members in topology.members().items():
+                mine = [p.name for p in peers if clusters.get(p.name, "") == cluster]
+                try:
+                    lab.fabric.start_store(cluster, members, topology.underlay.prefixlen, mine)
+                except Exception as exc:
+                    raise LabError(f"store of cluster {cluster or 'main'}: {exc}") from None
+                shown = ", ".join(f"{m} {a}" for m, a in lab.fabric.stores[cluster].items())
+                state = lab.fabric.state_of(cluster)
+                echo(f"cluster {cluster or 'main'}: etcd {shown} (TLS and roles; {state} leads to it)")
             for cluster in {"", *clusters.values()}:
                 nodes = [
                     Node.model_validate({"metadata": {"name": p.name}, "spec": _spec(p, router)})
@@ -115,8 +147,6 @@ class Lab:
                     if clusters.get(p.name, "") == cluster
                 ]
                 intent.apply(lab.ledger_of(cluster), nodes)
-            lab.fabric.build(addresses, topology.underlay.prefixlen, router.address if router else None)
-            echo(f"underlay switch {lab.fabric.underlay}: {topology.underlay}")
             if router:
                 lab._router(router, peers, topology, echo)
             for node, address in addresses.items():
@@ -137,12 +167,21 @@ class Lab:
         return lab
 
     def ledger_of(self, cluster: str) -> Ledger:
-        """The ledger of a cluster of the lab ("" the main one)."""
-        if not cluster:
-            return self.ledger
-        if cluster not in set(self.fabric.clusters.values()):
+        """The ledger of a cluster of the lab ("" the main one), as its state directory leads to it."""
+        if cluster and cluster not in set(self.fabric.clusters.values()):
             raise LabError(f"this lab has no cluster {cluster}")
-        return open_ledger(str(self.fabric.state_of(cluster)))
+        if cluster not in self._ledgers:
+            self._ledgers[cluster] = open_ledger(str(self.fabric.state_of(cluster)))
+        return self._ledgers[cluster]
+
+    def members(self) -> list[dict[str, str]]:
+        """Each etcd member of the lab: cluster, name, address, health, whether it leads, its revision."""
+        found = []
+        for cluster, members in sorted(self.fabric.stores.items()):
+            for member, address in members.items():
+                row = {"cluster": cluster or "main", "member": member, "address": address}
+                found.append(row | _member_status(self.fabric, cluster, member))
+        return found
 
     def _speakers(self, topology: Topology, echo: Echo) -> None:
         """With other clusters: each cluster's federation speaker, peering with every other's."""
@@ -262,14 +301,16 @@ class Lab:
         return problems
 
     def netns(self, name: str) -> str:
-        """The network namespace of a node (NODE), the `router`, the `outside` client, or a pod
-        (NAMESPACE/POD, or POD in default)."""
+        """The network namespace of a node (NODE), the `router`, the `outside` client, an etcd member
+        (etcd-I, etcd-CLUSTER-I), or a pod (NAMESPACE/POD, or POD in default)."""
         if name in self.fabric.nodes:
             return self.fabric.node_netns(name)
         if name == "router" and self.fabric.router:
             return self.fabric.router_netns
         if name == "outside" and self.fabric.outside:
             return self.fabric.outside_netns
+        if any(name in members for members in self.fabric.stores.values()):
+            return self.fabric.prefix + name
         namespace, _, pod = name.rpartition("/")
         sandbox = self.fabric.sandbox(namespace or "default", pod)
         if sandbox not in self.fabric.namespaces():

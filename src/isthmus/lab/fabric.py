@@ -21,8 +21,12 @@ from typing import Any
 from isthmus.bgp.bird import running
 from isthmus.lab.router import Bird
 from isthmus.lab.topology import OUTSIDE
+from isthmus.store import Credentials, LedgerError, open_store
+from isthmus.store.etcd_member import MemberTLS, member_argv
+from isthmus.store.location import STORE_FILE
 
 PLUGIN = "isthmus"  # the CNI plugin's executable name, in the lab's CNI_PATH
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"  # the deployment scripts docs/deploy.md uses
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -47,6 +51,7 @@ class Fabric:
     router: str | None = None  # its underlay address, when the lab has one
     outside: str | None = None  # the outside client's address, when the lab has one
     clusters: dict[str, str] = field(default_factory=dict)  # node -> its cluster, when not the main one
+    stores: dict[str, dict[str, str]] = field(default_factory=dict)  # cluster -> etcd member -> address
 
     @property
     def underlay(self) -> str:
@@ -91,6 +96,7 @@ class Fabric:
             router=saved.get("router"),
             outside=saved.get("outside"),
             clusters=saved.get("clusters", {}),
+            stores=saved.get("stores", {}),
         )
 
     def sandbox(self, namespace: str, name: str) -> str:
@@ -168,11 +174,92 @@ class Fabric:
         self._switch_port(netns, f"fed-{cluster or 'main'}"[:15], f"{address}/{prefixlen}")
         work = self.work / f"federation-{cluster or 'main'}"
         argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state_of(cluster))]
+        store = self.store_url(cluster, "federation")
+        argv += ["--store", store] if store else []
         argv += ["federation", "run", "--address", address, "--asn", str(asn), "--work", str(work)]
         argv += [f"--peer={peer}" for peer in peers]
         self._spawn(
             f"federation/{cluster or 'main'}", netns, argv, self.work / f"federation-{cluster or 'main'}.log"
         )
+
+    @staticmethod
+    def member_name(cluster: str, index: int) -> str:
+        """An etcd member of a cluster: etcd-I for the main one's, etcd-CLUSTER-I for another's (I from 1)."""
+        return f"etcd-{cluster}-{index}" if cluster else f"etcd-{index}"
+
+    def pki(self, cluster: str) -> Path:
+        """A cluster's certificates and etcd passwords (deploy/isthmus-pki's directory)."""
+        return self.work / f"pki-{cluster or 'main'}"
+
+    def member_socket(self, member: str) -> Path:
+        """The member's unix socket: how the machine's own commands reach the store, linking no namespace."""
+        return self.work / member / "client:2379"
+
+    def store_url(self, cluster: str, user: str, unix: bool = False) -> str | None:
+        """The URL of a cluster's store for the identity `user`: over the underlay with TLS, or (`unix`)
+        over the members' sockets; None for a cluster whose ledger is a SQLite file."""
+        members = self.stores.get(cluster)
+        if not members:
+            return None
+        pki = self.pki(cluster)
+        secret = f"user={user}&password-file={pki / user}.password"
+        if unix:
+            return "etcd+unix://" + ",".join(str(self.member_socket(m)) for m in members) + "?" + secret
+        tls = f"ca={pki}/ca.crt&cert={pki / user}.crt&key={pki / user}.key"
+        return "etcd://" + ",".join(f"{a}:2379" for a in members.values()) + f"?{tls}&{secret}"
+
+    def start_store(self, cluster: str, addresses: list[str], prefixlen: int, nodes: list[str]) -> None:
+        """The cluster's etcd members, each in a namespace of its own on the switch, with TLS between all
+        and etcd's roles (deploy/isthmus-pki and deploy/isthmus-etcd-roles, as docs/deploy.md does); the
+        cluster's state directory then leads the machine's commands to it over the members' sockets."""
+        pki = self.pki(cluster)
+        members = {self.member_name(cluster, i + 1): a for i, a in enumerate(addresses)}
+        _deploy("isthmus-pki", str(pki), "ca")
+        for member, address in members.items():
+            _deploy("isthmus-pki", str(pki), "member", member, address)
+        for user in ("root", "admin", "kubelet", "federation", *(f"agent-{n}" for n in nodes)):
+            _deploy("isthmus-pki", str(pki), "client", user)
+        peers = {m: f"https://{a}:2380" for m, a in members.items()}
+        self.stores[cluster] = members
+        for member, address in members.items():
+            directory = self.work / member
+            directory.mkdir(exist_ok=True)
+            port = f"e{len(self.stores)}{member.rsplit('-', 1)[1]}"
+            self._switch_port(self.prefix + member, port, f"{address}/{prefixlen}")
+            tls = MemberTLS(pki / "ca.crt", pki / f"{member}.crt", pki / f"{member}.key")
+            urls = [f"https://{address}:2379", "unix://client:2379"]
+            argv = member_argv(member, directory / "data", urls, peers[member], peers, tls)
+            self._spawn(member, self.prefix + member, argv, self.work / f"{member}.log", cwd=directory)
+        self._healthy(cluster)
+        first = next(iter(members))
+        roles = [str(pki), "writer", "admin", "kubelet", "federation", "node", *nodes]
+        _deploy("isthmus-etcd-roles", f"https://{members[first]}:2379", *roles, netns=self.prefix + first)
+        state = self.state_of(cluster)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state / STORE_FILE).write_text(f"{self.store_url(cluster, 'admin', unix=True)}\n")
+        self.save()
+
+    def _healthy(self, cluster: str, timeout: float = 30.0) -> None:
+        """Wait until the cluster's members have a leader (asked over the first member's socket)."""
+        sockets = [str(self.member_socket(m)) for m in self.stores[cluster]]
+        deadline = time.monotonic() + timeout
+        for socket in sockets:
+            while not Path(socket).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd did not start: no {socket}")
+                time.sleep(0.05)
+        ledger = open_store("etcd+unix://" + ",".join(sockets), Credentials())
+        try:
+            while True:
+                try:
+                    ledger.revision()
+                    return
+                except LedgerError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"etcd of cluster {cluster or 'main'}: {exc}") from None
+                    time.sleep(0.1)
+        finally:
+            ledger.close()
 
     def _install_plugin(self) -> None:
         binary = self.work / "cni-bin" / PLUGIN
@@ -184,18 +271,24 @@ class Fabric:
         return self.work / f"{node}.{what}.log"
 
     def _start(self, what: str, node: str, *argv: str, inside: bool = True) -> subprocess.Popen[bytes]:
-        """`isthmus ARGV` (in the node's namespace when `inside`), logged; recorded as WHAT/NODE."""
-        state = self.state_of(self.clusters.get(node, ""))
-        command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(state), *argv]
+        """`isthmus ARGV` (in the node's namespace when `inside`), logged; recorded as WHAT/NODE. On etcd,
+        as the identity agent-NODE over the underlay (`inside`) or kubelet over the members' sockets."""
+        cluster = self.clusters.get(node, "")
+        command = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state_of(cluster))]
+        store = self.store_url(cluster, f"agent-{node}" if inside else "kubelet", unix=not inside)
+        command += ["--store", store] if store else []
+        command += argv
         netns = self.node_netns(node) if inside else None
         return self._spawn(f"{what}/{node}", netns, command, self.log(what, node))
 
-    def _spawn(self, what: str, netns: str | None, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, what: str, netns: str | None, command: list[str], log: Path, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """`command` (in `netns` when given), its output appended to `log`; its PID recorded as `what`."""
         if netns:
             command = ["ip", "netns", "exec", netns, *command]
         with log.open("ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=out)
+            process = subprocess.Popen(command, stdout=out, stderr=out, cwd=cwd)
         self.processes[what] = process.pid
         self.save()
         return process
@@ -333,6 +426,7 @@ class Fabric:
             "router": self.router,
             "outside": self.outside,
             "clusters": self.clusters,
+            "stores": self.stores,
         }
         (self.work / "fabric.json").write_text(json.dumps(saved))
 
@@ -352,6 +446,15 @@ class Fabric:
         for netns in self.namespaces():
             remove_netns(netns)
             shutil.rmtree(self.disk(netns), ignore_errors=True)
+
+
+def _deploy(script: str, *argv: str, netns: str | None = None) -> None:
+    """One of the deployment scripts (deploy/), as docs/deploy.md runs it; its error as a RuntimeError."""
+    command = [str(DEPLOY / script), *argv]
+    command = ["ip", "netns", "exec", netns, *command] if netns else command
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(argv)}: {done.stderr.strip()[-2000:]}")
 
 
 def _plug(netns: str, address: str, into: str, port: str, gateway: str | None = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -45,6 +45,13 @@ class LabCluster(Model):
     manifests: list[str] = Field([], description="applied to its ledger once it is up, relative to the file")
 
 
+class LabStore(Model):
+    """Where each cluster's ledger lives: without it, a SQLite file in the lab's directory; with `etcd: N`,
+    N members of Debian's etcd (TLS, etcd roles) in namespaces of their own on the underlay."""
+
+    etcd: Literal[1, 3]
+
+
 class LabRouter(Model):
     """The gateway router: BIRD 2 on the underlay's first host, an eBGP session with every node."""
 
@@ -76,6 +83,7 @@ class Topology(Model):
     )
     asn: ASN = Field(64600, description="the main cluster's AS for federation, when there are clusters")
     manifests: list[str] = Field([], description="files or directories, relative to the topology file")
+    store: LabStore | None = None
 
     @field_validator("underlay")
     @classmethod
@@ -116,7 +124,10 @@ class Topology(Model):
                 raise ValueError(f"node {node.name}: cluster {node.cluster} is not one of `clusters`")
             if str(node.address) in speakers:
                 raise ValueError(f"node {node.name}: {node.address} is a federation speaker's address")
-        self.addresses()
+        members = {a for addresses in self.members().values() for a in addresses}
+        taken = {*self.addresses().values(), *speakers, self.router_address() if self.router else ""}
+        if members & taken:
+            raise ValueError(f"the underlay {self.underlay} has too few addresses for the etcd members")
         return self
 
     def speakers(self) -> dict[str, tuple[str, int]]:
@@ -127,6 +138,16 @@ class Topology(Model):
         hosts = list(self.underlay.hosts())
         named = [("", self.asn), *((c.name, c.asn) for c in self.clusters)]
         return {name: (str(hosts[1 + i]), asn) for i, (name, asn) in enumerate(named)}
+
+    def members(self) -> dict[str, list[str]]:
+        """Each cluster's etcd members ("" the main one): their underlay addresses, from the last host down;
+        none without `store`."""
+        if self.store is None:
+            return {}
+        hosts = list(self.underlay.hosts())[::-1]
+        clusters = ["", *(c.name for c in self.clusters)]
+        size = self.store.etcd
+        return {c: [str(a) for a in hosts[i * size : (i + 1) * size]] for i, c in enumerate(clusters)}
 
     def router_address(self) -> str:
         """The router's underlay address, the nodes' default gateway: the underlay's first host."""

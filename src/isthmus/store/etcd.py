@@ -40,7 +40,7 @@ class EtcdLedger(Ledger):
         self._watch_timeout = watch_timeout
 
     def revision(self) -> int:
-        return _revision(self.gateway.call("/v3/kv/range", {"key": b64("\0"), "count_only": True}))
+        return _revision(self.gateway.call("/v3/kv/range", {"key": b64("/"), "count_only": True}))
 
     def get(self, key: str) -> KeyValue | None:
         found = self.gateway.call("/v3/kv/range", {"key": b64(key)}).get("kvs", [])
