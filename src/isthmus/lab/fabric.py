@@ -219,17 +219,12 @@ class Fabric:
             _deploy("isthmus-pki", str(pki), "member", member, address)
         for user in ("root", "admin", "kubelet", "federation", *(f"agent-{n}" for n in nodes)):
             _deploy("isthmus-pki", str(pki), "client", user)
-        peers = {m: f"https://{a}:2380" for m, a in members.items()}
         self.stores[cluster] = members
         for member, address in members.items():
-            directory = self.work / member
-            directory.mkdir(exist_ok=True)
+            (self.work / member).mkdir(exist_ok=True)
             port = f"e{len(self.stores)}{member.rsplit('-', 1)[1]}"
             self._switch_port(self.prefix + member, port, f"{address}/{prefixlen}")
-            tls = MemberTLS(pki / "ca.crt", pki / f"{member}.crt", pki / f"{member}.key")
-            urls = [f"https://{address}:2379", "unix://client:2379"]
-            argv = member_argv(member, directory / "data", urls, peers[member], peers, tls)
-            self._spawn(member, self.prefix + member, argv, self.work / f"{member}.log", cwd=directory)
+            self.start_member(cluster, member)
         self._healthy(cluster)
         first = next(iter(members))
         roles = [str(pki), "writer", "admin", "kubelet", "federation", "node", *nodes]
@@ -238,6 +233,16 @@ class Fabric:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         (state / STORE_FILE).write_text(f"{self.store_url(cluster, 'admin', unix=True)}\n")
         self.save()
+
+    def start_member(self, cluster: str, member: str) -> None:
+        """One etcd member of the cluster, in its namespace; again after a crash, from its data."""
+        members, pki, directory = self.stores[cluster], self.pki(cluster), self.work / member
+        peers = {m: f"https://{a}:2380" for m, a in members.items()}
+        tls = MemberTLS(pki / "ca.crt", pki / f"{member}.crt", pki / f"{member}.key")
+        urls = [f"https://{members[member]}:2379", "unix://client:2379"]
+        argv = member_argv(member, directory / "data", urls, peers[member], peers, tls)
+        self.member_socket(member).unlink(missing_ok=True)  # a killed member's
+        self._spawn(member, self.prefix + member, argv, self.work / f"{member}.log", cwd=directory)
 
     def _healthy(self, cluster: str, timeout: float = 30.0) -> None:
         """Wait until the cluster's members have a leader (asked over the first member's socket)."""

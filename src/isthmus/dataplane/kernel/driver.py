@@ -24,6 +24,20 @@ def _same(key: Key, old: object, new: object) -> bool:
     return old == new or (key[0] in IMPLIED and old is None)
 
 
+def drift(desired: Mapping[Key, object], netns: str | None = None) -> dict[Key, tuple[object, object]]:
+    """What the namespace's kernel holds otherwise than `desired`: key -> (held, desired), None for absent."""
+    ipr = netlink.connect(netns)
+    try:
+        held: dict[Key, object] = {**netlink.read(ipr), **nft.read(netns)}
+    finally:
+        ipr.close()
+    return {
+        key: (held.get(key), desired.get(key))
+        for key in held.keys() | desired.keys()
+        if key not in held or key not in desired or not _same(key, held[key], desired[key])
+    }
+
+
 class Driver:
     """Invariant: `current` is what the kernel holds, except for the `pending` keys."""
 
