@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ ADMIN = "neutron-admin-secret"
 class Cloud:
     url: str
     tokens: dict[str, str]  # project -> its tenant's Isthmus token (admin: the admin token)
+    ca: str | None = None  # the CA of the server's certificate, when it serves HTTPS
 
     def cli(self, project: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         """`openstack ARGS` as PROJECT, with a Keystone token made from its Isthmus token."""
@@ -39,7 +41,7 @@ class Cloud:
             "OS_PROJECT_NAME": project,
             "OS_PROJECT_DOMAIN_ID": "default",
             "OS_IDENTITY_API_VERSION": "3",
-        }
+        } | ({"OS_CACERT": self.ca} if self.ca else {})
         done = subprocess.run([str(OPENSTACK), *args], capture_output=True, text=True, env=env, check=False)
         if ok:
             assert done.returncode == 0, done.stderr
@@ -102,24 +104,26 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(state: Path) -> Iterator[Cloud]:
-    """`isthmus api serve` on the ledger in `state`, on a free port of 127.0.0.1, with the admin's token."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+def serving(state: Path, pki: Path | None = None) -> Iterator[Cloud]:
+    """`isthmus api serve` on the ledger in `state`, on a free port of 127.0.0.1, with the admin's token;
+    over HTTPS with the certificate `api` of `pki` (deploy/isthmus-pki's directory) when given."""
+    port = _free_port()
     argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(state), "api", "serve"]
-    server = subprocess.Popen(
-        [*argv, "--listen", f"127.0.0.1:{port}", "--admin-token", ADMIN], stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
+    argv += ["--listen", f"127.0.0.1:{port}", "--admin-token", ADMIN]
+    if pki is not None:
+        argv += ["--tls-cert", str(pki / "api.crt"), "--tls-key", str(pki / "api.key")]
+    server = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    url = f"{'https' if pki else 'http'}://127.0.0.1:{port}"
+    ca = str(pki / "ca.crt") if pki else None
+    verify = ssl.create_default_context(cafile=ca) if ca else True
     try:
         for _ in range(100):
             try:
-                httpx2.get(f"{url}/healthz")
+                httpx2.get(f"{url}/healthz", verify=verify)
                 break
             except httpx2.TransportError:
                 time.sleep(0.1)
-        yield Cloud(url, {"admin": ADMIN})
+        yield Cloud(url, {"admin": ADMIN}, ca)
     finally:
         server.terminate()
         server.wait(10)

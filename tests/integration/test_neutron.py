@@ -4,13 +4,16 @@ openstacksdk), authenticated by Keystone tokens as they do it, against `isthmus 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 from openstack import exceptions
 
+from isthmus.lab.fabric import DEPLOY
 from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
 
 pytestmark = pytest.mark.skipif(
@@ -235,3 +238,17 @@ def test_a_router_joins_its_networks_and_its_gateway_lets_them_out(cloud: Cloud)
     cloud.cli("leonardo", "router", "remove", "subnet", "edge", "back-v4")
     cloud.cli("leonardo", "router", "delete", "edge")
     assert egress() == {front: False, back: False}
+
+
+def test_the_api_serves_https_with_a_certificate(tmp_path: Path) -> None:
+    """Given --tls-cert and --tls-key (made by deploy/isthmus-pki), the openstack client talks HTTPS,
+    verifying the server against the CA; plain HTTP gets no answer."""
+    pki = tmp_path / "pki"
+    for step in (["ca"], ["member", "api", "127.0.0.1"]):
+        subprocess.run([str(DEPLOY / "isthmus-pki"), str(pki), *step], check=True)
+    with serving(tmp_path / "state", pki) as secure:
+        assert secure.url.startswith("https://")
+        secure.cli("admin", "network", "create", "over-tls")
+        assert [n["Name"] for n in secure.json("admin", "network", "list")] == ["over-tls"]
+        with pytest.raises(httpx2.TransportError):
+            httpx2.get(secure.url.replace("https://", "http://") + "/healthz")

@@ -272,21 +272,37 @@ def api() -> None:
 @click.option(
     "--admin-token", envvar="ISTHMUS_ADMIN_TOKEN", help="The admin's bearer token ($ISTHMUS_ADMIN_TOKEN)."
 )
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate."
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's key.")
 @pass_context
-def serve(ctx: Context, listen: str, admin_token: str | None) -> None:
-    """Serve the API until interrupted."""
+def serve(
+    ctx: Context, listen: str, admin_token: str | None, tls_cert: str | None, tls_key: str | None
+) -> None:
+    """Serve the API (Isthmus's and OpenStack's Identity and Networking) until interrupted; over HTTPS
+    when given a certificate."""
     import uvicorn
 
     from isthmus.api import create_app
 
     if not admin_token:
         raise click.ClickException("no admin token: pass --admin-token or set ISTHMUS_ADMIN_TOKEN")
+    if bool(tls_cert) != bool(tls_key):
+        raise click.ClickException("--tls-cert and --tls-key go together")
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise click.ClickException(f"--listen {listen!r} is not HOST:PORT")
     with errors():
         app = create_app(ctx.ledger, admin_token)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="info")
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level="info",
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+    )
 
 
 @cli.group()
