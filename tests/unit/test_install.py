@@ -4,10 +4,10 @@ names truly the package of each command it maps. Run after `scripts/bootstrap de
 
 The commands are found statically: the first word of each string constant of the Python code (src, tests,
 bench) that is an element of a list, tuple or set, a call's argument, a default or an assigned value; each
-word and absolute path of the shell scripts (scripts/, Makefile) outside comments. A word is a command when it
-names an executable in Debian's own directories (never through $PATH: .venv, pyenv shims) or is an absolute
-path or glob to one, and dpkg tells its package. So a command not installed on this machine goes unseen;
-the mapped ones always are installed, by scripts/bootstrap dev."""
+word and absolute path of the shell scripts (scripts/, deploy/, Makefile) outside comments. A word is a
+command when it names an executable in Debian's own directories (never through $PATH: .venv, pyenv shims)
+or is an absolute path or glob to one, and dpkg tells its package. So a command not installed on this
+machine goes unseen; the mapped ones always are installed, by scripts/bootstrap dev."""
 
 from __future__ import annotations
 
@@ -74,7 +74,12 @@ def shell_words(path: Path) -> Iterator[str]:
 def used() -> dict[str, str]:
     """Each word of the project that may be a command -> the first file using it, relative to the root."""
     code = sorted(p for d in ("src", "tests", "bench") for p in (ROOT / d).rglob("*.py"))
-    scripts = sorted(p for p in (ROOT / "scripts").iterdir() if p.read_text().startswith("#!"))
+    scripts = sorted(
+        p
+        for d in ("scripts", "deploy")
+        for p in (ROOT / d).iterdir()
+        if p.is_file() and p.read_text().startswith("#!")
+    )
     words: dict[str, str] = {}
     for path in [*code, *scripts, ROOT / "Makefile"]:
         for word in python_words(path) if path.suffix == ".py" else shell_words(path):
