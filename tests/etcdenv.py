@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from isthmus.store import Credentials, EtcdLedger, Unavailable, open_store
-from isthmus.store.etcd_member import member_argv
+from isthmus.store.etcd_member import LIMITS, member_argv
 
 FAST = {"--heartbeat-interval": "10", "--election-timeout": "100"}  # one member on an idle loopback
 
@@ -22,9 +22,12 @@ def free_port() -> int:
 
 
 class EtcdCluster:
-    """N members on 127.0.0.1, each with its own data directory under `root`; stopped by `stop()`."""
+    """N members on 127.0.0.1, each with its own data directory under `root`; stopped by `stop()`.
 
-    def __init__(self, root: Path, size: int = 1, fast: bool = True) -> None:
+    `limits=False` drops the project's flags (etcd_member.LIMITS): the members run at etcd's defaults.
+    """
+
+    def __init__(self, root: Path, size: int = 1, fast: bool = True, limits: bool = True) -> None:
         self.root = root
         names = [f"m{i}" for i in range(1, size + 1)]
         self.clients = {n: f"127.0.0.1:{free_port()}" for n in names}
@@ -35,10 +38,17 @@ class EtcdCluster:
             )
             for n in names
         }
+        if not limits:
+            for argv in self.argv.values():
+                argv[:] = [arg for arg in argv if arg.split("=")[0] not in LIMITS]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        for name in names:
-            self.start(name)
-        self.wait_ready()
+        try:
+            for name in names:
+                self.start(name)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -50,8 +60,8 @@ class EtcdCluster:
         return ledger
 
     def start(self, name: str) -> None:
-        log = (self.root / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(self.argv[name], stdout=log, stderr=log, cwd=self.root)
+        with (self.root / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(self.argv[name], stdout=log, stderr=log, cwd=self.root)
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -72,8 +82,14 @@ class EtcdCluster:
         ledger.close()
 
     def stop(self) -> None:
+        """Stop every member still running, one after the other: a leader stopping hands over to a live
+        member at once, where it would wait 5 s for members stopping with it. SIGKILL after 10 s."""
         for process in self.processes.values():
+            process.send_signal(signal.SIGCONT)  # a member paused by a test could not handle SIGTERM
             process.terminate()
-        for process in self.processes.values():
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         self.processes.clear()

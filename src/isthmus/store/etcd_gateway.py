@@ -5,8 +5,9 @@ watches, resumption and authentication (etcd3 does not import, etcd3gw hangs on 
 progress notifications, aetcd has no TLS, etcd-sdk-python has no require-leader). Invariants:
 - every request carries `hasleader`, so a member cut from its quorum answers `no leader` at once instead of
   queueing the request; such an answer, a refused connection or a timeout moves on to the next member;
-- a request that no member could answer raises `Unavailable` naming the store and the last cause;
-- etcd's refusals for its limits raise `Refused` naming the limit and the flag that sets it.
+- a request that no member could answer raises `Unavailable` naming the store and each member's cause;
+- etcd's refusals for its limits (its own checks, or gRPC's message cap) raise `Refused` naming the limit
+  and the flag that sets it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true", "Content-Type": "applicatio
 _LIMITS = {
     "too many operations in txn request": ("more operations than one transaction may hold", "--max-txn-ops"),
     "request is too large": ("a request larger than the store accepts", "--max-request-bytes"),
+    # gRPC's own cap, --max-request-bytes + 512 KiB, refuses bigger requests before etcd sees them
+    "received message larger than max": ("a request larger than the store accepts", "--max-request-bytes"),
     "database space exceeded": ("the store's space quota is used up", "--quota-backend-bytes"),
 }
 _TRY_ANOTHER = ("no leader", "leader changed", "request timed out", "not capable", "too many requests")
@@ -115,29 +118,33 @@ class Gateway:
 
     def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """POST to `path` on a member that has a leader; the answer as JSON."""
-        cause = "no member answered"
+        causes: list[str] = []
         for index in self._order():
             try:
                 answer = self._post(index, path, body, timeout or self.timeout)
             except _TryAnother as exc:
-                cause = str(exc)
+                causes.append(f"{self.members[index]}: {exc}")
                 continue
             self._current = index
             return answer
-        raise Unavailable(f"store {self.name}: {cause}")
+        raise self._unavailable(causes)
 
     def watch(self, body: dict[str, Any], read_timeout: float) -> Stream:
         """One watch stream on the first member that takes it."""
-        cause = "no member answered"
+        causes: list[str] = []
         for index in self._order():
             try:
                 response = self._open(index, "/v3/watch", body, read_timeout, stream=True)
             except _TryAnother as exc:
-                cause = str(exc)
+                causes.append(f"{self.members[index]}: {exc}")
                 continue
             self._current = index
             return Stream(self, response)
-        raise Unavailable(f"store {self.name}: {cause}")
+        raise self._unavailable(causes)
+
+    def _unavailable(self, causes: list[str]) -> Unavailable:
+        """Names every member's cause: the last one tried is often merely down while another had no leader."""
+        return Unavailable(f"store {self.name}: no member could serve the request ({'; '.join(causes)})")
 
     def close(self) -> None:
         for pool in self._pools:
@@ -192,7 +199,7 @@ class Gateway:
         except urllib3.exceptions.SSLError as exc:
             raise Refused(f"store {self.name}: TLS with {member} failed: {_reason(exc)}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _TryAnother(f"{member}: {_reason(exc)}") from None
+            raise _TryAnother(_reason(exc)) from None
 
     def _authenticate(self, index: int, renew: bool) -> str:
         with self._lock:
@@ -272,12 +279,20 @@ def _host_port(member: str) -> tuple[str, int]:
 
 
 def _message(response: urllib3.BaseHTTPResponse) -> str:
+    """etcd's message: `{"message": ...}`, or `{"error": {"message": ...}}` from the streaming /v3/watch."""
     try:
-        return str(json.loads(response.data).get("message") or response.data.decode())
+        answer = json.loads(response.data)
     except ValueError:
         return f"HTTP {response.status}: {response.data[:200]!r}"
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        message = (error if isinstance(error, dict) else answer).get("message")
+        if message:
+            return str(message)
+    return str(response.data.decode(errors="replace"))
 
 
 def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason or exc)
+    """The cause without urllib3's `HTTPConnection(host=..., port=...): ` (callers name the member)."""
+    text = str(getattr(exc, "reason", None) or exc)
+    return text.split("): ", 1)[1] if text.startswith("HTTP") and "): " in text else text

@@ -51,7 +51,10 @@ def open_store(url: str, credentials: Credentials, base: Path | None = None) -> 
     """The ledger a store URL names; `credentials` fields that are set override the URL's."""
     if url == "memory:":
         return MemoryLedger()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ of an IPv6 address
+        raise BadStore(f"store {url}: not a URL ({exc})") from None
     if parts.scheme in ("", "sqlite"):
         path = Path(parts.path if parts.scheme else url)
         if not path.parent.is_dir():
