@@ -140,12 +140,11 @@ def test_quorum_lost_commit_is_unavailable_and_writes_nothing(trio: EtcdCluster)
         ledger.commit({}, [("/q/lost", b"x")])
     assert time.monotonic() - started < 10
     message = str(lost.value)
-    assert message.startswith(f"store {trio.url}: ")
-    assert "no leader" in message or "timed out" in message  # the survivor may still trust the dead leader
+    assert message.startswith(f"store {trio.url}: no leader: the members reachable have lost their quorum")
     started = time.monotonic()
-    with pytest.raises(Unavailable, match="no leader"):  # by now the survivor knows
+    with pytest.raises(Unavailable, match="no leader"):  # rounds tried for Gateway.PATIENCE, then given up
         ledger.commit({}, [("/q/lost", b"y")])
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
 
     try:  # the old watch keeps waiting or says the store is unavailable; it never invents a change
         assert collect(watch, 1, within=2) == []

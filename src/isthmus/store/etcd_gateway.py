@@ -18,6 +18,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ class _UnixPool(HTTPConnectionPool):
 class Gateway:
     """The members of one etcd cluster, tried in turn, starting from the last that answered."""
 
-    def __init__(self, name: str, members: list[str], credentials: Credentials, timeout: float = 5.0) -> None:
+    def __init__(self, name: str, members: list[str], credentials: Credentials, timeout: float = 3.0) -> None:
         """`members`: `host:port` (HTTPS when credentials give a CA or certificate) or a unix socket path."""
         self.name, self.members, self.credentials = name, members, credentials
         self.timeout = timeout
@@ -116,18 +117,33 @@ class Gateway:
         self._token: str | None = None
         self._lock = threading.Lock()
 
+    PATIENCE = 4.0  # seconds more rounds are tried after the first fails: an election takes about one
+
     def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """POST to `path` on a member that has a leader; the answer as JSON."""
-        causes: list[str] = []
-        for index in self._order():
-            try:
-                answer = self._post(index, path, body, timeout or self.timeout)
-            except _TryAnother as exc:
-                causes.append(f"{self.members[index]}: {exc}")
-                continue
-            self._current = index
-            return answer
-        raise self._unavailable(causes)
+        """POST to `path` on a member that has a leader; the answer as JSON.
+
+        A round no member could serve is tried again for PATIENCE seconds, unless every member refused the
+        connection (nothing listens). A request whose answer was lost may have been applied before it is
+        sent again: every commit Isthmus makes is checked (a replay meets a Conflict, and `transact` reruns
+        the work, which then finds it done) or idempotent.
+        """
+        deadline, delay = 0.0, 0.1
+        while True:
+            causes: list[str] = []
+            for index in self._order():
+                try:
+                    answer = self._post(index, path, body, timeout or self.timeout)
+                except _TryAnother as exc:
+                    causes.append(f"{self.members[index]}: {exc}")
+                    continue
+                self._current = index
+                return answer
+            now = time.monotonic()
+            deadline = deadline or now + self.PATIENCE
+            if now + delay > deadline or all("refused" in c for c in causes):
+                raise self._unavailable(causes)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def watch(self, body: dict[str, Any], read_timeout: float) -> Stream:
         """One watch stream on the first member that takes it."""
@@ -144,7 +160,10 @@ class Gateway:
 
     def _unavailable(self, causes: list[str]) -> Unavailable:
         """Names every member's cause: the last one tried is often merely down while another had no leader."""
-        return Unavailable(f"store {self.name}: no member could serve the request ({'; '.join(causes)})")
+        why = "no member could serve the request"
+        if any("no leader" in c for c in causes):
+            why = "no leader: the members reachable have lost their quorum"
+        return Unavailable(f"store {self.name}: {why} ({'; '.join(causes)})")
 
     def close(self) -> None:
         for pool in self._pools:
