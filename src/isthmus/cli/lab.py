@@ -16,6 +16,7 @@ from isthmus.cli.common import apply_manifests, delete_objects, errors, grid_opt
 from isthmus.cli.output import aligned
 from isthmus.lab.control import Lab, LabError
 from isthmus.lab.topology import DEFAULT, TopologyError, load
+from isthmus.store import LedgerError
 
 _TIMEOUT = click.option(
     "--timeout", default=120.0, show_default=True, help="Seconds to wait for agents and pods to settle."
@@ -167,8 +168,12 @@ def status(ctx: click.Context, output: str | None) -> None:
     each node (state, routes received, last error)."""
     running = _lab(ctx)
     agents = {n: running.agent(n) for n in running.fabric.nodes}
-    pods = [vars(p) for p in running.pods()]
-    machines = [vars(m) for m in running.machines()]
+    unread = None  # why the ledger could not be read (its store is down): the rest is still shown
+    try:
+        pods = [vars(p) for p in running.pods()]
+        machines = [vars(m) for m in running.machines()]
+    except LedgerError as exc:
+        pods, machines, unread = [], [], str(exc)
     router = _router(running)
     members = running.members()
     clusters = running.fabric.clusters
@@ -177,7 +182,7 @@ def status(ctx: click.Context, output: str | None) -> None:
             n: {"address": a, "cluster": clusters.get(n, "main"), "agent": agents[n]}
             for n, a in running.fabric.nodes.items()
         }
-        shown = {"nodes": nodes, "pods": pods, "machines": machines}
+        shown = {"nodes": nodes, "pods": pods, "machines": machines} | ({"ledger": unread} if unread else {})
         shown |= ({"store": members} if members else {}) | ({"router": router} if router else {})
         click.echo(json.dumps(shown, indent=2))
         return
@@ -193,6 +198,8 @@ def status(ctx: click.Context, output: str | None) -> None:
         cluster = clusters.get(name, "main")
         rows.append([name, cluster, address, revision, f"{programmed}/{len(endpoints)}", problems])
     click.echo(aligned(rows))
+    if unread:
+        click.echo(f"\nledger unreadable: {unread}")
     rows = [["POD", "NODE", "ADDRESS", "STATUS", "NETWORK", "PROBLEM"]]
     rows += [
         [f"{p['namespace']}/{p['name']}", p["node"], p["address"], p["phase"], p["network"], p["problem"]]

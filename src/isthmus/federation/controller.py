@@ -19,7 +19,7 @@ from isthmus.bgp.config import Settings
 from isthmus.bgp.control import BgpError
 from isthmus.federation.vpn import VpnRoute, exported, parse_routes, render
 from isthmus.model import ImportedRoute, Object, lookup_kind
-from isthmus.store import Compacted, Ledger, Watch, objects
+from isthmus.store import Compacted, Ledger, Unavailable, Watch, objects
 
 log = logging.getLogger("isthmus.federation")
 LEARNED = "isthmus.io/federation"  # the annotation of the ImportedRoutes the controller keeps
@@ -75,6 +75,9 @@ class Federation:
                 except intent.IntentError as exc:  # tried again on the next pass
                     log.warning("federation: %s", exc)
                     self.imported = None
+                except Unavailable as exc:  # BIRD keeps announcing what it has; next pass, watch anew
+                    log.warning("federation: %s", exc)
+                    self.watch, self.imported = None, None
                 stop.wait(every)
         finally:
             self.bird.stop(withdraw=True)

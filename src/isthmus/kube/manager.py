@@ -26,7 +26,7 @@ from isthmus.kube.informer import KINDS, Changed, Event, Informer
 from isthmus.kube.sync import Reconciler, Shown, kube_target
 from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import KubeObject
-from isthmus.store import Ledger
+from isthmus.store import Ledger, Unavailable
 
 log = logging.getLogger("isthmus.kube")
 Work = tuple[Key, KubeObject | None]  # an object's latest state; None: deleted
@@ -138,6 +138,9 @@ class Manager:
             self._apply(batch)
             for what, _ in batch:
                 self.queue.done(what)
+        except Unavailable as exc:  # no object is at fault: the whole batch waits for the store
+            delay = max(self.queue.failed(work, time.monotonic()) for work in batch)
+            log.warning("%s (%d objects, trying again in %.1f s)", exc, len(batch), delay)
         except Exception as exc:
             if len(batch) > 1:
                 middle = len(batch) // 2

@@ -25,7 +25,7 @@ from isthmus.kube.sync import reconcile
 from isthmus.kube.view import host_network
 from isthmus.lab.fabric import Fabric
 from isthmus.model import Endpoint, KubeObject, ServiceVIP, lookup_kind
-from isthmus.store import Compacted, Ledger, objects, open_ledger
+from isthmus.store import Compacted, Ledger, Unavailable, objects, open_ledger
 
 log = logging.getLogger("isthmus.lab.kubelet")
 PODS, ENDPOINTS, VIPS = lookup_kind("Pod"), lookup_kind("Endpoint"), lookup_kind("ServiceVIP")
@@ -175,16 +175,22 @@ class Kubelet:
     def run(self, stop: threading.Event) -> None:
         """Follow the ledger's Pods and Endpoints until `stop` is set; pods that failed are tried again."""
         mine = (objects.kind_prefix(PODS), objects.kind_prefix(ENDPOINTS))
-        revision = self.sync()
+        revision = None
         while not stop.is_set():
             try:
+                if revision is None:
+                    revision = self.sync()
                 watch = self.ledger.watch(objects.OBJECTS, revision)
                 while not stop.is_set():
                     changed = any(e.key.startswith(mine) for e in watch.poll(timeout=0.5))
                     if changed or self.failed:
                         revision = self.sync()
             except Compacted:
-                revision = self.sync()
+                revision = None
+            except Unavailable as exc:  # sandboxes stay as they are; sync again once the store is back
+                log.warning("%s; retrying", exc)
+                revision = None
+                stop.wait(1.0)
 
 
 def main(work: Path, node: str) -> None:

@@ -165,6 +165,11 @@ class Gateway:
             why = "no leader: the members reachable have lost their quorum"
         return Unavailable(f"store {self.name}: {why} ({'; '.join(causes)})")
 
+    def forget_token(self) -> None:
+        """Authenticate again at the next request (a member restarted since forgets the tokens it issued)."""
+        with self._lock:
+            self._token = None
+
     def close(self) -> None:
         for pool in self._pools:
             pool.close()
