@@ -28,7 +28,7 @@ class EtcdCluster:
     """
 
     def __init__(self, root: Path, size: int = 1, fast: bool = True, limits: bool = True) -> None:
-        self.root = root
+        self.root, self.limits = root, limits
         names = [f"m{i}" for i in range(1, size + 1)]
         self.clients = {n: f"127.0.0.1:{free_port()}" for n in names}
         peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
