@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -13,15 +14,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from tests.etcdenv import EtcdCluster
 
 from bench.harness import Figures, Goal, benchmark
 from bench.kube import NAMESPACES, PODS, cluster
+from bench.labs import lab, run
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler
-from isthmus.model import parse_manifests
-from isthmus.store import Credentials, Ledger, SqliteLedger, open_store
+from isthmus.lab.control import Lab
+from isthmus.lab.fabric import Fabric
+from isthmus.model import lookup_kind, parse_manifests
+from isthmus.store import Credentials, Ledger, SqliteLedger, open_ledger, open_store
 from isthmus.store.ledger import Op
+from isthmus.store.objects import kind_prefix
 
 COMMITS, WATCHED, WARMUP = 500, 200, 20
 AGENTS = 50
@@ -239,3 +245,67 @@ def store_cold() -> Figures:
         "commit_ops": ops,
         "commit_request_mib": request / 2**20,
     }
+
+
+def _cut(work: Path, fabric: Fabric, node: str, other: str, round_: str, compact: bool) -> float:
+    """Cut `node` from every member for CUT_S seconds while PODS_DURING_CUT pods come to `other` (the store
+    compacting meanwhile when `compact`); the seconds from the cut's end until its agent has programmed the
+    pods' commit and reports no problem. (Not the store's latest revision: the agents' status writes move
+    it, and a watch of the objects learns of those only from etcd's progress notifications.)"""
+    members = ", ".join(fabric.stores[""].values())
+    netns = fabric.node_netns(node)
+    rules = f"""table ip cut {{
+        chain out {{ type filter hook output priority 0; ip daddr {{ {members} }} drop; }}
+        chain in {{ type filter hook input priority 0; ip saddr {{ {members} }} drop; }}
+    }}"""
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"cut-{round_}-{i}", "namespace": "default"},
+            "spec": {"nodeName": other, "containers": [{"name": "main", "image": "busybox"}]},
+        }
+        for i in range(PODS_DURING_CUT)
+    ]
+    (work / f"cut-{round_}.yaml").write_text(yaml.safe_dump_all(pods))
+    ledger = open_ledger(work / "state")
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=rules, text=True, check=True)
+    ended = time.monotonic() + CUT_S
+    try:
+        run("--state", str(work / "state"), "apply", "-f", str(work / f"cut-{round_}.yaml"))
+        if compact:
+            ledger.compact(ledger.revision())
+        time.sleep(max(0.0, ended - time.monotonic()))
+    finally:
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "ip", "cut"], check=True)
+    started = time.monotonic()
+    prefix = kind_prefix(lookup_kind("Endpoint"), "default") + f"cut-{round_}-"
+    revision = max(kv.mod_revision for kv in ledger.list(prefix)[0])  # the pods' one commit
+    ledger.close()
+    lab_ = Lab(fabric)
+    while True:
+        agent = lab_.agent(node)
+        if int(agent.get("revision", 0)) >= revision and not agent.get("problems"):
+            return time.monotonic() - started
+        if time.monotonic() - started > 60:
+            raise RuntimeError(f"{node} did not converge in 60 s: {agent}")
+        time.sleep(0.02)
+
+
+CUT_S, PODS_DURING_CUT = 15, 20
+
+
+@benchmark(
+    "store-cut",
+    units={"resumed_s": "s", "relisted_s": "s"},
+    goals=(Goal("resumed_s", "<", 2), Goal("relisted_s", "<", 2)),
+)
+def store_cut() -> Figures:
+    """A 2-node lab on a 3-member etcd (TLS, roles); one node cut from every member for 15 s while 20 pods
+    come to the other: the seconds from the cut's end until the cut node's agent has programmed the store's
+    revision, when it resumes its watch, and when the store compacted during the cut so that it relists."""
+    topology = {"store": {"etcd": 3}, "nodes": [{"name": "n1"}, {"name": "n2"}]}
+    with lab("cut", topology, []) as (work, fabric):
+        resumed = _cut(work, fabric, "n2", "n1", "a", compact=False)
+        relisted = _cut(work, fabric, "n2", "n1", "b", compact=True)
+    return {"resumed_s": resumed, "relisted_s": relisted}

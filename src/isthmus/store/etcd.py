@@ -38,9 +38,9 @@ SECONDS_PER_TXN_ENTRY = 100e-6
 
 
 class EtcdLedger(Ledger):
-    def __init__(self, gateway: Gateway, watch_timeout: float = 8.0) -> None:
+    def __init__(self, gateway: Gateway, watch_timeout: float = 12.0) -> None:
         """`watch_timeout`: a stream silent this long is taken as lost, and opened again (the project's
-        members send progress every 5 s; a stream stalled by a cut would otherwise wait for TCP's backoff)."""
+        members send progress at least every 10 s: their 5 s interval, at most twice)."""
         self.gateway = gateway
         self._watch_timeout = watch_timeout
 

@@ -101,22 +101,22 @@ class Gateway:
         """`members`: `host:port` (HTTPS when credentials give a CA or certificate) or a unix socket path."""
         self.name, self.members, self.credentials = name, members, credentials
         self.timeout = timeout
-        secure = bool(credentials.ca or credentials.cert)
-        self._pools: list[HTTPConnectionPool] = []
-        for member in members:
-            if member.startswith("/"):
-                self._pools.append(_UnixPool(member, maxsize=16, block=False))
-            elif secure:
-                self._pools.append(
-                    urllib3.HTTPSConnectionPool(
-                        *_host_port(member), maxsize=16, ssl_context=credentials.context()
-                    )
-                )
-            else:
-                self._pools.append(urllib3.HTTPConnectionPool(*_host_port(member), maxsize=16))
+        # Unary requests share kept-alive connections; each watch stream gets a new one, closed when it
+        # ends: a stream sent on a connection idle since before a network cut would wait out TCP's
+        # retransmission backoff, where a new connection fails within CONNECT_TIMEOUT.
+        self._pools = [self._pool(member) for member in members]
+        self._watch_pools = [self._pool(member) for member in members]
         self._current = 0
         self._token: str | None = None
         self._lock = threading.Lock()
+
+    def _pool(self, member: str) -> HTTPConnectionPool:
+        if member.startswith("/"):
+            return _UnixPool(member, maxsize=16, block=False)
+        host, port = _host_port(member)
+        if self.credentials.ca or self.credentials.cert:
+            return urllib3.HTTPSConnectionPool(host, port, maxsize=16, ssl_context=self.credentials.context())
+        return urllib3.HTTPConnectionPool(host, port, maxsize=16)
 
     PATIENCE = 4.0  # seconds more rounds are tried after the first fails: an election takes about one
 
@@ -172,7 +172,7 @@ class Gateway:
             self._token = None
 
     def close(self) -> None:
-        for pool in self._pools:
+        for pool in [*self._pools, *self._watch_pools]:
             pool.close()
 
     def _order(self) -> list[int]:
@@ -211,7 +211,8 @@ class Gateway:
     ) -> urllib3.BaseHTTPResponse:
         member = self.members[index]
         try:
-            return self._pools[index].urlopen(
+            pools = self._watch_pools if stream else self._pools
+            return pools[index].urlopen(
                 "POST",
                 path,
                 body=json.dumps(body),
