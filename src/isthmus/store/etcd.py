@@ -38,9 +38,9 @@ SECONDS_PER_TXN_ENTRY = 100e-6
 
 
 class EtcdLedger(Ledger):
-    def __init__(self, gateway: Gateway, watch_timeout: float = 12.0) -> None:
+    def __init__(self, gateway: Gateway, watch_timeout: float = 5.0) -> None:
         """`watch_timeout`: a stream silent this long is taken as lost, and opened again (the project's
-        members send progress at least every 10 s: their 5 s interval, at most twice)."""
+        members send progress at least every 2 s: their 1 s interval, at most twice)."""
         self.gateway = gateway
         self._watch_timeout = watch_timeout
 

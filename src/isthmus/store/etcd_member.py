@@ -8,8 +8,11 @@
 - `--quota-backend-bytes`: 8 GiB, etcd's suggested maximum, against the default 2 GiB.
 - `--auto-compaction-*`: history older than an hour is compacted; a watcher that falls further behind
   relists, as it must after any compaction.
-- `--experimental-watch-progress-notify-interval 5s`: a quiet watch learns the store's revision every 5 s
-  (default 10 minutes), so its resume revision stays fresh and a silent stream is noticed.
+- `--experimental-watch-progress-notify-interval 1s`: a watch learns the store's revision within 2 s when
+  its prefix is quiet (default 10 minutes): its resume revision stays fresh, a silent stream is noticed
+  within seconds, and an agent's revision passes the store's other writes (the agents' own status reports)
+  at once, so "programmed up to the store's revision" is true within 2 s of the last change. One small
+  message per watch stream a second: 5,000 agents cost a member 5,000 messages a second.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ LIMITS = {
     "--quota-backend-bytes": str(8 << 30),
     "--auto-compaction-mode": "periodic",
     "--auto-compaction-retention": "1h",
-    "--experimental-watch-progress-notify-interval": "5s",
+    "--experimental-watch-progress-notify-interval": "1s",
 }
 
 
