@@ -8,8 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from isthmus.lab.fabric import DEPLOY
 from isthmus.store import Credentials, EtcdLedger, Unavailable, open_store
-from isthmus.store.etcd_member import LIMITS, member_argv
+from isthmus.store.etcd_member import LIMITS, MemberTLS, member_argv
 
 FAST = {"--heartbeat-interval": "10", "--election-timeout": "100"}  # one member on an idle loopback
 
@@ -27,14 +28,31 @@ class EtcdCluster:
     `limits=False` drops the project's flags (etcd_member.LIMITS): the members run at etcd's defaults.
     """
 
-    def __init__(self, root: Path, size: int = 1, fast: bool = True, limits: bool = True) -> None:
+    def __init__(
+        self, root: Path, size: int = 1, fast: bool = True, limits: bool = True, tls: bool = False
+    ) -> None:
         self.root, self.limits = root, limits
         names = [f"m{i}" for i in range(1, size + 1)]
         self.clients = {n: f"127.0.0.1:{free_port()}" for n in names}
-        peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+        scheme = "https" if tls else "http"
+        peers = {n: f"{scheme}://127.0.0.1:{free_port()}" for n in names}
+        self.credentials = Credentials()
+        if tls:  # certificates by deploy/isthmus-pki; the client `admin`
+            pki = root / "pki"
+            for step in (["ca"], *(["member", n, "127.0.0.1"] for n in names), ["client", "admin"]):
+                subprocess.run([str(DEPLOY / "isthmus-pki"), str(pki), *step], check=True)
+            self.credentials = Credentials(*(str(pki / f) for f in ("ca.crt", "admin.crt", "admin.key")))
         self.argv = {
             n: member_argv(
-                n, root / n, [f"http://{self.clients[n]}"], peers[n], peers, extra=FAST if fast else None
+                n,
+                root / n,
+                [f"{scheme}://{self.clients[n]}"],
+                peers[n],
+                peers,
+                MemberTLS(root / "pki" / "ca.crt", root / "pki" / f"{n}.crt", root / "pki" / f"{n}.key")
+                if tls
+                else None,
+                extra=FAST if fast else None,
             )
             for n in names
         }
@@ -55,7 +73,7 @@ class EtcdCluster:
         return "etcd://" + ",".join(self.clients.values())
 
     def ledger(self) -> EtcdLedger:
-        ledger = open_store(self.url, Credentials())
+        ledger = open_store(self.url, self.credentials)
         assert isinstance(ledger, EtcdLedger)
         return ledger
 

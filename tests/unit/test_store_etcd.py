@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from isthmus.cli.main import cli
+from isthmus.lab.fabric import DEPLOY
 from isthmus.store import (
     BadStore,
     Compacted,
@@ -325,3 +327,39 @@ def test_a_thousand_object_apply_is_one_commit_or_none(limited: EtcdCluster, tmp
         assert stored == []
         tenants = CliRunner().invoke(cli, [*store, "get", "tenants"])
         assert "big" not in tenants.output
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """One member over TLS that requires client certificates (deploy/isthmus-pki's)."""
+    cluster = EtcdCluster(tmp_path, tls=True)
+    yield cluster
+    cluster.stop()
+
+
+def test_tls_refusals_are_one_line_naming_the_store_and_the_cause(
+    secure: EtcdCluster, tmp_path: Path
+) -> None:
+    """With the right CA and certificate the store answers; a foreign CA, a certificate of another CA, no
+    certificate, and plain HTTP each fail with one line naming the store and what is wrong."""
+    assert secure.ledger().revision() >= 1
+    other = tmp_path / "other"
+    for step in (["ca"], ["client", "admin"]):
+        subprocess.run([str(DEPLOY / "isthmus-pki"), str(other), *step], check=True)
+    mine = secure.credentials
+    cases = {
+        "the member's certificate is not signed by the CA given": Credentials(
+            str(other / "ca.crt"), mine.cert, mine.key
+        ),
+        "refused the client certificate": Credentials(
+            mine.ca, str(other / "admin.crt"), str(other / "admin.key")
+        ),
+        "requires a client certificate": Credentials(mine.ca),
+        "closed the connection without an answer": Credentials(),
+    }
+    for cause, credentials in cases.items():
+        store = open_store(secure.url, credentials)
+        with pytest.raises((Refused, Unavailable)) as failed:
+            store.revision()
+        message = str(failed.value)
+        assert message.startswith(f"store {secure.url}") and cause in message and "\n" not in message, message

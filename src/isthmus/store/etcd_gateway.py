@@ -43,6 +43,14 @@ _LIMITS = {
 _TRY_ANOTHER = ("no leader", "leader changed", "request timed out", "not capable", "too many requests")
 
 
+# What a TLS failure means, for the one line that reports it: the member's certificate is not of the CA
+# given; or the member hung up or alerted on the client's certificate, or on its absence.
+_UNSIGNED = "the member's certificate is not signed by the CA given (--store-ca): "
+_REFUSED = "the member refused the client certificate (--store-cert: not of its CA?): "
+_REQUIRED = "the member requires a client certificate of its CA (--store-cert, --store-key): "
+_HUNG_UP = ("BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_REQUIRED", "EOF occurred")
+
+
 class Refused(LedgerError):
     """The store refused the request outright: a limit, a permission, a credential. Nothing was written."""
 
@@ -223,9 +231,18 @@ class Gateway:
                 release_conn=not stream,
             )
         except urllib3.exceptions.SSLError as exc:
-            raise Refused(f"store {self.name}: TLS with {member} failed: {_reason(exc)}") from None
+            why = _reason(exc)
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in why:
+                hint = _UNSIGNED
+            elif any(text in why for text in _HUNG_UP):
+                hint = _REFUSED if self.credentials.cert else _REQUIRED
+            raise Refused(f"store {self.name}: TLS with {member} failed: {hint}{why}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _TryAnother(_reason(exc)) from None
+            why = _reason(exc)
+            if "without response" in why:  # a TLS listener meeting plain HTTP
+                why = f"closed the connection without an answer (does it want TLS: --store-ca?): {why}"
+            raise _TryAnother(why) from None
 
     def _authenticate(self, index: int, renew: bool) -> str:
         with self._lock:
