@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -363,3 +364,42 @@ def test_tls_refusals_are_one_line_naming_the_store_and_the_cause(
             store.revision()
         message = str(failed.value)
         assert message.startswith(f"store {secure.url}") and cause in message and "\n" not in message, message
+
+
+class _Replay:
+    """STAND-IN for etcd 3.4.23's watch bugs, which a real member shows only by chance (duplicated events,
+    #15275; responses going back in time after a snapshot, #15520): a gateway whose one watch stream
+    replays the given responses, then ends."""
+
+    name, members = "etcd://stand-in:2379", ["stand-in:2379"]
+
+    def __init__(self, responses: list[dict[str, Any]]) -> None:
+        self.responses = responses
+
+    def watch(self, body: dict[str, Any], read_timeout: float) -> Any:
+        return _Played(self.responses)
+
+
+class _Played(list[dict[str, Any]]):
+    def close(self) -> None:
+        pass
+
+
+def _events(*revisions: int) -> dict[str, Any]:
+    kv = {"key": "L3cvYQ==", "value": "eA==", "create_revision": "1", "version": "1"}
+    return {
+        "header": {"revision": str(max(revisions))},
+        "events": [{"kv": kv | {"mod_revision": str(r)}} for r in revisions],
+    }
+
+
+@pytest.mark.parametrize(
+    "second", [_events(5), _events(4), _events(5, 6)], ids=["duplicate", "back", "overlapping"]
+)
+def test_a_watch_that_goes_back_raises_compacted_so_callers_relist(second: dict[str, Any]) -> None:
+    ledger = EtcdLedger(_Replay([{"created": True}, _events(5), second]))  # type: ignore[arg-type]
+    watch = ledger.watch("/w/", after=4)
+    assert [e.revision for e in watch.poll(timeout=5)] == [5]
+    with pytest.raises(Compacted, match="went back from revision 5"):
+        watch.poll(timeout=5)
+    watch.close()

@@ -121,17 +121,23 @@ class EtcdWatch(Watch):
         self._range = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
         self._queue: queue.Queue[list[Event] | int | LedgerError] = queue.Queue()
         self._closed = threading.Event()
+        self._failed: LedgerError | None = None
         self._stream: Any = None
         self._thread = threading.Thread(target=self._follow, args=(after,), daemon=True, name="etcd-watch")
         self._thread.start()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
+        """What arrived; the stream's end (an error) once everything before it has been returned."""
+        if self._failed is not None:
+            raise self._failed
         events: list[Event] = []
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             while True:
                 if isinstance(item, LedgerError):
-                    self._queue.put(item)  # every later poll fails the same way
+                    self._failed = item  # every later poll fails the same way
+                    if events:
+                        break
                     raise item
                 if isinstance(item, int):
                     self.revision = max(self.revision, item)
