@@ -229,7 +229,8 @@ class Agent:
         try:
             while not stop.is_set():
                 events = watch.poll(timeout=0.5)
-                self._reachable()
+                if watch.live:
+                    self._reachable()
                 if events:
                     self.changed(events, watch.revision)
                 else:

@@ -122,6 +122,7 @@ class EtcdWatch(Watch):
         self._queue: queue.Queue[list[Event] | int | LedgerError] = queue.Queue()
         self._closed = threading.Event()
         self._failed: LedgerError | None = None
+        self.live = False
         self._stream: Any = None
         self._thread = threading.Thread(target=self._follow, args=(after,), daemon=True, name="etcd-watch")
         self._thread.start()
@@ -185,7 +186,7 @@ class EtcdWatch(Watch):
                         return after
                     raise Unavailable(f"store {self._gateway.name}: watch cancelled: {reason}")
                 if result.get("created"):
-                    created = True
+                    created = self.live = True
                     continue
                 events = [_event(e) for e in result.get("events", [])]
                 if events:
@@ -197,6 +198,7 @@ class EtcdWatch(Watch):
                     after = max(after, _revision(result))
                     self._queue.put(after)
         except Unavailable:
+            self.live = False
             if not created and not self._closed.is_set():
                 raise  # the member took the stream but could not serve it: no member can, now
         return after  # the stream broke after serving: resume, on another member if need be

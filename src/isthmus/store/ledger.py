@@ -117,6 +117,7 @@ class Watch(ABC):
     """
 
     revision: int
+    live = True  # the watch hears its store now (a remote store's stream may be opening again)
 
     @abstractmethod
     def poll(self, timeout: float = 0.0) -> list[Event]:
