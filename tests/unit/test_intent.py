@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 from typing import Any
 
@@ -9,8 +10,15 @@ import pytest
 
 from isthmus import intent
 from isthmus.model import Endpoint, FloatingIP, ServiceVIP, VirtualNetwork, lookup_kind, parse_manifests
-from isthmus.store import Ledger, objects
+from isthmus.store import Ledger, Txn, objects
 from tests.conftest import manifest, obj, tenant_net
+
+
+@pytest.fixture(autouse=True, params=["by key", "prefetched"])
+def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: changes reading key by key, and every change prefetching what it reads."""
+    if request.param == "prefetched":
+        monkeypatch.setattr(importlib.import_module("isthmus.intent.apply"), "PREFETCH", 1)
 
 
 def apply(ledger: Ledger, *docs: dict[str, Any]) -> list[intent.Applied]:
@@ -46,6 +54,20 @@ def test_apply_allocates_and_reapply_is_unchanged(ledger: Ledger) -> None:
     revision = ledger.revision()
     assert [d.action for d in apply(ledger, *tenant_net(), endpoint("a"), endpoint("b"))] == ["unchanged"] * 5
     assert ledger.revision() == revision
+
+
+def test_a_change_is_redone_when_another_takes_what_it_read(ledger: Ledger) -> None:
+    apply(ledger, *tenant_net())
+    taken: list[intent.Applied] = []
+
+    def finish(txn: Txn, done: list[intent.Applied]) -> None:
+        if not taken:  # another apply commits meanwhile, taking the same first free address
+            taken.extend(apply(ledger, endpoint("b")))
+
+    a = intent.change(ledger, parse_manifests(manifest(endpoint("a"))), finish=finish)[0].object
+    b = taken[0].object
+    assert isinstance(a, Endpoint) and isinstance(b, Endpoint)
+    assert [str(x) for x in b.spec.addresses + a.spec.addresses] == ["10.1.0.2", "10.1.0.3"]
 
 
 def test_replace_keeps_identity_and_address(ledger: Ledger) -> None:

@@ -163,3 +163,42 @@ def test_sqlite_watch_sees_commits_of_another_connection(tmp_path: Path) -> None
     assert [e.key for e in watch.poll(timeout=5)] == ["/p/x"]
     reader.close()
     writer.close()
+
+
+def test_prefetch_answers_reads_inside_it_from_that_read(ledger: Ledger) -> None:
+    ledger.commit({}, [("/p/a", b"1"), ("/p/b", b"2"), ("/q", b"3")])
+    txn = Txn(ledger)
+    txn.prefetch("/p/", "/p0")
+    ledger.commit({}, [("/p/a", b"changed"), ("/p/c", b"new"), ("/q", b"4")])  # after the read
+    txn.put("/p/d", b"mine")
+    txn.delete("/p/b")
+    assert (txn.get("/p/a"), txn.peek("/p/c"), txn.get("/p/d"), txn.get("/q")) == (b"1", None, b"mine", b"4")
+    assert txn.range("/p/", "/p0") == [("/p/a", b"1"), ("/p/d", b"mine")]
+    assert txn.range("/p/", "/p0", limit=1) == [("/p/a", b"1")]
+    assert [k for k, _ in txn.range("/p/", "/r")] == ["/p/a", "/p/c", "/p/d", "/q"]  # not inside: the ledger
+    assert txn.checks == {"/p/a": ledger.revision() - 1, "/q": ledger.revision()}
+
+
+def test_prefetched_ranges_join(ledger: Ledger) -> None:
+    ledger.commit({}, [("/j/1", b"a"), ("/j/3", b"c"), ("/j/5", b"e")])
+    txn = Txn(ledger)
+    txn.prefetch("/j/0", "/j/2")
+    txn.prefetch("/j/4", "/j/6")
+    txn.prefetch("/j/2", "/j/4")
+    ledger.commit({}, [("/j/2", b"b"), ("/j/4", b"d")])
+    assert [k for k, _ in txn.range("/j/0", "/j/6")] == ["/j/1", "/j/3", "/j/5"]
+
+
+@pytest.mark.parametrize("change", ["created", "modified", "deleted"])
+def test_a_read_answered_by_a_prefetch_is_checked(ledger: Ledger, change: str) -> None:
+    ledger.commit({}, [("/p/old", b"1")])
+    key = "/p/new" if change == "created" else "/p/old"
+    txn = Txn(ledger)
+    txn.prefetch("/p/", "/p0")
+    txn.put("/seen", txn.get(key) or b"absent")
+    ledger.commit({}, [("/p/unread", b"x")])  # a key the transaction did not get changes: no conflict
+    ledger.commit(txn.checks, [])
+    ledger.commit({}, [(key, None if change == "deleted" else b"2")])
+    with pytest.raises(Conflict, match=f"conflict on {key}"):
+        ledger.commit(txn.checks, txn.ops())
+    assert ledger.get("/seen") is None

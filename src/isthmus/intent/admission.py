@@ -40,6 +40,10 @@ from isthmus.store.txn import Txn
 R = TypeVar("R", bound=Resource)
 NODE_PORTS = ipam.Pool("nodeport", ((30000, 32767),), "the node port range 30000-32767")
 _INFO = {k.model: k for k in KINDS if k.model is not None}
+# Prefixes under which admitting an object reads keys or ranges of its own, besides its kind's: its network's
+# subnets and its pools; releasing it reads these and who names it too.
+ADMIT_READS = (objects.kind_prefix(_INFO[Subnet]), ipam.IPAM)
+RELEASE_READS = (*ADMIT_READS, objects.REFS)
 
 
 def ident(obj: Object) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from isthmus.store.ledger import Conflict, prefix_end
 from isthmus.store.txn import Txn
 
+IPAM = "/ipam/"  # every pool's keys
 _BATCH = 256
 
 
@@ -43,7 +44,7 @@ class Pool:
         return len(f"{self.ranges[-1][1] + 1:x}") if self.ranges else 1
 
     def _root(self) -> str:
-        return f"/ipam/{self.name}/"
+        return f"{IPAM}{self.name}/"
 
     def value_key(self, value: int) -> str:
         return f"{self._root()}a/{value:0{self._width}x}"

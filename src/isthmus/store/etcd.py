@@ -69,10 +69,7 @@ class EtcdLedger(Ledger):
 
     def commit(self, checks: Mapping[str, int], ops: Sequence[Op]) -> int:
         request = {
-            "compare": [
-                {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expected}
-                for key, expected in checks.items()
-            ],
+            "compare": [_unchanged(key, expected) for key, expected in checks.items()],
             "success": [
                 {"request_delete_range": {"key": b64(key)}}
                 if value is None
@@ -212,6 +209,14 @@ class WentBack(Compacted):
             self, f"watch went back from revision {delivered} to {received}; relist (etcd watch bug)"
         )
         self.requested, self.compacted = delivered, received
+
+
+def _unchanged(key: str, mod_revision: int) -> dict[str, Any]:
+    """A compare that the key has this mod revision. Absent (0) is version 0, which the key alone says
+    (proto3's defaults: target VERSION, result EQUAL, 0): less for the gateway to parse in a cold commit."""
+    if mod_revision == 0:
+        return {"key": b64(key)}
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
 
 
 def _revision(answer: dict[str, Any]) -> int:
