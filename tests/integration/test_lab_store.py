@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from isthmus.cli.main import cli
 from isthmus.compile.source import compiled
 from isthmus.dataplane.kernel.driver import drift
-from isthmus.dataplane.kernel.plan import Planner
-from isthmus.lab.fabric import Fabric
+from isthmus.dataplane.kernel.plan import Planner, veth_name
+from isthmus.lab.fabric import Fabric, ip
 from isthmus.store import Credentials, Refused, open_ledger, open_store
 from tests.integration.labs import STREAM, isthmus, lab, running, until
 
@@ -139,8 +139,11 @@ def test_leader_killed_under_traffic_and_applies(work: Path, tmp_path: Path) -> 
 
 def test_quorum_lost_refuses_writes_and_keeps_forwarding(work: Path, tmp_path: Path) -> None:
     """Two of three members killed: apply fails in under 10 s naming the store, nothing is written, flows
-    keep going, a CNI ADD gets code 11; the members back, everything converges with no process restarted."""
+    keep going, a CNI ADD gets code 11 and a DEL still detaches; the members back, everything converges with
+    no process restarted."""
     fabric = Fabric.load(work)
+    lab(work, "apply", "-f", _pod(tmp_path / "detach.yaml", "detach-me", "n1"))
+    detached = fabric.sandbox("default", "detach-me")
     stream, _ = _stream(work, _source(work), 1500)
     time.sleep(1)
     leader = _leader(work)
@@ -159,6 +162,11 @@ def test_quorum_lost_refuses_writes_and_keeps_forwarding(work: Path, tmp_path: P
     assert _store_up(work) == dict.fromkeys(NODES, "0")
     with pytest.raises(RuntimeError, match=r"'code': 11.*store"):
         fabric.cni("n1", "ADD", "ghost", "/run/netns/none", K8S_POD_NAMESPACE="default", K8S_POD_NAME="ghost")
+    host = veth_name("default/detach-me")
+    assert ip("-n", fabric.node_netns("n1"), "link", "show", host, check=False).returncode == 0
+    args = {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "detach-me"}
+    fabric.cni("n1", "DEL", detached, f"/run/netns/{detached}", **args)  # needs no store
+    assert ip("-n", fabric.node_netns("n1"), "link", "show", host, check=False).returncode != 0
     assert _answered(stream) == {"sent": 1500, "answered": 1500}
     for member in lost:
         fabric.start_member("", member)
@@ -170,6 +178,7 @@ def test_quorum_lost_refuses_writes_and_keeps_forwarding(work: Path, tmp_path: P
         "not found"
         in CliRunner().invoke(cli, ["--state", str(work / "state"), "get", "pod", "in-quorum-loss"]).output
     )
+    lab(work, "delete", "-f", str(tmp_path / "detach.yaml"))
     lab(work, "apply", "-f", str(tmp_path / "q.yaml"))
     assert _pods(work)["default/in-quorum-loss"][0] == "n1"
 
