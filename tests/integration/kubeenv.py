@@ -143,22 +143,18 @@ class NodeStandIn:
 
 
 class Manager:
-    """`isthmus kube watch` as a process of its own, on its own ledger."""
+    """`isthmus kube watch` as a process of its own."""
 
-    def __init__(self, state: Path, kubeconfig: Path) -> None:
+    def __init__(self, state: Path, kubeconfig: Path, store: str | None = None, replica: str = "") -> None:
+        """On the ledger of `state`, or of `store` (a URL) as the replica `replica` of the election."""
         self.state = state
         self.log = (state.parent / f"{state.name}.log").open("ab")
+        where = ["--store", store] if store else []
+        named = ["--replica", replica] if replica else []
         self.process = subprocess.Popen(
             [
-                str(ISTHMUS),
-                "--state",
-                str(state),
-                "kube",
-                "watch",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--resync",
-                "120",
+                *(str(ISTHMUS), "--state", str(state), *where, "kube", "watch"),
+                *("--kubeconfig", str(kubeconfig), "--resync", "120", *named),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

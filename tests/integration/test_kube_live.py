@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
 from isthmus.model import load_manifests, lookup_kind, parse_manifests
 from isthmus.store import Ledger, MemoryLedger, objects, open_ledger
+from isthmus.store.election import controllers
+from tests.etcdenv import EtcdCluster
 from tests.integration.kubeenv import Cluster, Manager, NodeStandIn, Proxy, eventually
 
 pytestmark = pytest.mark.integration
@@ -221,3 +224,55 @@ def test_a_partition_with_compaction_loses_no_deletion_and_a_restart_no_address(
     assert addresses(state, "split") == {n: before[n] for n in leonardo}
     assert again.terminate() == 0
     proxy.close()
+
+
+def test_two_replicas_lose_their_leader_while_100_pods_come(
+    cluster: Cluster, tmp_path: Path, managers: list[Manager]
+) -> None:
+    """Two `kube watch` replicas on one etcd ledger; the leader SIGKILLed while a deployment of 100 pods
+    comes: the standby takes over within 6 s and every pod gets an endpoint, a distinct address and its
+    status in the API server."""
+    (tmp_path / "etcd").mkdir()
+    members = EtcdCluster(tmp_path / "etcd")
+    try:
+        ledger = members.ledger()
+        cluster.namespace("ha")
+        first = Manager(tmp_path / "a", cluster.kubeconfig, members.url, "a")
+        managers.append(first)
+        eventually(
+            lambda: [(c.leader, c.standbys) for c in controllers(ledger)] == [("a", [])], what="a leads"
+        )
+        second = Manager(tmp_path / "b", cluster.kubeconfig, members.url, "b")
+        managers.append(second)
+        eventually(lambda: _leaders(ledger) == [("a", ["b"])], what="b stands by")
+        containers = [{"name": "c", "image": "nginx"}]
+        template = {"metadata": {"labels": {"app": "many"}}, "spec": {"containers": containers}}
+        spec = {"replicas": 100, "selector": {"matchLabels": {"app": "many"}}, "template": template}
+        cluster.apps.create_namespaced_deployment("ha", {"metadata": {"name": "many"}, "spec": spec})
+        eventually(lambda: len(_ledger_addresses(ledger, "ha")) >= 10, what="the first endpoints")
+        first.kill()
+        killed = time.monotonic()
+        eventually(lambda: _leaders(ledger)[0][0] == "b", timeout=15, what="b leads")
+        takeover = time.monotonic() - killed
+        assert takeover < 6, takeover
+        eventually(lambda: len(_ledger_addresses(ledger, "ha")) == 100, timeout=90, what="100 endpoints")
+        held = _ledger_addresses(ledger, "ha")
+        assert len(set(held.values())) == 100  # no address handed out twice
+
+        def shown() -> dict[str, str]:
+            return {p.metadata.name: p.status.pod_ip for p in cluster.core.list_namespaced_pod("ha").items}
+
+        eventually(lambda: shown() == held, timeout=60, what="every pod's IP in the API server")
+        print(f"takeover {takeover:.2f} s after the leader's SIGKILL")
+        assert second.terminate() == 0
+    finally:
+        members.stop()
+
+
+def _leaders(ledger: Ledger) -> list[tuple[str | None, list[str]]]:
+    return [(c.leader, c.standbys) for c in controllers(ledger)]
+
+
+def _ledger_addresses(ledger: Ledger, namespace: str) -> dict[str, str]:
+    found = objects.list_objects(ledger, lookup_kind("Endpoint"), namespace)[0]
+    return {e.metadata.name: str(e.spec.addresses[0]) for e in found}

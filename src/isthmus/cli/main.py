@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +42,7 @@ from isthmus.model import (
 )
 from isthmus.model.network import BgpPeer
 from isthmus.store import Credentials, Ledger, objects
+from isthmus.store.election import Election, controllers, elected
 
 
 def default_state() -> str:
@@ -108,9 +111,14 @@ def get(
     ctx: Context, kind: str, name: str | None, namespace: str, all_namespaces: bool, output: str | None
 ) -> None:
     """Show objects of a KIND (or `all`), or one by NAME; `bgp`: each node's BGP sessions and
-    announced prefixes, as its agent reports them."""
+    announced prefixes, as its agent reports them; `controllers`: each singleton controller's leader
+    (replica, since when) and standbys."""
     if kind == "bgp":
         _bgp(ctx.ledger, name, output)
+        return
+    if kind == "controllers":
+        with errors():
+            _controllers(ctx.ledger, output)
         return
     with errors():
         kinds = [k for k in KINDS if k.model is not None] + [k for k in KINDS if k.model is None]
@@ -159,6 +167,18 @@ def _bgp(ledger: Ledger, node: str | None, output: str | None) -> None:
             state = str(peer.get("state", "no speaker")) + (f" ({peer['info']})" if peer.get("info") else "")
             row = [str(peer.get(f, "-")) for f in ("address", "asn")] + [state, str(peer.get("since", "-"))]
             rows.append([name, *row, announced])
+    click.echo(aligned(rows))
+
+
+def _controllers(ledger: Ledger, output: str | None) -> None:
+    shown = controllers(ledger)
+    if output in ("json", "yaml"):
+        click.echo(json.dumps([vars(c) for c in shown], indent=2))
+        return
+    rows = [["CONTROLLER", "LEADER", "SINCE", "STANDBYS"]]
+    for c in shown:
+        since = datetime.fromtimestamp(c.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if c.since else "-"
+        rows.append([c.name, c.leader or "-", since, ",".join(c.standbys) or "-"])
     click.echo(aligned(rows))
 
 
@@ -305,6 +325,14 @@ def serve(
     )
 
 
+_REPLICA = click.option(
+    "--replica",
+    default=lambda: f"{socket.gethostname()}-{os.getpid()}",
+    show_default="HOSTNAME-PID",
+    help="This replica's name in the leader election.",
+)
+
+
 @cli.group()
 def kube() -> None:
     """The Kubernetes network manager."""
@@ -319,17 +347,23 @@ def kube() -> None:
     help="The API server and credentials ($KUBECONFIG).",
 )
 @click.option("--resync", default=300.0, show_default=True, help="Seconds between full listings.")
+@_REPLICA
 @pass_context
-def watch(ctx: Context, kubeconfig: str, resync: float) -> None:
-    """Watch the API server and keep the ledger's networks in step, until SIGTERM or SIGINT."""
+def watch(ctx: Context, kubeconfig: str, resync: float, replica: str) -> None:
+    """Watch the API server and keep the ledger's networks in step, until SIGTERM or SIGINT. Replicas
+    elect one leader on the ledger (controller `kube`); the others stand by."""
     from kubernetes import config
 
     from isthmus.kube.manager import Manager
 
     stop = _serving()
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+    def manage(ledger: Ledger, term: threading.Event) -> None:
+        Manager(ledger, KubeConfig(), api, resync=resync).run(term)
+
     with errors():
-        Manager(ctx.ledger, KubeConfig(), api, resync=resync).run(stop)
+        elected(Election(ctx.ledger, "kube", replica), stop, manage)
 
 
 @cli.group()

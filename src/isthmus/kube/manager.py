@@ -27,6 +27,7 @@ from isthmus.kube.sync import Reconciler, Shown, kube_target
 from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import KubeObject
 from isthmus.store import Ledger, Unavailable
+from isthmus.store.election import Deposed
 
 log = logging.getLogger("isthmus.kube")
 Work = tuple[Key, KubeObject | None]  # an object's latest state; None: deleted
@@ -138,6 +139,8 @@ class Manager:
             self._apply(batch)
             for what, _ in batch:
                 self.queue.done(what)
+        except Deposed:
+            raise  # another replica leads: this one stops writing at once
         except Unavailable as exc:  # no object is at fault: the whole batch waits for the store
             delay = max(self.queue.failed(work, time.monotonic()) for work in batch)
             log.warning("%s (%d objects, trying again in %.1f s)", exc, len(batch), delay)

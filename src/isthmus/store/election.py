@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from isthmus.store.ledger import Conflict, KeyValue, Ledger, LedgerError, Op, Unavailable, Watch
@@ -136,6 +136,33 @@ class Election:
         since = json.loads(found.value)["since"] if found else time.time()
         self.ledger.commit({}, [(key, json.dumps({"since": since, "seen": time.time()}).encode())])
         self._presented = time.monotonic()
+
+
+Work = Callable[[Ledger, threading.Event], None]
+
+
+def elected(election: Election, stop: threading.Event, work: Work) -> None:
+    """Run `work(fenced ledger, term)` whenever this replica leads, until `stop`: `term` is set when `stop`
+    is or the lead is lost, and `work` returns then (or raises Deposed); then campaign again. Resigns last."""
+    try:
+        while election.lead(stop):
+            term = threading.Event()
+            threading.Thread(target=_end, args=(election, stop, term), daemon=True).start()
+            try:
+                work(election.fenced(), term)
+            except Deposed as exc:
+                log.warning("%s: %s; standing by", election.name, exc)
+            finally:
+                term.set()
+    finally:
+        election.resign()
+
+
+def _end(election: Election, stop: threading.Event, term: threading.Event) -> None:
+    """Set `term` once `stop` is set or the lead is lost."""
+    while not term.is_set() and election.leading and not stop.wait(0.1):
+        pass
+    term.set()
 
 
 class Fenced(Ledger):
