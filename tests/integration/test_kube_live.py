@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,39 @@ def _leaders(ledger: Ledger) -> list[tuple[str | None, list[str]]]:
 def _ledger_addresses(ledger: Ledger, namespace: str) -> dict[str, str]:
     found = objects.list_objects(ledger, lookup_kind("Endpoint"), namespace)[0]
     return {e.metadata.name: str(e.spec.addresses[0]) for e in found}
+
+
+def test_a_paused_leader_steps_down_and_writes_nothing(
+    cluster: Cluster, tmp_path: Path, managers: list[Manager]
+) -> None:
+    """The leader SIGSTOPped beyond its lease: the standby takes over and serves a new deployment; the old
+    leader, continued, finds itself deposed and stands by, and its stale view writes nothing."""
+    (tmp_path / "etcd").mkdir()
+    members = EtcdCluster(tmp_path / "etcd")
+    try:
+        ledger = members.ledger()
+        cluster.namespace("pause")
+        first = Manager(tmp_path / "a", cluster.kubeconfig, members.url, "a")
+        managers.append(first)
+        eventually(lambda: _leaders(ledger) == [("a", [])], what="a leads")
+        second = Manager(tmp_path / "b", cluster.kubeconfig, members.url, "b")
+        managers.append(second)
+        eventually(lambda: _leaders(ledger) == [("a", ["b"])], what="b stands by")
+        first.process.send_signal(signal.SIGSTOP)
+        eventually(lambda: _leaders(ledger)[0][0] == "b", timeout=15, what="b leads")
+        containers = [{"name": "c", "image": "nginx"}]
+        template = {"metadata": {"labels": {"app": "late"}}, "spec": {"containers": containers}}
+        spec = {"replicas": 5, "selector": {"matchLabels": {"app": "late"}}, "template": template}
+        cluster.apps.create_namespaced_deployment("pause", {"metadata": {"name": "late"}, "spec": spec})
+        eventually(lambda: len(_ledger_addresses(ledger, "pause")) == 5, what="5 endpoints by b")
+        held = _ledger_addresses(ledger, "pause")
+        revision = ledger.revision()
+        first.process.send_signal(signal.SIGCONT)
+        eventually(lambda: "standing by" in first.output(), timeout=20, what="a stands by")
+        assert _leaders(ledger)[0][0] == "b"
+        assert _ledger_addresses(ledger, "pause") == held
+        term = ledger.get("/controllers/kube/leader")
+        assert term is not None and b'"b"' in term.value and term.mod_revision <= revision
+        assert second.terminate() == 0
+    finally:
+        members.stop()

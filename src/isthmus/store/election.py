@@ -148,12 +148,12 @@ def elected(election: Election, stop: threading.Event, work: Work) -> None:
         while election.lead(stop):
             term = threading.Event()
             threading.Thread(target=_end, args=(election, stop, term), daemon=True).start()
-            try:
+            with contextlib.suppress(Deposed):  # a commit refused for the term: the lead is lost
                 work(election.fenced(), term)
-            except Deposed as exc:
-                log.warning("%s: %s; standing by", election.name, exc)
-            finally:
-                term.set()
+            term.set()
+            if not stop.is_set():
+                log.warning("%s: %s no longer leads; standing by", election.name, election.replica)
+                election.term = 0
     finally:
         election.resign()
 
