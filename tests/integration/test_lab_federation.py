@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from isthmus.lab.fabric import Fabric
+from isthmus.store import Ledger, open_ledger
+from isthmus.store.election import controllers
 from tests.integration.labs import ask, lab, running, until
 
 pytestmark = pytest.mark.skipif(
@@ -139,3 +142,60 @@ def test_a_kubernetes_pod_reaches_a_vm_of_the_other_cluster_only_while_targets_m
     (tmp_path / "shop.yaml").write_text(yaml.safe_dump_all(shop("64600:4")))
     lab(work, "apply", "-f", str(tmp_path / "shop.yaml"))
     until(lambda: ask(work, "shop/buyer", "10.63.0.10", 5432), "failed: OSError")  # targets differ: cut
+
+
+def test_two_speakers_per_cluster_keep_routes_flowing_across_a_kill(tmp_path: Path) -> None:
+    """`controllers: 2`: each cluster runs two federation speakers, both announcing, the elected one
+    importing; SIGKILL to the main cluster's leading speaker: the VMs keep reaching each other, the standby
+    leads the imports, and a VM the other cluster adds afterwards is imported by it."""
+    main = _side(
+        "web",
+        "front",
+        "10.61.0.0/24",
+        "client",
+        "a1",
+        {"importTargets": ["64600:1"], "exportTargets": ["64600:2"]},
+    )
+    other = _side(
+        "leonardo",
+        "leonardodb",
+        "10.62.0.0/24",
+        "pg-1",
+        "b1",
+        {"exportTargets": ["64600:1"], "importTargets": ["64600:2"]},
+    )
+    later = {**other[3], "metadata": {"name": "pg-2", "namespace": "leonardo"}}
+    later = {**later, "spec": {**later["spec"], "addresses": ["10.62.0.11"]}}
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump_all(main))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump_all(other))
+    (tmp_path / "later.yaml").write_text(yaml.safe_dump(later))
+    with running(tmp_path, TOPOLOGY | {"controllers": 2}, "--timeout", "60") as (work, _):
+        fabric = Fabric.load(work)
+        lab(work, "apply", "-f", str(tmp_path / "main.yaml"))
+        lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "other.yaml"))
+        until(lambda: ask(work, "web/client", "10.62.0.10", 5432), "leonardo/pg-1", 30)
+        ledger = open_ledger(work / "state")
+        leader = until_value(lambda: _leader(ledger), 15)
+        standby = {"main": "main-2", "main-2": "main"}[leader]
+        assert [c.standbys for c in controllers(ledger)] == [[standby]]
+        fabric.stop(f"federation/{leader}", signal.SIGKILL)
+        for _ in range(20):  # 10 s of answers across the takeover
+            assert ask(work, "web/client", "10.62.0.10", 5432) == "leonardo/pg-1"
+            time.sleep(0.5)
+        until(lambda: _leader(ledger), standby, 15)
+        lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "later.yaml"))
+        until(lambda: ask(work, "web/client", "10.62.0.11", 5432), "leonardo/pg-2", 30)
+
+
+def _leader(ledger: Ledger) -> str | None:
+    found = controllers(ledger)
+    return found[0].leader if found else None
+
+
+def until_value(what: Callable[[], str | None], seconds: float) -> str:
+    """The first non-empty value of `what()` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (got := what()):
+        assert time.monotonic() < deadline, "nothing within the time"
+        time.sleep(0.1)
+    return got

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from isthmus.lab.topology import DEFAULT, Topology, TopologyError, load
+from isthmus.lab.topology import DEFAULT, Speaker, Topology, TopologyError, load
 
 WITH_ROUTER = DEFAULT.with_name("three-nodes-router.yaml")
 
@@ -100,5 +100,15 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 def test_each_cluster_has_a_speaker_on_the_underlay(tmp_path: Path) -> None:
     text = "name: t\nclusters: [{name: os, asn: 64601}]\nnodes: [{name: a}, {name: b, cluster: os}]"
     topology = load_text(tmp_path, text)
-    assert topology.speakers() == {"": ("192.168.77.2", 64600), "os": ("192.168.77.3", 64601)}
+    assert topology.speakers() == {
+        "main": Speaker("", "192.168.77.2", 64600),
+        "os": Speaker("os", "192.168.77.3", 64601),
+    }
+    doubled = topology.model_copy(update={"controllers": 2}).speakers()
+    assert [(n, s.address) for n, s in doubled.items()] == [
+        ("main", "192.168.77.2"),
+        ("os", "192.168.77.3"),
+        ("main-2", "192.168.77.4"),
+        ("os-2", "192.168.77.5"),
+    ]
     assert load_text(tmp_path, "name: t\nnodes: [{name: a}]").speakers() == {}

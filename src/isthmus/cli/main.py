@@ -414,9 +414,13 @@ def _peer(value: str) -> BgpPeer:
     "--peer", "peers", multiple=True, required=True, help="ADDRESS:ASN of another cluster's speaker."
 )
 @click.option("--work", default="/var/lib/isthmus/federation", show_default=True, help="The speaker's files.")
+@_REPLICA
 @pass_context
-def federation_run(ctx: Context, address: str, asn: int, peers: tuple[str, ...], work: str) -> None:
-    """Announce the routes of networks with export targets; import the peers' routes until stopped."""
+def federation_run(
+    ctx: Context, address: str, asn: int, peers: tuple[str, ...], work: str, replica: str
+) -> None:
+    """Announce the routes of networks with export targets; import the peers' routes until stopped.
+    Every replica announces; the one that leads the election `federation` imports."""
     from isthmus.bgp.config import Settings
     from isthmus.federation.controller import Federation
 
@@ -425,7 +429,8 @@ def federation_run(ctx: Context, address: str, asn: int, peers: tuple[str, ...],
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     with errors():
-        Federation(ctx.ledger, Path(work), settings).run(_serving())
+        election = Election(ctx.ledger, "federation", replica)
+        Federation(ctx.ledger, Path(work), settings, election).run(_serving())
 
 
 cli.add_command(lab)

@@ -20,6 +20,7 @@ from isthmus.bgp.control import BgpError
 from isthmus.federation.vpn import VpnRoute, exported, parse_routes, render
 from isthmus.model import ImportedRoute, Object, lookup_kind
 from isthmus.store import Compacted, Ledger, Unavailable, Watch, objects
+from isthmus.store.election import Deposed, Election
 
 log = logging.getLogger("isthmus.federation")
 LEARNED = "isthmus.io/federation"  # the annotation of the ImportedRoutes the controller keeps
@@ -50,8 +51,11 @@ def imported(route: VpnRoute, peer: str) -> ImportedRoute:
 
 
 class Federation:
-    def __init__(self, ledger: Ledger, directory: Path, settings: Settings) -> None:
-        self.ledger, self.settings = ledger, settings
+    """Exports from every replica (each its own BIRD, so peers hear the cluster from all of them); imports
+    from the one that leads the election `federation`, through its fence."""
+
+    def __init__(self, ledger: Ledger, directory: Path, settings: Settings, election: Election) -> None:
+        self.ledger, self.settings, self.election = ledger, settings, election
         self.bird = Bird(directory)
         self.exports: set[VpnRoute] | None = None  # what BIRD announces, once loaded
         self.imported: dict[str, ImportedRoute] | None = None  # what the ledger holds, once written
@@ -62,6 +66,7 @@ class Federation:
         """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes. A BIRD that
         died or refused is started (or adopted) again and given the exports anew on the next pass."""
         started = False
+        threading.Thread(target=self._campaign, args=(stop,), daemon=True, name="campaign").start()
         try:
             while not stop.is_set():
                 try:
@@ -78,9 +83,20 @@ class Federation:
                 except Unavailable as exc:  # BIRD keeps announcing what it has; next pass, watch anew
                     log.warning("federation: %s", exc)
                     self.watch, self.imported = None, None
+                except Deposed as exc:  # another replica imports now
+                    log.warning("federation: %s", exc)
+                    self.imported = None
                 stop.wait(every)
         finally:
             self.bird.stop(withdraw=True)
+            self.election.resign()
+
+    def _campaign(self, stop: threading.Event) -> None:
+        """Lead the imports whenever this replica can; a new term writes what BIRD has learned anew."""
+        while self.election.lead(stop):
+            while self.election.leading and not stop.wait(0.2):
+                pass
+            self.imported = None
 
     def step(self) -> None:
         """One pass: the exports again when a network, endpoint or node changed; the imports when BIRD
@@ -92,6 +108,9 @@ class Federation:
                 self.bird.load(render(self.settings, exports, self.bird.log))
                 self.exports = exports
                 log.info("federation: announcing %d routes", len(exports))
+        if not self.election.leading:
+            self.imported = None
+            return
         learned = parse_routes(self.bird.command("show route table vpntab where source = RTS_BGP all"))
         wanted = {route_name(r): imported(r, self.peer) for r in learned}
         if wanted != self.imported:
@@ -118,5 +137,5 @@ class Federation:
         puts = [r for name, r in wanted.items() if name not in held or held[name].spec != r.spec]
         gone = [(_IMPORTED, None, name) for name in held.keys() - wanted.keys()]
         if puts or gone:
-            intent.change(self.ledger, puts, gone)
+            intent.change(self.election.fenced(), puts, gone)
             log.info("federation: %d routes imported, %d withdrawn", len(puts), len(gone))

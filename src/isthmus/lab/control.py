@@ -184,12 +184,14 @@ class Lab:
         return found
 
     def _speakers(self, topology: Topology, echo: Echo) -> None:
-        """With other clusters: each cluster's federation speaker, peering with every other's."""
+        """With other clusters: each cluster's federation speakers (`controllers` replicas), each peering
+        with every other cluster's."""
         speakers = topology.speakers()
-        for cluster, (address, asn) in speakers.items():
-            peers = [f"{a}:{n}" for c, (a, n) in speakers.items() if c != cluster]
-            self.fabric.start_speaker(cluster, address, topology.underlay.prefixlen, asn, peers)
-            echo(f"cluster {cluster or 'main'}: federation speaker {address}, AS {asn}")
+        for name, speaker in speakers.items():
+            peers = [f"{o.address}:{o.asn}" for o in speakers.values() if o.cluster != speaker.cluster]
+            self.fabric.start_speaker(name, speaker, topology.underlay.prefixlen, peers)
+            where = f"{speaker.address}, AS {speaker.asn}"
+            echo(f"cluster {speaker.cluster or 'main'}: federation speaker {name} {where}")
 
     def _router(self, router: Peer, peers: list[Peer], topology: Topology, echo: Echo) -> None:
         """The router with a session to every node, and the outside client behind it if declared."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from isthmus.bgp.bird import running
 from isthmus.lab.router import Bird
-from isthmus.lab.topology import OUTSIDE
+from isthmus.lab.topology import OUTSIDE, Speaker
 from isthmus.store import Credentials, LedgerError, open_store
 from isthmus.store.etcd_member import MemberTLS, member_argv
 from isthmus.store.location import STORE_FILE
@@ -77,8 +77,8 @@ class Fabric:
         """The ledger of a cluster ("" the main one)."""
         return self.state if not cluster else self.work / f"state-{cluster}"
 
-    def speaker_netns(self, cluster: str) -> str:
-        return f"{self.prefix}fed-{cluster or 'main'}"
+    def speaker_netns(self, name: str) -> str:
+        return f"{self.prefix}fed-{name}"
 
     def socket(self, node: str) -> Path:
         return self.work / node / "cni.sock"
@@ -167,20 +167,18 @@ class Fabric:
                 raise RuntimeError(f"BIRD did not start: {bird.path('log').read_text()[-2000:]}")
             time.sleep(0.05)
 
-    def start_speaker(self, cluster: str, address: str, prefixlen: int, asn: int, peers: list[str]) -> None:
-        """The cluster's federation speaker (`isthmus federation run`) in a namespace of its own on the
-        switch at `address`, peering with `peers` (ADDRESS:ASN)."""
-        netns = self.speaker_netns(cluster)
-        self._switch_port(netns, f"fed-{cluster or 'main'}"[:15], f"{address}/{prefixlen}")
-        work = self.work / f"federation-{cluster or 'main'}"
+    def start_speaker(self, name: str, speaker: Speaker, prefixlen: int, peers: list[str]) -> None:
+        """A federation speaker (`isthmus federation run`, replica `name`) of its cluster, in a namespace of
+        its own on the switch at its address, peering with `peers` (ADDRESS:ASN)."""
+        netns = self.speaker_netns(name)
+        self._switch_port(netns, f"fed-{name}"[:15], f"{speaker.address}/{prefixlen}")
+        cluster, work = speaker.cluster, self.work / f"federation-{name}"
         argv = [sys.executable, "-m", "isthmus.cli.main", "--state", str(self.state_of(cluster))]
         store = self.store_url(cluster, "federation")
         argv += ["--store", store] if store else []
-        argv += ["federation", "run", "--address", address, "--asn", str(asn), "--work", str(work)]
-        argv += [f"--peer={peer}" for peer in peers]
-        self._spawn(
-            f"federation/{cluster or 'main'}", netns, argv, self.work / f"federation-{cluster or 'main'}.log"
-        )
+        argv += ["federation", "run", "--address", speaker.address, "--asn", str(speaker.asn)]
+        argv += ["--work", str(work), "--replica", name, *(f"--peer={peer}" for peer in peers)]
+        self._spawn(f"federation/{name}", netns, argv, self.work / f"federation-{name}.log")
 
     @staticmethod
     def member_name(cluster: str, index: int) -> str:

@@ -9,6 +9,7 @@ the outside client's link is OUTSIDE, floating IPs are 203.0.113.0/24.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,6 +53,15 @@ class LabStore(Model):
     etcd: Literal[1, 3]
 
 
+@dataclass(frozen=True)
+class Speaker:
+    """A federation speaker of the lab: its cluster ("" the main one), underlay address and AS."""
+
+    cluster: str
+    address: str
+    asn: int
+
+
 class LabRouter(Model):
     """The gateway router: BIRD 2 on the underlay's first host, an eBGP session with every node."""
 
@@ -84,6 +94,9 @@ class Topology(Model):
     asn: ASN = Field(64600, description="the main cluster's AS for federation, when there are clusters")
     manifests: list[str] = Field([], description="files or directories, relative to the topology file")
     store: LabStore | None = None
+    controllers: Literal[1, 2] = Field(
+        1, description="replicas of each singleton controller per cluster (the federation speaker)"
+    )
 
     @field_validator("underlay")
     @classmethod
@@ -118,7 +131,7 @@ class Topology(Model):
             )
         if self.asn in clusters.values() or len(set(clusters.values())) != len(clusters):
             raise ValueError("every cluster needs an AS of its own, the main one's included (`asn`)")
-        speakers = {address for address, _ in self.speakers().values()}
+        speakers = {s.address for s in self.speakers().values()}
         for node in self.nodes:
             if node.cluster is not None and node.cluster not in clusters:
                 raise ValueError(f"node {node.name}: cluster {node.cluster} is not one of `clusters`")
@@ -130,14 +143,19 @@ class Topology(Model):
             raise ValueError(f"the underlay {self.underlay} has too few addresses for the etcd members")
         return self
 
-    def speakers(self) -> dict[str, tuple[str, int]]:
-        """Each cluster's federation speaker ("" the main one): its underlay address (from .2) and AS;
-        none without other clusters."""
+    def speakers(self) -> dict[str, Speaker]:
+        """Each federation speaker by name: its cluster's (`main` for the main one), then NAME-2 for a
+        second replica; underlay addresses from .2 in that order; none without other clusters."""
         if not self.clusters:
             return {}
         hosts = list(self.underlay.hosts())
         named = [("", self.asn), *((c.name, c.asn) for c in self.clusters)]
-        return {name: (str(hosts[1 + i]), asn) for i, (name, asn) in enumerate(named)}
+        found: dict[str, Speaker] = {}
+        for replica in range(self.controllers):
+            for cluster, asn in named:
+                name = (cluster or "main") + (f"-{replica + 1}" if replica else "")
+                found[name] = Speaker(cluster, str(hosts[1 + len(found)]), asn)
+        return found
 
     def members(self) -> dict[str, list[str]]:
         """Each cluster's etcd members ("" the main one): their underlay addresses, from the last host down;
