@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agent, bgp, compile, dataplane, federation, foundation, kube, neutron, store  # noqa: F401  (register their benchmarks)
+from bench import agent, bgp, compile, dataplane, failover, federation, foundation, kube, neutron, store  # noqa: F401  (register their benchmarks)
 from bench.harness import REGISTRY, run
 
 

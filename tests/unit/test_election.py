@@ -4,9 +4,6 @@ continued (its writes refused), or stopping cleanly (handing over at once); on S
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,29 +13,9 @@ import pytest
 from isthmus.store import Credentials, Ledger, open_store
 from isthmus.store.election import controllers
 from tests.etcdenv import EtcdCluster
+from tests.replicas import Replica
 
 TTL = 1.0
-REPLICA = """
-import signal, sys, threading, time
-from isthmus.store import Credentials, open_store
-from isthmus.store.election import Deposed, Election
-ledger = open_store(sys.argv[1], Credentials())
-election = Election(ledger, "ctl", sys.argv[2], ttl=float(sys.argv[3]))
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-election.lead(stop)
-print("leading", flush=True)
-fenced, count = election.fenced(), 0
-while not stop.is_set():
-    try:
-        fenced.commit({}, [("/w/" + sys.argv[2], str(count).encode())])
-    except Deposed:
-        print("deposed", flush=True)
-        sys.exit(3)
-    count += 1
-    time.sleep(0.02)
-election.resign()
-"""  # a replica: leads, then writes through the fence every 20 ms until deposed or stopped
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -49,35 +26,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     cluster = EtcdCluster(tmp_path)
     yield cluster.url
     cluster.stop()
-
-
-class Replica:
-    def __init__(self, store: str, name: str) -> None:
-        self.name = name
-        argv = [sys.executable, "-c", REPLICA, store, name, str(TTL)]
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        self.said: list[str] = []
-        self.heard = threading.Condition()
-        threading.Thread(target=self._listen, daemon=True).start()
-
-    def _listen(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.heard:
-                self.said.append(line.strip())
-                self.heard.notify_all()
-
-    def says(self, word: str, within: float) -> float:
-        """Seconds until the replica says `word` (fails after `within`)."""
-        started = time.monotonic()
-        with self.heard:
-            assert self.heard.wait_for(lambda: word in self.said, within), f"{self.name} said {self.said}"
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-        self.process.kill()
-        self.process.wait()
 
 
 @pytest.fixture
@@ -94,9 +42,9 @@ def _ledger(store: str) -> Ledger:
 
 def test_a_killed_leader_is_replaced_within_its_lease(replicas: tuple[str, list[Replica]]) -> None:
     store, made = replicas
-    made.append(first := Replica(store, "a"))
+    made.append(first := Replica(store, "a", TTL))
     first.says("leading", 10)
-    made.append(second := Replica(store, "b"))
+    made.append(second := Replica(store, "b", TTL))
     time.sleep(2 * TTL)
     assert "leading" not in second.said  # a standby while the leader renews
     shown = controllers(_ledger(store))
@@ -108,9 +56,9 @@ def test_a_killed_leader_is_replaced_within_its_lease(replicas: tuple[str, list[
 
 def test_a_paused_leader_is_deposed_and_its_writes_refused(replicas: tuple[str, list[Replica]]) -> None:
     store, made = replicas
-    made.append(first := Replica(store, "a"))
+    made.append(first := Replica(store, "a", TTL))
     first.says("leading", 10)
-    made.append(second := Replica(store, "b"))
+    made.append(second := Replica(store, "b", TTL))
     time.sleep(TTL)
     first.process.send_signal(signal.SIGSTOP)
     second.says("leading", 10)
@@ -126,9 +74,9 @@ def test_a_paused_leader_is_deposed_and_its_writes_refused(replicas: tuple[str, 
 
 def test_a_clean_stop_hands_over_at_once(replicas: tuple[str, list[Replica]]) -> None:
     store, made = replicas
-    made.append(first := Replica(store, "a"))
+    made.append(first := Replica(store, "a", TTL))
     first.says("leading", 10)
-    made.append(second := Replica(store, "b"))
+    made.append(second := Replica(store, "b", TTL))
     time.sleep(TTL)
     started = time.monotonic()
     first.process.send_signal(signal.SIGTERM)
