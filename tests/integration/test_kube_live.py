@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -227,29 +229,42 @@ def test_a_partition_with_compaction_loses_no_deletion_and_a_restart_no_address(
     proxy.close()
 
 
+@contextmanager
+def _two_replicas(
+    cluster: Cluster, tmp_path: Path, managers: list[Manager], namespace: str
+) -> Iterator[tuple[Ledger, Manager, Manager]]:
+    """A namespace and two `kube watch` replicas on a new etcd ledger: `a` leads, `b` stands by."""
+    (tmp_path / "etcd").mkdir()
+    members = EtcdCluster(tmp_path / "etcd")
+    try:
+        ledger = members.ledger()
+        cluster.namespace(namespace)
+        first = Manager(tmp_path / "a", cluster.kubeconfig, members.url, "a")
+        managers.append(first)
+        eventually(lambda: _leaders(ledger) == [("a", [])], what="a leads")
+        second = Manager(tmp_path / "b", cluster.kubeconfig, members.url, "b")
+        managers.append(second)
+        eventually(lambda: _leaders(ledger) == [("a", ["b"])], what="b stands by")
+        yield ledger, first, second
+    finally:
+        members.stop()
+
+
+def _deployment(cluster: Cluster, namespace: str, app: str, replicas: int) -> None:
+    containers = [{"name": "c", "image": "nginx"}]
+    template = {"metadata": {"labels": {"app": app}}, "spec": {"containers": containers}}
+    spec = {"replicas": replicas, "selector": {"matchLabels": {"app": app}}, "template": template}
+    cluster.apps.create_namespaced_deployment(namespace, {"metadata": {"name": app}, "spec": spec})
+
+
 def test_two_replicas_lose_their_leader_while_100_pods_come(
     cluster: Cluster, tmp_path: Path, managers: list[Manager]
 ) -> None:
     """Two `kube watch` replicas on one etcd ledger; the leader SIGKILLed while a deployment of 100 pods
     comes: the standby takes over within 6 s and every pod gets an endpoint, a distinct address and its
     status in the API server."""
-    (tmp_path / "etcd").mkdir()
-    members = EtcdCluster(tmp_path / "etcd")
-    try:
-        ledger = members.ledger()
-        cluster.namespace("ha")
-        first = Manager(tmp_path / "a", cluster.kubeconfig, members.url, "a")
-        managers.append(first)
-        eventually(
-            lambda: [(c.leader, c.standbys) for c in controllers(ledger)] == [("a", [])], what="a leads"
-        )
-        second = Manager(tmp_path / "b", cluster.kubeconfig, members.url, "b")
-        managers.append(second)
-        eventually(lambda: _leaders(ledger) == [("a", ["b"])], what="b stands by")
-        containers = [{"name": "c", "image": "nginx"}]
-        template = {"metadata": {"labels": {"app": "many"}}, "spec": {"containers": containers}}
-        spec = {"replicas": 100, "selector": {"matchLabels": {"app": "many"}}, "template": template}
-        cluster.apps.create_namespaced_deployment("ha", {"metadata": {"name": "many"}, "spec": spec})
+    with _two_replicas(cluster, tmp_path, managers, "ha") as (ledger, first, second):
+        _deployment(cluster, "ha", "many", 100)
         eventually(lambda: len(_ledger_addresses(ledger, "ha")) >= 10, what="the first endpoints")
         first.kill()
         killed = time.monotonic()
@@ -266,8 +281,6 @@ def test_two_replicas_lose_their_leader_while_100_pods_come(
         eventually(lambda: shown() == held, timeout=60, what="every pod's IP in the API server")
         print(f"takeover {takeover:.2f} s after the leader's SIGKILL")
         assert second.terminate() == 0
-    finally:
-        members.stop()
 
 
 def _leaders(ledger: Ledger) -> list[tuple[str | None, list[str]]]:
@@ -284,23 +297,10 @@ def test_a_paused_leader_steps_down_and_writes_nothing(
 ) -> None:
     """The leader SIGSTOPped beyond its lease: the standby takes over and serves a new deployment; the old
     leader, continued, finds itself deposed and stands by, and its stale view writes nothing."""
-    (tmp_path / "etcd").mkdir()
-    members = EtcdCluster(tmp_path / "etcd")
-    try:
-        ledger = members.ledger()
-        cluster.namespace("pause")
-        first = Manager(tmp_path / "a", cluster.kubeconfig, members.url, "a")
-        managers.append(first)
-        eventually(lambda: _leaders(ledger) == [("a", [])], what="a leads")
-        second = Manager(tmp_path / "b", cluster.kubeconfig, members.url, "b")
-        managers.append(second)
-        eventually(lambda: _leaders(ledger) == [("a", ["b"])], what="b stands by")
+    with _two_replicas(cluster, tmp_path, managers, "pause") as (ledger, first, second):
         first.process.send_signal(signal.SIGSTOP)
         eventually(lambda: _leaders(ledger)[0][0] == "b", timeout=15, what="b leads")
-        containers = [{"name": "c", "image": "nginx"}]
-        template = {"metadata": {"labels": {"app": "late"}}, "spec": {"containers": containers}}
-        spec = {"replicas": 5, "selector": {"matchLabels": {"app": "late"}}, "template": template}
-        cluster.apps.create_namespaced_deployment("pause", {"metadata": {"name": "late"}, "spec": spec})
+        _deployment(cluster, "pause", "late", 5)
         eventually(lambda: len(_ledger_addresses(ledger, "pause")) == 5, what="5 endpoints by b")
         held = _ledger_addresses(ledger, "pause")
         revision = ledger.revision()
@@ -311,5 +311,3 @@ def test_a_paused_leader_steps_down_and_writes_nothing(
         term = ledger.get("/controllers/kube/leader")
         assert term is not None and b'"b"' in term.value and term.mod_revision <= revision
         assert second.terminate() == 0
-    finally:
-        members.stop()

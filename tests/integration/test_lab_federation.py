@@ -55,15 +55,9 @@ def _side(
     return [{"apiVersion": "isthmus.io/v1", **d} for d in docs]
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    base = tmp_path_factory.mktemp("federation")
-    with running(base, TOPOLOGY, "--timeout", "60") as (work, _):
-        yield work
-
-
-def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path) -> None:
-    fabric = Fabric.load(work)
+def _joined(tmp_path: Path) -> list[dict[str, Any]]:
+    """Web's network `front` (client on a1) and leonardo's `leonardodb` (pg-1 on b1), each importing the
+    other's export target; written to main.yaml and other.yaml in `tmp_path`; leonardo's side."""
     main = _side(
         "web",
         "front",
@@ -82,6 +76,19 @@ def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path
     )
     (tmp_path / "main.yaml").write_text(yaml.safe_dump_all(main))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump_all(other))
+    return other
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("federation")
+    with running(base, TOPOLOGY, "--timeout", "60") as (work, _):
+        yield work
+
+
+def test_route_targets_join_two_clusters_node_to_node(work: Path, tmp_path: Path) -> None:
+    fabric = Fabric.load(work)
+    other = _joined(tmp_path)
     lab(work, "apply", "-f", str(tmp_path / "main.yaml"))
     started = time.monotonic()
     lab(work, "apply", "--cluster", "os", "-f", str(tmp_path / "other.yaml"))
@@ -148,26 +155,9 @@ def test_two_speakers_per_cluster_keep_routes_flowing_across_a_kill(tmp_path: Pa
     """`controllers: 2`: each cluster runs two federation speakers, both announcing, the elected one
     importing; SIGKILL to the main cluster's leading speaker: the VMs keep reaching each other, the standby
     leads the imports, and a VM the other cluster adds afterwards is imported by it."""
-    main = _side(
-        "web",
-        "front",
-        "10.61.0.0/24",
-        "client",
-        "a1",
-        {"importTargets": ["64600:1"], "exportTargets": ["64600:2"]},
-    )
-    other = _side(
-        "leonardo",
-        "leonardodb",
-        "10.62.0.0/24",
-        "pg-1",
-        "b1",
-        {"exportTargets": ["64600:1"], "importTargets": ["64600:2"]},
-    )
+    other = _joined(tmp_path)
     later = {**other[3], "metadata": {"name": "pg-2", "namespace": "leonardo"}}
     later = {**later, "spec": {**later["spec"], "addresses": ["10.62.0.11"]}}
-    (tmp_path / "main.yaml").write_text(yaml.safe_dump_all(main))
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump_all(other))
     (tmp_path / "later.yaml").write_text(yaml.safe_dump(later))
     with running(tmp_path, TOPOLOGY | {"controllers": 2}, "--timeout", "60") as (work, _):
         fabric = Fabric.load(work)

@@ -15,7 +15,7 @@ from isthmus.store.election import controllers
 from tests.etcdenv import EtcdCluster
 from tests.replicas import Replica
 
-TTL = 1.0
+TTL = 2.0  # a takeover by expiry needs at least 2/3 of it after the last heartbeat: 1.33 s
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -29,37 +29,40 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def replicas(store: str) -> Iterator[tuple[str, list[Replica]]]:
-    made: list[Replica] = []
-    yield store, made
-    for replica in made:
-        replica.stop()
+def pair(store: str) -> Iterator[tuple[str, Replica, Replica]]:
+    """Replica `a`, leading, and `b`, which has watched it renew for a whole lease; both stopped after."""
+    first = Replica(store, "a", TTL)
+    second: Replica | None = None
+    try:
+        first.says("leading", 10)
+        second = Replica(store, "b", TTL)
+        time.sleep(TTL)
+        yield store, first, second
+    finally:
+        for replica in (first, second):
+            if replica is not None:
+                replica.stop()
 
 
 def _ledger(store: str) -> Ledger:
     return open_store(store, Credentials())
 
 
-def test_a_killed_leader_is_replaced_within_its_lease(replicas: tuple[str, list[Replica]]) -> None:
-    store, made = replicas
-    made.append(first := Replica(store, "a", TTL))
-    first.says("leading", 10)
-    made.append(second := Replica(store, "b", TTL))
-    time.sleep(2 * TTL)
+def test_a_killed_leader_is_replaced_within_its_lease(pair: tuple[str, Replica, Replica]) -> None:
+    store, first, second = pair
+    time.sleep(TTL)
     assert "leading" not in second.said  # a standby while the leader renews
     shown = controllers(_ledger(store))
     assert [(c.name, c.leader, c.standbys) for c in shown] == [("ctl", "a", ["b"])]
     first.process.send_signal(signal.SIGKILL)
     took = second.says("leading", 10)
-    assert took < TTL + 1.5, took
+    assert took < TTL + 2, took
 
 
-def test_a_paused_leader_is_deposed_and_its_writes_refused(replicas: tuple[str, list[Replica]]) -> None:
-    store, made = replicas
-    made.append(first := Replica(store, "a", TTL))
-    first.says("leading", 10)
-    made.append(second := Replica(store, "b", TTL))
-    time.sleep(TTL)
+def test_a_paused_leader_is_deposed_and_its_writes_refused(pair: tuple[str, Replica, Replica]) -> None:
+    store, first, second = pair
+    if not store.startswith("etcd://"):
+        pytest.skip("a process paused inside a SQLite write keeps the file locked: one file is no HA store")
     first.process.send_signal(signal.SIGSTOP)
     second.says("leading", 10)
     ledger = _ledger(store)
@@ -72,14 +75,10 @@ def test_a_paused_leader_is_deposed_and_its_writes_refused(replicas: tuple[str, 
     assert written is not None and written.mod_revision < term.mod_revision  # nothing after b took over
 
 
-def test_a_clean_stop_hands_over_at_once(replicas: tuple[str, list[Replica]]) -> None:
-    store, made = replicas
-    made.append(first := Replica(store, "a", TTL))
-    first.says("leading", 10)
-    made.append(second := Replica(store, "b", TTL))
-    time.sleep(TTL)
+def test_a_clean_stop_hands_over_at_once(pair: tuple[str, Replica, Replica]) -> None:
+    _, first, second = pair
     started = time.monotonic()
     first.process.send_signal(signal.SIGTERM)
     second.says("leading", 10)
-    assert time.monotonic() - started < TTL / 2 + 0.5
+    assert time.monotonic() - started < 1.0  # no expiry: the key was deleted
     assert first.process.wait(10) == 0
