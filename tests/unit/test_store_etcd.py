@@ -403,3 +403,22 @@ def test_a_watch_that_goes_back_raises_compacted_so_callers_relist(second: dict[
     with pytest.raises(Compacted, match="went back from revision 5"):
         watch.poll(timeout=5)
     watch.close()
+
+
+def test_a_listing_compacted_between_its_pages_is_read_again(single: EtcdCluster) -> None:
+    """A listing pages at its first page's revision; compacted past it after the first page, it starts over
+    and returns every key at the new revision."""
+    ledger = single.ledger()
+    ledger.commit({}, [(f"/p/{i:05d}", b"x") for i in range(2500)])
+    call, pages = ledger.gateway.call, []
+
+    def compacting(path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if path == "/v3/kv/range" and "revision" in body and not pages:
+            pages.append(body["revision"])
+            ledger.commit({}, [("/other", b"y")])
+            ledger.compact(ledger.revision())
+        return call(path, body, timeout)
+
+    ledger.gateway.call = compacting  # type: ignore[method-assign]
+    items, revision = ledger.list("/p/")
+    assert len(items) == 2500 and pages and revision > pages[0]

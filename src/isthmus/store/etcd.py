@@ -52,6 +52,12 @@ class EtcdLedger(Ledger):
         return _kv(found[0]) if found else None
 
     def snapshot(self, start: str, end: str, limit: int | None = None) -> tuple[list[KeyValue], int]:
+        """Page after page at the first page's revision; compacted past it meanwhile, read again."""
+        while True:
+            with contextlib.suppress(Compacted):
+                return self._pages(start, end, limit)
+
+    def _pages(self, start: str, end: str, limit: int | None) -> tuple[list[KeyValue], int]:
         items: list[KeyValue] = []
         at = 0
         while limit is None or len(items) < limit:

@@ -266,7 +266,7 @@ class Gateway:
         for text, (what, flag) in _LIMITS.items():
             if text in message:
                 return Refused(f"store {self.name} refused the commit: {what} ({message}; etcd flag {flag})")
-        if "required revision has been compacted" in message:
+        if "required revision has been compacted" in message:  # a listing's later page
             return Compacted(0, 0)
         if any(text in message for text in _TRY_ANOTHER):
             return _TryAnother(message)
