@@ -25,7 +25,7 @@ from isthmus.kube.sync import reconcile
 from isthmus.kube.view import host_network
 from isthmus.lab.fabric import Fabric
 from isthmus.model import Endpoint, KubeObject, ServiceVIP, lookup_kind
-from isthmus.store import Compacted, Ledger, Unavailable, objects, open_ledger
+from isthmus.store import Compacted, Ledger, LedgerError, objects, open_ledger
 
 log = logging.getLogger("isthmus.lab.kubelet")
 PODS, ENDPOINTS, VIPS = lookup_kind("Pod"), lookup_kind("Endpoint"), lookup_kind("ServiceVIP")
@@ -90,6 +90,8 @@ class Kubelet:
         for key, pod in pods.items():
             if key not in self.running and self.failed.get(key, 0.0) <= now:
                 self._start(key, pod)
+            elif key in self.running and isinstance(pod, KubeObject):
+                self._report(pod, True)  # again, if writing it failed before: nothing when it shows
         self.failed = {k: t for k, t in self.failed.items() if k in pods}
         return revision
 
@@ -187,7 +189,7 @@ class Kubelet:
                         revision = self.sync()
             except Compacted:
                 revision = None
-            except Unavailable as exc:  # sandboxes stay as they are; sync again once the store is back
+            except LedgerError as exc:  # the store away, or a status write lost: sync again later
                 log.warning("%s; retrying", exc)
                 revision = None
                 stop.wait(1.0)
