@@ -183,10 +183,13 @@ class Kubelet:
                 if revision is None:
                     revision = self.sync()
                 watch = self.ledger.watch(objects.OBJECTS, revision)
-                while not stop.is_set():
-                    changed = any(e.key.startswith(mine) for e in watch.poll(timeout=0.5))
-                    if changed or self.failed:
-                        revision = self.sync()
+                try:
+                    while not stop.is_set():
+                        changed = any(e.key.startswith(mine) for e in watch.poll(timeout=0.5))
+                        if changed or self.failed:
+                            revision = self.sync()
+                finally:
+                    watch.close()  # an etcd watch's stream and thread would outlive an error
             except Compacted:
                 revision = None
             except LedgerError as exc:  # the store away, or a status write lost: sync again later
