@@ -304,13 +304,14 @@ def test_a_routed_network_gives_each_node_blocks_of_its_own(ledger: Ledger) -> N
     failing(
         ledger,
         intent.Invalid,
-        f"Endpoint/t/x: {wanted} is in no block of node n1 in routed network t/flat",
+        f"Endpoint/t/x: {wanted} is in no block of node n1 in network t/flat",
         obj("Endpoint", "x", "t", {"network": "flat", "node": "n1", "addresses": [wanted]}),
     )
     failing(
         ledger,
         intent.Invalid,
-        "Subnet/acme/red-v4: spec.node gives a routed network's block to a node; network acme/red is overlay",
+        "Subnet/acme/red-v4: spec.node gives a node a block of a routed network or of one that grows from a "
+            "subnet pool; network acme/red is overlay without a subnet pool",
         *tenant_net()[:2],
         {**tenant_net()[2], "spec": {**tenant_net()[2]["spec"], "node": "n1"}},
     )

@@ -94,6 +94,10 @@ def ref(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+def _subnet_network(subnet: Subnet) -> str:
+    return ref(*split_ref(subnet.spec.network, subnet.metadata.namespace))
+
+
 def _host(address: Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(address)
 
@@ -107,7 +111,8 @@ class Compiler:
     def __init__(self, objects: Iterable[Object] = ()) -> None:
         self.objects: dict[str, dict[tuple[str, str], Object]] = {k: {} for k in self.KINDS}
         self.netpols: dict[str, dict[str, NetworkPolicySpec]] = defaultdict(dict)  # namespace -> name -> spec
-        # "ns:"/"vn:" namespace or network -> its endpoints;
+        # "ns:"/"vn:" namespace or network -> its endpoints; "on:NETWORK|NODE" -> its endpoints on a node;
+        # "sn:" network -> its nodes' blocks; "bn:NETWORK|NODE" -> a node's blocks of a network;
         # "it:"/"rt:" route target -> the networks importing it / the imported routes carrying it
         self.members: dict[str, set[tuple[str, str]]] = defaultdict(set)
         self.parts: dict[Unit, Made] = {}
@@ -173,7 +178,11 @@ class Compiler:
         namespace, name = obj.metadata.namespace or "", obj.metadata.name
         groups: list[str] = []
         if isinstance(obj, Endpoint):
-            groups = ["ns:" + namespace, "vn:" + self.network_of(obj)]
+            network = self.network_of(obj)
+            groups = ["ns:" + namespace, "vn:" + network, f"on:{network}|{obj.spec.node}"]
+        elif isinstance(obj, Subnet) and obj.spec.node is not None:
+            network = _subnet_network(obj)
+            groups = ["sn:" + network, f"bn:{network}|{obj.spec.node}"]
         elif isinstance(obj, VirtualNetwork):
             groups = ["it:" + t for t in obj.spec.import_targets]
         elif isinstance(obj, ImportedRoute):
@@ -242,6 +251,10 @@ class Compiler:
                 for t in obj.spec.import_targets
                 for ns, n in self.members.get("rt:" + t, ())
             }
+            touched |= {("Subnet", ns, n) for ns, n in self.members.get("sn:" + ref(namespace, name), ())}
+        if isinstance(obj, Subnet) and obj.spec.node is not None:  # its node's endpoints in it
+            group = f"on:{_subnet_network(obj)}|{obj.spec.node}"
+            touched |= {("Endpoint", ns, n) for ns, n in self.members.get(group, ())}
         if kind == "Node":  # egress addresses may change owner
             touched |= {("EgressIP", ns, n) for ns, n in self.objects["EgressIP"]}
         if kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):  # the namespace's endpoints' isolation
@@ -327,9 +340,7 @@ class Compiler:
         if isinstance(obj, VirtualNetwork):
             return self._network(obj)
         if isinstance(obj, Subnet) and obj.spec.node is not None and obj.spec.cidr is not None:
-            network = ref(*split_ref(obj.spec.network, obj.metadata.namespace))
-            block = BlockEntry(network, obj.spec.cidr, obj.spec.node)
-            return [(SHARED, ("block", network, str(obj.spec.cidr)), block)]
+            return self._block(obj, obj.spec.node, obj.spec.cidr)
         if isinstance(obj, Endpoint):
             return self._endpoint(obj)
         if isinstance(obj, ServiceVIP):
@@ -385,6 +396,28 @@ class Compiler:
             for prefix in self.internal
         ]
 
+    def _block(self, subnet: Subnet, node: str, cidr: Prefix) -> Made:
+        """A node's block: in a routed network announced by the node; in an overlay network one route to
+        the node (over VXLAN), standing for the routes of its endpoints there."""
+        name = _subnet_network(subnet)
+        ns, network_name = split_ref(name, None)
+        network = self.objects["VirtualNetwork"].get((ns or "", network_name))
+        if not isinstance(network, VirtualNetwork):
+            return []
+        if network.spec.mode == "routed":
+            return [(SHARED, ("block", name, str(cidr)), BlockEntry(name, cidr, node))]
+        route = RouteEntry(name, cidr, "block", node, rule=f"block {cidr} of node {node}")
+        return [(SHARED, ("route", name, str(cidr)), route)]
+
+    def _in_block(self, network: str, node: str, address: Address) -> bool:
+        """Whether an overlay network routes `address` by the block of `node` that holds it."""
+        blocks = (self.objects["Subnet"].get(k) for k in self.members.get(f"bn:{network}|{node}", ()))
+        if not any(isinstance(b, Subnet) and address in b.spec.cidr for b in blocks):
+            return False
+        namespace, name = split_ref(network, None)
+        found = self.objects["VirtualNetwork"].get((namespace or "", name))
+        return isinstance(found, VirtualNetwork) and found.spec.mode != "routed"
+
     def identity(self, endpoint: Endpoint) -> Identity:
         namespace = endpoint.metadata.namespace or ""
         declared = self.objects["Namespace"].get(("", namespace))
@@ -421,9 +454,9 @@ class Compiler:
             if node is None:
                 continue
             prefix = _host(address)
-            made.append(
-                (SHARED, ("route", network, str(prefix)), RouteEntry(network, prefix, "endpoint", node, name))
-            )
+            route = RouteEntry(network, prefix, "endpoint", node, name)
+            scope = node if self._in_block(network, node, address) else SHARED  # elsewhere: its block
+            made.append((scope, ("route", network, str(prefix)), route))
             local = LocalEntry(name, network, address, endpoint.spec.mac or "", endpoint.spec.kind)
             made.append((node, ("local", network, text), local))
             made += [

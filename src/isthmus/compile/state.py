@@ -8,7 +8,8 @@ and diff entry by entry.
 Keys, by their first element:
   ("node", name)                        NodeEntry: the node's underlay address (its VTEP)
   ("network", ref)                      NetworkEntry: VNI and routing table of a virtual network
-  ("route", network, prefix)            RouteEntry: the network's table; endpoint, leak, egress or unreachable
+  ("route", network, prefix)            RouteEntry: the network's table; endpoint, block, leak, egress or
+                                        unreachable
   ("identity", network, address)        Identity: who an address is, for NetworkPolicy peers
   ("service", address, protocol, port)  ServiceEntry: a VIP, external IP or floating IP and its backends
   ("nodeport", protocol, port)          ServiceEntry: the same, on every node's own address
@@ -58,6 +59,8 @@ class NetworkEntry:
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
     """`endpoint`: to an endpoint of the network (through its veth on its node, else VXLAN to the node);
+    `block`: to `node`'s block of an overlay network (VXLAN to it; on `node` itself, unreachable: its
+    endpoints there have their own routes);
     `leak`: to an endpoint of `target` network, allowed by `rule` (only towards `via`, a VIP, when set);
     `imported`: to another cluster's endpoint, over VXLAN in its network's `vni` to its node `via`;
     `egress`: out of the cluster through the sending node's uplink, source NATed to the node's address;
@@ -65,7 +68,7 @@ class RouteEntry:
 
     network: str
     prefix: Prefix
-    kind: Literal["endpoint", "leak", "egress", "unreachable", "imported"]
+    kind: Literal["endpoint", "block", "leak", "egress", "unreachable", "imported"]
     node: str | None = None
     endpoint: str | None = None
     target: str | None = None

@@ -205,10 +205,10 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
     if isinstance(old, Subnet) and old.spec.cidr != subnet.spec.cidr:
         raise Invalid(f"{ident(subnet)}: spec.cidr is immutable ({old.spec.cidr} -> {subnet.spec.cidr})")
     network = network_of(txn, subnet.spec.network, ns)
-    if subnet.spec.node is not None and network.spec.mode != "routed":
+    if subnet.spec.node is not None and not _node_blocks(network):
         raise Invalid(
-            f"{ident(subnet)}: spec.node gives a routed network's block to a node; "
-            f"network {ns}/{network.metadata.name} is {network.spec.mode}"
+            f"{ident(subnet)}: spec.node gives a node a block of a routed network or of one that grows "
+            f"from a subnet pool; network {ns}/{network.metadata.name} is {network.spec.mode} without a subnet pool"
         )
     for other in subnets_of(txn, network):
         if other.metadata.name != subnet.metadata.name and other.spec.cidr.overlaps(subnet.spec.cidr):
@@ -224,10 +224,10 @@ def _addresses(
 ) -> list[IPAddress]:
     """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds (among `held`,
     what its stored version shows) or a new one, from the newest block first in a network that grows. In a
-    routed network an endpoint on a node takes them from that node's blocks, anything else from the
-    subnets of no node."""
+    routed network or one that grows, an endpoint on a node takes them from that node's blocks (so other
+    nodes route one block to it, not each address), anything else from the subnets of no node."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
-    node = owner.spec.node if isinstance(owner, Endpoint) and network.spec.mode == "routed" else None
+    node = owner.spec.node if isinstance(owner, Endpoint) and _node_blocks(network) else None
     subnets = sorted(
         (s for s in subnets_of(txn, network) if s.spec.node == node),
         key=lambda s: (s.spec.cidr.version, _block_index(s)),
@@ -236,7 +236,7 @@ def _addresses(
         raise Invalid(f"{name}: network {net} has no subnet" + (f" for node {node}" if node else ""))
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
     if outside:
-        where = f"block of node {node} in routed network" if node else "subnet of network"
+        where = f"block of node {node} in network" if node else "subnet of network"
         raise Invalid(f"{name}: {', '.join(outside)} is in no {where} {net}")
     pools = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
     try:
@@ -281,7 +281,7 @@ def _block_index(subnet: Subnet) -> tuple[int, str]:
 
 
 def _grow(txn: Txn, network: VirtualNetwork, node: str | None) -> Subnet:
-    """A new subnet for the network, NETWORK-N, a block of its subnet pool (`node`'s, when routed)."""
+    """A new subnet for the network, NETWORK-N, a block of its subnet pool (`node`'s, when given)."""
     ns, base = network.metadata.namespace, network.metadata.name
     name = next(f"{base}-{i}" for i in itertools.count() if _get(txn, Subnet, ns, f"{base}-{i}") is None)
     draft = Subnet.model_validate(
@@ -294,6 +294,11 @@ def _grow(txn: Txn, network: VirtualNetwork, node: str | None) -> Subnet:
     assert isinstance(subnet, Subnet)
     objects.put(txn, subnet, None)
     return subnet
+
+
+def _node_blocks(network: VirtualNetwork) -> bool:
+    """Whether the network's endpoints on a node take their addresses from that node's blocks."""
+    return network.spec.mode == "routed" or network.spec.subnet_pool is not None
 
 
 def _pool(txn: Txn, name: str) -> SubnetPool:

@@ -192,7 +192,9 @@ class SubnetSpec(Model):
     no_gateway: bool = Field(False, description="no gateway: every address may be allocated (VIP ranges)")
     allocation_pools: list[AllocationPool] = Field([], description="default: every usable address")
     node: Name | None = Field(
-        None, description="routed networks: the node whose block this is (its endpoints' addresses)"
+        None,
+        description="routed networks and networks that grow from a subnet pool: the node whose block this is "
+        "(its endpoints' addresses; other nodes route the block to it)",
     )
 
     @model_validator(mode="after")

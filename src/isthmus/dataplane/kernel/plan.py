@@ -864,6 +864,8 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         builder.element("egress_networks", str(network.table))
     elif route.kind == "imported":
         _imported(builder, key, route)
+    elif route.kind == "block" and route.node == builder.planner.node:
+        builder.plan[key] = Route("unreachable")  # what of it is attached here has its own routes
     elif route.node == builder.planner.node and route.endpoint:
         builder.plan[key] = Route("dev", veth_name(route.endpoint))
     elif network.mode == "routed":  # a remote endpoint: its node's block is thrown to the underlay

@@ -252,7 +252,7 @@ class Tracer:
                 Hop(node, "route", f"{destination}: not routed into the cluster from outside", "no route")
             )
             return "deny"
-        route = self.route(network_name, destination)
+        route = self.route(network_name, destination, node)
         network = self.shared.get(("network", network_name))
         table = (
             f"table {network.table} of network {network_name}"
@@ -263,6 +263,10 @@ class Tracer:
         if host is not None and source.network is not None:
             hops += self._to_node(node, host, destination, port, protocol, network, network_name)
             return "deny" if hops[-1].step == "node guard" else "allow"
+        if route is not None and route.kind == "block" and route.node == node:
+            where = f"{route.rule} in {table}: nothing of it attached here"
+            hops.append(Hop(node, "route", f"{destination}: unreachable", where))
+            return "deny"
         if route is None or route.kind == "unreachable":
             internal = route is not None and route.rule == INTERNAL
             prefix = f"{route.prefix} (cluster-internal)" if route is not None and internal else "default"
@@ -383,8 +387,13 @@ class Tracer:
             )
         return hops
 
-    def route(self, network: str, destination: Address) -> RouteEntry | None:
-        """The longest prefix of the network's table that holds the destination."""
+    def route(self, network: str, destination: Address, node: str | None = None) -> RouteEntry | None:
+        """The longest prefix of the network's table on `node` that holds the destination (an endpoint
+        inside its node's block has its own route there alone)."""
+        host = str(ipaddress.ip_network(destination))
+        own = self.compiler.state.get(node or "", {}).get(("route", network, host))
+        if node and isinstance(own, RouteEntry):
+            return own
         bits, value = destination.max_prefixlen, int(destination)
         for length, table in self.routes.get(network, {}).items():
             if length > bits:
