@@ -29,8 +29,7 @@ from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler
 from isthmus.model import Endpoint, lookup_kind, parse_object
 from isthmus.store import MemoryLedger, objects
-from isthmus.store.ledger import Op, prefix_end
-from isthmus.store.objects import OBJECTS
+from isthmus.store.ledger import Op
 
 NODE, ADDRESS = "node-0", "192.0.2.10/24"  # the agent's node, as bench.kube.cluster declares it
 ADDS = 20  # pods added one at a time, on the agent's node; the figures are medians
@@ -66,7 +65,7 @@ def _scenario(namespaces: int, prefix: str) -> Scenario:
     reconciler = Reconciler(MemoryLedger(), KubeConfig())
     reconciler.apply(chosen)
     ledger = reconciler.ledger
-    found, revision = ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
+    found, revision = ledger.list("/")  # objects, their channels' copies, allocations
     endpoints = objects.list_objects(ledger, lookup_kind("Endpoint"))[0]
     local = [
         f"{e.metadata.namespace}/{e.metadata.name}"
@@ -74,7 +73,7 @@ def _scenario(namespaces: int, prefix: str) -> Scenario:
         if isinstance(e, Endpoint) and e.spec.node == NODE
     ]
     steps, added = [], []
-    watch = ledger.watch(OBJECTS, revision)
+    watch = ledger.watch("/", revision)
     for i in range(ADDS):
         pod = _pod("team-000", f"added-{i}", "app-3")
         pod["spec"]["nodeName"] = NODE
@@ -183,7 +182,7 @@ def _worker(path: str) -> dict[str, float]:
     agent = Agent(ledger, NODE, Driver())
     initial, initial_kernel = time.perf_counter() - started, agent.metrics.last_kernel_seconds
     assert not agent.problems, agent.problems
-    watch = ledger.watch(OBJECTS, agent.revision)
+    watch = ledger.follow(agent.positions)
     added, kernel, attach, cni = [], [], [], []
     for step, (namespace, name), sandbox in zip(
         scenario.steps, scenario.added, scenario.sandboxes, strict=True
@@ -191,7 +190,7 @@ def _worker(path: str) -> dict[str, float]:
         ledger.commit({}, step)
         events = watch.poll()
         started = time.perf_counter()
-        agent.changed(events, watch.revision)
+        agent.changed(events)
         added.append(time.perf_counter() - started)
         kernel.append(agent.metrics.last_kernel_seconds)
         veth = agent.endpoint(namespace, name)

@@ -311,7 +311,7 @@ def test_a_routed_network_gives_each_node_blocks_of_its_own(ledger: Ledger) -> N
         ledger,
         intent.Invalid,
         "Subnet/acme/red-v4: spec.node gives a node a block of a routed network or of one that grows from a "
-            "subnet pool; network acme/red is overlay without a subnet pool",
+        "subnet pool; network acme/red is overlay without a subnet pool",
         *tenant_net()[:2],
         {**tenant_net()[2], "spec": {**tenant_net()[2]["spec"], "node": "n1"}},
     )

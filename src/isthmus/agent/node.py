@@ -16,16 +16,15 @@ from dataclasses import dataclass
 
 from isthmus.agent.bgp import Announcer
 from isthmus.agent.bgp import metrics as bgp_metrics
+from isthmus.agent.slice import Slice, Unit, interest, prefixes
 from isthmus.compile import Compiler
 from isthmus.compile.announce import announced
-from isthmus.compile.compiler import Unit
-from isthmus.compile.state import Key, LocalEntry
+from isthmus.compile.state import Delta, Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
 from isthmus.model import Node, Object
-from isthmus.store import Compacted, Event, EventType, Ledger, Unavailable
-from isthmus.store.ledger import prefix_end
-from isthmus.store.objects import OBJECTS, STATUS, _decode, decode, parse_key
+from isthmus.store import Compacted, Event, Ledger, Unavailable
+from isthmus.store.objects import OBJECTS, STATUS
 
 log = logging.getLogger("isthmus.agent")
 
@@ -73,7 +72,8 @@ class Agent:
         self.problems: dict[str, str] = {}
         self.store_problem: str | None = None
         self.published = b""
-        self.revision = 0
+        self.positions: dict[str, int] = {}  # watched channel prefix -> revision held
+        self.slice = Slice(node)
         self.compiler = Compiler([])
         self.planner = Planner(self.compiler.node_state(node))
         self.listed = False
@@ -82,18 +82,43 @@ class Agent:
         except Unavailable as exc:
             self._unreachable(exc)
 
+    @property
+    def revision(self) -> int:
+        """Every change of the node's slice up to here is held."""
+        return min(self.positions.values(), default=0)
+
     def _list(self) -> None:
-        """List the ledger, compile and plan from scratch, and compare the whole plan with the kernel."""
+        """List the node's slice, compile and plan from scratch, compare the whole plan with the kernel."""
         with self.lock:
             started = time.perf_counter()
-            found, revision = self.ledger.snapshot(OBJECTS, prefix_end(OBJECTS))
-            self.revision = revision
-            self.compiler = Compiler(decode(kv) for kv in found if _kind(kv.key) in Compiler.KINDS)
+            self.positions, self.slice, self.compiler = {}, Slice(self.node), Compiler([])
+            self._subscribe()
             self.planner = Planner(self.compiler.node_state(self.node))
             self._program(None, started)
             self._announce()
             self.listed = True
             self._reachable()
+
+    def _subscribe(self) -> Delta:
+        """Widen or narrow the slice to what the node needs, to a fixed point (what a channel brings may
+        call for more): list each new channel, forget what only dropped ones held. The compiler's delta."""
+        delta = Delta()
+        while True:
+            wanted = set(prefixes(interest(self.node, self.compiler)))
+            added, gone = wanted - set(self.positions), set(self.positions) - wanted
+            if not (added or gone):
+                return delta
+            puts: list[Object] = []
+            deletes: list[Unit] = []
+            for prefix in sorted(added):
+                found, self.positions[prefix] = self.ledger.list(prefix)
+                listed, lost = self.slice.listed(Slice.split(prefix)[0], found)
+                puts += listed
+                deletes += lost
+            for prefix in gone:
+                deletes += self.slice.dropped(Slice.split(prefix)[0])
+                del self.positions[prefix]
+            merge(delta, self.compiler.change(puts, deletes))
 
     def _reachable(self) -> None:
         if self.store_problem is not None:
@@ -113,23 +138,16 @@ class Agent:
         with self.lock:
             self._program((), time.perf_counter())
 
-    def changed(self, events: list[Event], revision: int) -> None:
-        """A batch of ledger changes: compile their delta, update the plan by it, program what changed."""
-        last = {e.key: e for e in events if _kind(e.key) in Compiler.KINDS}  # the last change of each wins
-        puts: list[Object] = []
-        deletes: list[Unit] = []
-        for event in last.values():
-            if event.type is EventType.PUT:
-                puts.append(_decode(event.value, event.revision))
-            else:
-                info, namespace, name = parse_key(event.key)
-                deletes.append((info.kind, namespace or "", name))
+    def changed(self, events: list[Event]) -> None:
+        """Changes to the slice: compile their delta (and what a widened or narrowed slice brings), update
+        the plan by it, program what changed."""
+        puts, deletes = self.slice.changed(e for e in events if _compiled(e.key))
         with self.lock:
             started = time.perf_counter()
-            self.revision = revision
             if not (puts or deletes):
                 return
             delta = self.compiler.change(puts, deletes)
+            merge(delta, self._subscribe())
             keys = self.planner.update(self.compiler.node_state(self.node), delta)
             if keys:
                 self._program(keys, started)
@@ -225,26 +243,39 @@ class Agent:
             delay = self.RETRY[0]
 
     def _follow(self, stop: threading.Event) -> None:
-        watch = self.ledger.watch(OBJECTS, self.revision)
+        """Follow the slice's channels on one watch, until stopped or the slice changes."""
+        watch = self.ledger.follow(dict(self.positions))
         try:
-            while not stop.is_set():
+            while not stop.is_set() and set(self.positions) == set(watch.positions):
                 events = watch.poll(timeout=0.5)
                 if watch.live:
                     self._reachable()
                 if events:
-                    self.changed(events, watch.revision)
+                    self.changed(events)
                 else:
-                    self.revision = watch.revision  # nothing of ours changed up to here
                     if self.problems:
                         self.reconcile()  # retry what could not be made
                     if self.announcer is not None and self.announcer.error:
                         with self.lock:
                             self._announce()
+                with self.lock:  # held now up to where the watch has returned every change
+                    for prefix, revision in watch.positions.items():
+                        if prefix in self.positions:
+                            self.positions[prefix] = max(self.positions[prefix], revision)
                 self.publish()
         finally:
             watch.close()
 
 
-def _kind(key: str) -> str:
-    parts = key.removeprefix(OBJECTS).split("/")
-    return parts[1] if len(parts) > 1 else ""
+def _compiled(key: str) -> bool:
+    return Slice.split(key)[1].removeprefix(OBJECTS).split("/")[1] in Compiler.KINDS
+
+
+def merge(delta: Delta, more: Delta) -> None:
+    """Add a later delta to `delta`."""
+    for scope, entries in more.puts.items():
+        for key, entry in entries.items():
+            delta.put(scope, key, entry)
+    for scope, keys in more.deletes.items():
+        for key in keys:
+            delta.delete(scope, key)

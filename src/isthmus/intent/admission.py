@@ -208,7 +208,8 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
     if subnet.spec.node is not None and not _node_blocks(network):
         raise Invalid(
             f"{ident(subnet)}: spec.node gives a node a block of a routed network or of one that grows "
-            f"from a subnet pool; network {ns}/{network.metadata.name} is {network.spec.mode} without a subnet pool"
+            f"from a subnet pool; network {ns}/{network.metadata.name} is {network.spec.mode} "
+            "without a subnet pool"
         )
     for other in subnets_of(txn, network):
         if other.metadata.name != subnet.metadata.name and other.spec.cidr.overlaps(subnet.spec.cidr):

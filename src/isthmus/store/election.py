@@ -196,8 +196,8 @@ class Fenced(Ledger):
     def compact(self, revision: int) -> None:
         self.inner.compact(revision)
 
-    def watch(self, prefix: str, after: int) -> Watch:
-        return self.inner.watch(prefix, after)
+    def follow(self, ranges: Mapping[str, int]) -> Watch:
+        return self.inner.follow(ranges)
 
 
 def controllers(ledger: Ledger, stale: float = 30.0) -> list[Controller]:

@@ -106,28 +106,28 @@ class EtcdLedger(Ledger):
         with contextlib.suppress(Compacted):  # compacted already up to there or beyond
             self.gateway.call("/v3/kv/compaction", {"revision": revision})
 
-    def watch(self, prefix: str, after: int) -> Watch:
-        return EtcdWatch(self, prefix, after)
+    def follow(self, ranges: Mapping[str, int]) -> Watch:
+        return EtcdWatch(self, ranges)
 
     def close(self) -> None:
         self.gateway.close()
 
 
 class EtcdWatch(Watch):
-    """A thread reads the stream into a queue; `poll` returns what has arrived, in order."""
+    """One stream with a watcher per prefix; a thread reads it into a queue; `poll` returns what has
+    arrived, in order for each prefix."""
 
     BATCH = 1000
 
-    def __init__(self, ledger: EtcdLedger, prefix: str, after: int) -> None:
-        self.revision = after
+    def __init__(self, ledger: EtcdLedger, ranges: Mapping[str, int]) -> None:
+        self.positions = dict(ranges)
         self._gateway, self._timeout = ledger.gateway, ledger._watch_timeout
-        self._range = {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
-        self._queue: queue.Queue[list[Event] | int | LedgerError] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, list[Event], int] | LedgerError] = queue.Queue()
         self._closed = threading.Event()
         self._failed: LedgerError | None = None
         self.live = False
         self._stream: Any = None
-        self._thread = threading.Thread(target=self._follow, args=(after,), daemon=True, name="etcd-watch")
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="etcd-watch")
         self._thread.start()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
@@ -143,11 +143,9 @@ class EtcdWatch(Watch):
                     if events:
                         break
                     raise item
-                if isinstance(item, int):
-                    self.revision = max(self.revision, item)
-                else:
-                    events += item
-                    self.revision = item[-1].revision
+                prefix, found, revision = item
+                events += found
+                self.positions[prefix] = max(self.positions[prefix], revision)
                 if len(events) >= self.BATCH:
                     break
                 item = self._queue.get_nowait()
@@ -161,50 +159,62 @@ class EtcdWatch(Watch):
         if stream is not None:
             stream.close()
 
-    def _follow(self, after: int) -> None:
-        """Read streams until closed, resuming on any member after the last revision delivered."""
+    def _follow(self) -> None:
+        """Read streams until closed, resuming on any member after the last revision of each prefix."""
+        positions = dict(self.positions)
         try:
             while not self._closed.is_set():
-                after = self._read(after)
+                self._read(positions)
         except LedgerError as exc:
             if not self._closed.is_set():
                 self._queue.put(exc)
 
-    def _read(self, after: int) -> int:
-        """One stream from `after`; the revision delivered when it ends."""
-        request = {"create_request": self._range | {"start_revision": after + 1, "progress_notify": True}}
-        self._stream = self._gateway.watch(request, read_timeout=self._timeout)
+    def _read(self, positions: dict[str, int]) -> None:
+        """One stream from `positions`, which it advances as it delivers."""
+        prefixes = list(positions)
+        requests = [
+            {
+                "create_request": {
+                    "key": b64(prefix),
+                    "range_end": b64(prefix_end(prefix)),
+                    "start_revision": positions[prefix] + 1,
+                    "progress_notify": True,
+                }
+            }
+            for prefix in prefixes
+        ]
+        self._stream = self._gateway.watch(requests, read_timeout=self._timeout)
         if self._closed.is_set():
             self._stream.close()
-        created = False
+        created = 0
         try:
             for result in self._stream:
                 if result.get("canceled"):
                     compacted = int(result.get("compact_revision", 0))
                     if compacted:
-                        raise Compacted(after, compacted)
+                        raise Compacted(min(positions.values()), compacted)
                     reason = str(result.get("cancel_reason", result))
                     if "auth token" in reason:  # a restarted member knows no token issued before
                         self._gateway.forget_token()
-                        return after
+                        return
                     raise Unavailable(f"store {self._gateway.name}: watch cancelled: {reason}")
                 if result.get("created"):
-                    created = self.live = True
+                    created += 1
+                    self.live = created == len(prefixes)
                     continue
+                prefix = prefixes[int(result.get("watch_id", 0))]  # ids count from 0 in creation order
+                after = positions[prefix]
                 events = [_event(e) for e in result.get("events", [])]
-                if events:
-                    if events[0].revision <= after:
-                        raise WentBack(after, events[0].revision)
-                    after = events[-1].revision
-                    self._queue.put(events)
-                else:  # a progress notification: nothing more up to the header's revision
-                    after = max(after, _revision(result))
-                    self._queue.put(after)
+                if events and events[0].revision <= after:
+                    raise WentBack(after, events[0].revision)
+                # events, or a progress notification: nothing more up to the header's revision
+                positions[prefix] = events[-1].revision if events else max(after, _revision(result))
+                self._queue.put((prefix, events, positions[prefix]))
         except Unavailable:
             self.live = False
             if not created and not self._closed.is_set():
                 raise  # the member took the stream but could not serve it: no member can, now
-        return after  # the stream broke after serving: resume, on another member if need be
+        # the stream broke after serving: resume, on another member if need be
 
 
 class WentBack(Compacted):

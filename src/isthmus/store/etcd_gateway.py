@@ -51,6 +51,9 @@ _REQUIRED = "the member requires a client certificate of its CA (--store-cert, -
 _HUNG_UP = ("BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_REQUIRED", "EOF occurred")
 
 
+Body = dict[str, Any] | list[dict[str, Any]]  # one request, or a stream's requests one a line
+
+
 class Refused(LedgerError):
     """The store refused the request outright: a limit, a permission, a credential. Nothing was written."""
 
@@ -154,8 +157,8 @@ class Gateway:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def watch(self, body: dict[str, Any], read_timeout: float) -> Stream:
-        """One watch stream on the first member that takes it."""
+    def watch(self, body: Body, read_timeout: float) -> Stream:
+        """One watch stream on the first member that takes it (several requests: several watchers on it)."""
         causes: list[str] = []
         for index in self._order():
             try:
@@ -193,7 +196,7 @@ class Gateway:
         return answer
 
     def _open(
-        self, index: int, path: str, body: dict[str, Any], timeout: float, stream: bool
+        self, index: int, path: str, body: Body, timeout: float, stream: bool
     ) -> urllib3.BaseHTTPResponse:
         for attempt in range(2):
             headers = dict(REQUIRE_LEADER)
@@ -212,7 +215,7 @@ class Gateway:
         self,
         index: int,
         path: str,
-        body: dict[str, Any],
+        body: Body,
         headers: dict[str, str],
         timeout: float,
         stream: bool,
@@ -223,7 +226,7 @@ class Gateway:
             return pools[index].urlopen(
                 "POST",
                 path,
-                body=json.dumps(body),
+                body=json.dumps(body) if isinstance(body, dict) else "\n".join(map(json.dumps, body)),
                 headers=headers,
                 timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout),
                 retries=False,

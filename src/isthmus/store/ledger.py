@@ -95,9 +95,14 @@ class Ledger(ABC):
     def compact(self, revision: int) -> None:
         """Drop history up to and including `revision`."""
 
-    @abstractmethod
     def watch(self, prefix: str, after: int) -> Watch:
         """Changes under `prefix` with revision > `after`; raises Compacted (now or on a later poll)."""
+        return self.follow({prefix: after})
+
+    @abstractmethod
+    def follow(self, ranges: Mapping[str, int]) -> Watch:
+        """Changes under each prefix (disjoint) with revision > its own, on one stream; raises Compacted
+        (now or on a later poll) when one of them is gone from the history."""
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release resources; the ledger must not be used afterwards."""
@@ -110,13 +115,20 @@ class Ledger(ABC):
 
 
 class Watch(ABC):
-    """Changes under a prefix after a revision, in order, never splitting a revision between polls.
+    """Changes under prefixes, each after its own revision, in order for each prefix; one prefix's changes
+    of a revision never split between polls (another prefix's changes of it may come in another poll).
 
-    `.revision`: every change under the prefix up to it has been returned; resume a new watch from it.
-    A poll raises Compacted when the history it needs is gone: relist, then watch from the list's revision.
+    `.positions`: for each prefix, every change under it up to that revision has been returned: resume a
+    new watch from there. `.revision`: the least of them. A poll raises Compacted when the history it
+    needs is gone: relist, then watch from the list's revision.
     """
 
-    revision: int
+    positions: dict[str, int]
+
+    @property
+    def revision(self) -> int:
+        return min(self.positions.values())
+
     live = True  # the watch hears its store now (a remote store's stream may be opening again)
 
     @abstractmethod
@@ -145,18 +157,19 @@ class LoggedLedger(Ledger):
     def _wait(self, after: int, timeout: float) -> None:
         """Return when the revision passes `after`, or after `timeout` seconds."""
 
-    def watch(self, prefix: str, after: int) -> Watch:
-        if after < self.compacted():
-            raise Compacted(after, self.compacted())
-        return LogWatch(self, prefix, after)
+    def follow(self, ranges: Mapping[str, int]) -> Watch:
+        oldest = min(ranges.values())
+        if oldest < self.compacted():
+            raise Compacted(oldest, self.compacted())
+        return LogWatch(self, ranges)
 
 
 class LogWatch(Watch):
     BATCH = 1000
 
-    def __init__(self, ledger: LoggedLedger, prefix: str, after: int) -> None:
-        self._ledger, self._start, self._end = ledger, prefix, prefix_end(prefix)
-        self.revision = after
+    def __init__(self, ledger: LoggedLedger, ranges: Mapping[str, int]) -> None:
+        self._ledger = ledger
+        self.positions = dict(ranges)
         self._closed = threading.Event()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
@@ -168,10 +181,14 @@ class LogWatch(Watch):
 
     def _fetch(self) -> list[Event]:
         head = self._ledger.revision()
-        events = self._ledger._events(self._start, self._end, self.revision, self.BATCH)
-        last = events[-1].revision if events else self.revision
-        # Everything up to `head` under this prefix has been seen unless the batch was cut short.
-        self.revision = last if len(events) >= self.BATCH else max(last, head)
+        batches = [
+            self._ledger._events(prefix, prefix_end(prefix), after, self.BATCH)
+            for prefix, after in self.positions.items()
+        ]
+        # Everything up to `head` under a prefix has been seen unless its batch was cut short.
+        upto = min((b[-1].revision for b in batches if len(b) >= self.BATCH), default=head)
+        events = sorted((e for b in batches for e in b if e.revision <= upto), key=lambda e: e.revision)
+        self.positions = {prefix: max(after, upto) for prefix, after in self.positions.items()}
         return events
 
     def close(self) -> None:

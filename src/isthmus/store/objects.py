@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 
+from isthmus.model import VirtualNetwork
 from isthmus.model.kinds import ISTHMUS, KINDS, KindInfo, Object, kind_of, parse_object
+from isthmus.store import channels
 from isthmus.store.ledger import KeyValue, Ledger, prefix_end
 from isthmus.store.txn import Txn
 
@@ -17,6 +19,7 @@ OBJECTS = "/objects/"
 STATUS = "/status/nodes/"  # NODE -> its agent's report (JSON): endpoints programmed or why not, BGP
 REFS = "/refs"
 _BY_PATH = {(k.group, k.kind): k for k in KINDS}
+_NETWORK = _BY_PATH[(ISTHMUS, "VirtualNetwork")]
 
 
 def kind_prefix(info: KindInfo, namespace: str | None = None) -> str:
@@ -71,12 +74,18 @@ def exists(txn: Txn, info: KindInfo, namespace: str | None, name: str) -> bool:
 
 
 def put(txn: Txn, obj: Object, old: Object | None) -> None:
-    """Store `obj` (replacing `old`, as read in this transaction) and re-index its references."""
+    """Store `obj` (replacing `old`, as read in this transaction), its copies in its channels, and
+    re-index its references."""
     key = object_key(obj)
     value = encode(obj)
     txn.put(key, value)
     if obj.metadata.resource_version is None:  # as it will read back in this transaction
         txn.decoded[key] = (value, None, obj)
+    copies = _copies(txn, obj, key)
+    for copy in _copies(txn, old, key) - copies:
+        txn.delete(copy)
+    for copy in copies:
+        txn.put(copy, value)
     new_refs = set(_ref_keys(obj, key))
     old_refs = set(_ref_keys(old, key)) if old is not None else set()
     for ref in old_refs - new_refs:
@@ -88,8 +97,22 @@ def put(txn: Txn, obj: Object, old: Object | None) -> None:
 def delete(txn: Txn, obj: Object) -> None:
     key = object_key(obj)
     txn.delete(key)
+    for copy in _copies(txn, obj, key):
+        txn.delete(copy)
     for ref in _ref_keys(obj, key):
         txn.delete(ref)
+
+
+def _copies(txn: Txn, obj: Object | None, key: str) -> set[str]:
+    """The keys of the object's copies in its channels (`channels.py`)."""
+    if obj is None:
+        return set()
+
+    def network(namespace: str, name: str) -> VirtualNetwork | None:
+        found = get(txn, _NETWORK, namespace, name)
+        return found if isinstance(found, VirtualNetwork) else None
+
+    return {channels.prefix(c) + key.removeprefix(OBJECTS) for c in channels.channels(obj, network)}
 
 
 def referrers(txn: Txn, info: KindInfo, namespace: str | None, name: str, limit: int = 5) -> list[str]:

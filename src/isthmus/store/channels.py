@@ -1,0 +1,82 @@
+"""Channels: the copies of objects that nodes watch, so that each node receives only what it needs.
+
+Beside its key under /objects/, every object a node compiles is kept, in the same transaction, under each
+channel it belongs to: /channels/CHANNEL/GROUP/KIND/[NAMESPACE/]NAME. A node watches a few channels on
+one stream and receives a change only when it is in one of them:
+
+  cluster     what every node needs: Nodes, Namespaces, SubnetPools, VirtualNetworks, Isthmus Policies,
+              floating IPs, egress addresses, imported routes, subnets not drawn from a pool (the
+              cluster-internal prefixes) and services reachable from outside (node ports, external IPs)
+  node/NODE   the endpoints attached to NODE
+  ns/NS       a namespace's endpoints, services, NetworkPolicies and security groups, and what concerns
+              the networks of NS: their blocks, the services with backends in them, and the endpoints
+              of a network routed per endpoint (not by its nodes' blocks)
+
+Which channels an object belongs to is a function of the object and of its network (`channels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from isthmus.model import (
+    EgressIP,
+    Endpoint,
+    FloatingIP,
+    ImportedRoute,
+    KubeObject,
+    Node,
+    Object,
+    Policy,
+    SecurityGroup,
+    ServiceVIP,
+    Subnet,
+    SubnetPool,
+    VirtualNetwork,
+)
+from isthmus.model.meta import split_ref
+
+CHANNELS = "/channels/"
+CLUSTER = "cluster"
+Network = Callable[[str, str], VirtualNetwork | None]  # (namespace, name) -> the network, if stored
+_EVERYWHERE = (Node, SubnetPool, VirtualNetwork, Policy, FloatingIP, EgressIP, ImportedRoute)
+
+
+def node(name: str) -> str:
+    return f"node/{name}"
+
+
+def namespace(name: str) -> str:
+    return f"ns/{name}"
+
+
+def prefix(channel: str) -> str:
+    return f"{CHANNELS}{channel}/"
+
+
+def routed_per_endpoint(network: VirtualNetwork | None) -> bool:
+    """Whether other nodes route each of the network's endpoints (no blocks of its nodes to route)."""
+    return network is None or network.spec.mode == "routed" or network.spec.subnet_pool is None
+
+
+def channels(obj: Object, network: Network) -> set[str]:
+    """The channels an object belongs to (none: no node compiles it)."""
+    own = obj.metadata.namespace or ""
+    if isinstance(obj, _EVERYWHERE) or (isinstance(obj, KubeObject) and obj.kind == "Namespace"):
+        return {CLUSTER}
+    if isinstance(obj, Subnet):
+        return {namespace(own)} if obj.spec.pool else {CLUSTER}
+    if isinstance(obj, Endpoint):
+        found = {namespace(own)} | ({node(obj.spec.node)} if obj.spec.node else set())
+        net_ns, net_name = split_ref(obj.spec.network, own)
+        if (net_ns or own) != own and routed_per_endpoint(network(net_ns or own, net_name)):
+            found.add(namespace(net_ns or own))
+        return found
+    if isinstance(obj, ServiceVIP):
+        found = {namespace(own)}
+        found |= {namespace(split_ref(b.network, own)[0] or own) for b in obj.spec.backends if b.network}
+        outside = obj.spec.external_ips or any(p.node_port is not None for p in obj.spec.ports)
+        return found | ({CLUSTER} if outside else set())
+    if isinstance(obj, SecurityGroup) or (isinstance(obj, KubeObject) and obj.kind == "NetworkPolicy"):
+        return {namespace(own)}
+    return set()
