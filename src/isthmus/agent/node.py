@@ -73,6 +73,7 @@ class Agent:
         self.store_problem: str | None = None
         self.published = b""
         self.positions: dict[str, int] = {}  # watched channel prefix -> revision held
+        self.heard = 0  # the store's revision its watch has heard the slice is current with
         self.slice = Slice(node)
         self.compiler = Compiler([])
         self.planner = Planner(self.compiler.node_state(node))
@@ -84,8 +85,8 @@ class Agent:
 
     @property
     def revision(self) -> int:
-        """Every change of the node's slice up to here is held."""
-        return min(self.positions.values(), default=0)
+        """Every change of the node's slice up to here is held (as far as its watch has heard)."""
+        return max(self.heard, min(self.positions.values(), default=0))
 
     def _list(self) -> None:
         """List the node's slice, compile and plan from scratch, compare the whole plan with the kernel."""
@@ -262,6 +263,7 @@ class Agent:
                     for prefix, revision in watch.positions.items():
                         if prefix in self.positions:
                             self.positions[prefix] = max(self.positions[prefix], revision)
+                    self.heard = max(self.heard, watch.revision)
                 self.publish()
         finally:
             watch.close()

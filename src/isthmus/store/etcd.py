@@ -115,12 +115,20 @@ class EtcdLedger(Ledger):
 
 class EtcdWatch(Watch):
     """One stream with a watcher per prefix; a thread reads it into a queue; `poll` returns what has
-    arrived, in order for each prefix."""
+    arrived, in order for each prefix.
+
+    Only the first watcher asks for progress notifications (one a second per stream, not per prefix: a
+    node's slice is tens of prefixes, and thousands of nodes share the store). A prefix's position moves
+    with its own events alone, so a resumed stream loses nothing; `revision` is what the first watcher
+    has heard: etcd sends a watcher's events on the stream before a later progress notification, unless
+    the watcher is still catching up on history (just created, or after the stream fell behind).
+    """
 
     BATCH = 1000
 
     def __init__(self, ledger: EtcdLedger, ranges: Mapping[str, int]) -> None:
         self.positions = dict(ranges)
+        self._heard = min(ranges.values())
         self._gateway, self._timeout = ledger.gateway, ledger._watch_timeout
         self._queue: queue.Queue[tuple[str, list[Event], int] | LedgerError] = queue.Queue()
         self._closed = threading.Event()
@@ -143,15 +151,26 @@ class EtcdWatch(Watch):
                     if events:
                         break
                     raise item
-                prefix, found, revision = item
+                prefix, found, header = item
                 events += found
-                self.positions[prefix] = max(self.positions[prefix], revision)
+                if found:
+                    self.positions[prefix] = max(self.positions[prefix], found[-1].revision)
+                if prefix == self._first:
+                    self._heard = max(self._heard, found[-1].revision if found else header)
                 if len(events) >= self.BATCH:
                     break
                 item = self._queue.get_nowait()
         except queue.Empty:
             pass
         return events
+
+    @property
+    def revision(self) -> int:
+        return max(self._heard, min(self.positions.values()))
+
+    @property
+    def _first(self) -> str:
+        return next(iter(self.positions))
 
     def close(self) -> None:
         self._closed.set()
@@ -178,10 +197,10 @@ class EtcdWatch(Watch):
                     "key": b64(prefix),
                     "range_end": b64(prefix_end(prefix)),
                     "start_revision": positions[prefix] + 1,
-                    "progress_notify": True,
+                    "progress_notify": i == 0,
                 }
             }
-            for prefix in prefixes
+            for i, prefix in enumerate(prefixes)
         ]
         self._stream = self._gateway.watch(requests, read_timeout=self._timeout)
         if self._closed.is_set():
@@ -207,9 +226,9 @@ class EtcdWatch(Watch):
                 events = [_event(e) for e in result.get("events", [])]
                 if events and events[0].revision <= after:
                     raise WentBack(after, events[0].revision)
-                # events, or a progress notification: nothing more up to the header's revision
-                positions[prefix] = events[-1].revision if events else max(after, _revision(result))
-                self._queue.put((prefix, events, positions[prefix]))
+                if events:
+                    positions[prefix] = events[-1].revision
+                self._queue.put((prefix, events, _revision(result)))  # no events: a progress notification
         except Unavailable:
             self.live = False
             if not created and not self._closed.is_set():

@@ -119,8 +119,9 @@ class Watch(ABC):
     of a revision never split between polls (another prefix's changes of it may come in another poll).
 
     `.positions`: for each prefix, every change under it up to that revision has been returned: resume a
-    new watch from there. `.revision`: the least of them. A poll raises Compacted when the history it
-    needs is gone: relist, then watch from the list's revision.
+    new watch from there. `.revision`: the store's revision that every prefix is current with, as far as
+    the watch has heard (at least the least position). A poll raises Compacted when the history it needs
+    is gone: relist, then watch from the list's revision.
     """
 
     positions: dict[str, int]
