@@ -6,7 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agent, bgp, compile, dataplane, failover, federation, foundation, kube, neutron, store  # noqa: F401  (register their benchmarks)
+from bench import (  # noqa: F401  (register their benchmarks)
+    agent,
+    bgp,
+    compile,
+    dataplane,
+    failover,
+    federation,
+    foundation,
+    kube,
+    neutron,
+    scale,
+    store,
+)
 from bench.harness import REGISTRY, run
 
 

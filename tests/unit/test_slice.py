@@ -18,7 +18,7 @@ from isthmus.store import channels
 from tests.unit.test_compile import objects
 from tests.unit.test_kernel_plan import NODES, _unique_vni, more
 
-EVERYWHERE = ("node", "network", "rule", "egressip", "nodeport")
+EVERYWHERE = ("node", "rule", "egressip", "nodeport")
 
 
 def _admitted(universe: list[Object]) -> list[Object]:
@@ -64,7 +64,8 @@ def sliced(node: str, held: dict[str, list[Object]]) -> Compiler:
 def needed(node: str, full: Compiler) -> dict[tuple[str | int, ...], object]:
     """The entries a node's plan depends on, from the whole compile: what is its own; the cluster-wide
     entries every node holds; its networks' routes and blocks; the identities its NetworkPolicy peers
-    match; and the services whose backends are in its networks or that are reached from outside."""
+    match; the services whose backends are in its networks or that are reached from outside; and the
+    networks of those backends."""
     own = full.state.get(node, {})
     hosted = {e.network for e in own.values() if hasattr(e, "network") and not isinstance(e, RouteEntry)}
     hosted |= {str(k[1]) for k in own if k[0] == "local"}
@@ -82,7 +83,20 @@ def needed(node: str, full: Compiler) -> dict[tuple[str | int, ...], object]:
             or (isinstance(entry, ServiceEntry) and any(t.network in hosted for t in entry.targets))
         ):
             found[key] = entry
+    reached = {t.network for e in [*found.values(), *_outside(full)] for t in getattr(e, "targets", ())}
+    for network in hosted | reached:
+        if ("network", network) in full.state[""]:
+            found[("network", network)] = full.state[""][("network", network)]
     return found
+
+
+def _outside(full: Compiler) -> list[ServiceEntry]:
+    """Services reached from outside the cluster on any node: node ports and external IPs."""
+    return [
+        e
+        for k, e in full.state[""].items()
+        if isinstance(e, ServiceEntry) and (k[0] == "nodeport" or str(k[1]) != str(e.vip))
+    ]
 
 
 def _address(key: tuple[str | int, ...]) -> Address:

@@ -22,7 +22,7 @@ from isthmus.compile.announce import announced
 from isthmus.compile.state import Delta, Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
-from isthmus.model import Node, Object
+from isthmus.model import Endpoint, Node, Object
 from isthmus.store import Compacted, Event, Ledger, Unavailable
 from isthmus.store.objects import OBJECTS, STATUS
 
@@ -32,6 +32,7 @@ log = logging.getLogger("isthmus.agent")
 @dataclass
 class Metrics:
     reconciles: int = 0
+    lists: int = 0
     errors: int = 0
     last_seconds: float = 0.0
     last_kernel_seconds: float = 0.0
@@ -47,6 +48,7 @@ class Metrics:
             f"# TYPE isthmus_agent_{name} {kind}\nisthmus_agent_{name}{label} {value}\n"
             for name, kind, value in (
                 ("reconciles_total", "counter", self.reconciles),
+                ("lists_total", "counter", self.lists),
                 ("reconcile_errors_total", "counter", self.errors),
                 ("reconcile_seconds_total", "counter", round(self.total_seconds, 6)),
                 ("reconcile_last_seconds", "gauge", round(self.last_seconds, 6)),
@@ -94,19 +96,29 @@ class Agent:
             started = time.perf_counter()
             self.positions, self.slice, self.compiler = {}, Slice(self.node), Compiler([])
             self._subscribe()
+            self.metrics.lists += 1
             self.planner = Planner(self.compiler.node_state(self.node))
             self._program(None, started)
             self._announce()
             self.listed = True
             self._reachable()
 
-    def _subscribe(self) -> Delta:
+    def _relist(self, stale: set[str]) -> None:
+        """List again the channels a compaction left behind, and program the difference."""
+        with self.lock:
+            started = time.perf_counter()
+            keys = self.planner.update(self.compiler.node_state(self.node), self._subscribe(stale))
+            self._program(keys, started)
+
+    def _subscribe(self, stale: Collection[str] = ()) -> Delta:
         """Widen or narrow the slice to what the node needs, to a fixed point (what a channel brings may
-        call for more): list each new channel, forget what only dropped ones held. The compiler's delta."""
+        call for more): list each new (or `stale`) channel, forget what only dropped ones held. The
+        compiler's delta."""
         delta = Delta()
         while True:
             wanted = set(prefixes(interest(self.node, self.compiler)))
-            added, gone = wanted - set(self.positions), set(self.positions) - wanted
+            added, gone = (wanted - set(self.positions)) | (wanted & set(stale)), set(self.positions) - wanted
+            stale = ()
             if not (added or gone):
                 return delta
             puts: list[Object] = []
@@ -147,8 +159,10 @@ class Agent:
             started = time.perf_counter()
             if not (puts or deletes):
                 return
+            reshapes = self._reshapes(puts, deletes)
             delta = self.compiler.change(puts, deletes)
-            merge(delta, self._subscribe())
+            if reshapes:
+                merge(delta, self._subscribe())
             keys = self.planner.update(self.compiler.node_state(self.node), delta)
             if keys:
                 self._program(keys, started)
@@ -161,6 +175,20 @@ class Agent:
             )  # its BGP settings are not part of the compiled state
             if mine or any(k[0] in ("service", "node", "egressip", "block") for k in touched):
                 self._announce()
+
+    def _reshapes(self, puts: list[Object], deletes: list[Unit]) -> bool:
+        """Whether a change may change what the node needs: its own endpoints, or what `interest` reads
+        beyond them (namespaces, policies, floating IPs, networks)."""
+        if any(kind in RESHAPING for kind, _, _ in deletes) or any(o.kind in RESHAPING for o in puts):
+            return True
+        held = self.compiler.objects["Endpoint"]
+        return any(
+            isinstance(e, Endpoint) and e.spec.node == self.node
+            for e in [*puts, *(held.get((ns, name)) for kind, ns, name in deletes if kind == "Endpoint")]
+        ) or any(
+            isinstance(old, Endpoint) and old.spec.node == self.node
+            for old in (held.get((o.metadata.namespace or "", o.metadata.name)) for o in puts)
+        )
 
     def _announce(self) -> None:
         """Have the BGP speaker announce what the node's state says (nothing without settings)."""
@@ -234,8 +262,13 @@ class Agent:
                     self._list()
                 self._follow(stop)
             except Compacted as exc:
-                log.warning("%s: listing again", exc)
-                self.listed = False
+                stale = {p for p, r in self.positions.items() if r < exc.compacted}
+                if exc.whole or not stale:
+                    log.warning("%s: listing again", exc)
+                    self.listed = False
+                else:
+                    log.warning("%s: listing again %d of %d channels", exc, len(stale), len(self.positions))
+                    self._relist(stale)
             except Unavailable as exc:
                 self._unreachable(exc)
                 stop.wait(random.uniform(delay / 2, delay))
@@ -267,6 +300,9 @@ class Agent:
                 self.publish()
         finally:
             watch.close()
+
+
+RESHAPING = {"Namespace", "NetworkPolicy", "SecurityGroup", "Policy", "FloatingIP", "VirtualNetwork"}
 
 
 def _compiled(key: str) -> bool:

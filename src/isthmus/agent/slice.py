@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from isthmus.compile import Compiler
 from isthmus.compile.compiler import METADATA_NAME
 from isthmus.compile.state import Isolation, Peer
-from isthmus.model import Endpoint, FloatingIP, KubeObject, Object, Policy
+from isthmus.model import Endpoint, FloatingIP, KubeObject, Object, Policy, ServiceVIP
 from isthmus.model.meta import split_ref
 from isthmus.store import Event, EventType, KeyValue
 from isthmus.store.channels import CHANNELS, CLUSTER, namespace, node, prefix
@@ -35,6 +35,7 @@ def interest(name: str, compiler: Compiler) -> set[str]:
             hosted.add(network)
             spaces |= {endpoint.metadata.namespace or "", network.partition("/")[0]}
     namespaces = {ns: {METADATA_NAME: ns} for ns, _ in compiler.objects["VirtualNetwork"]}
+    namespaces |= {ns: {METADATA_NAME: ns} for ns in spaces}
     namespaces |= {
         n: {**o.metadata.labels, METADATA_NAME: n}
         for (_, n), o in compiler.objects["Namespace"].items()
@@ -51,6 +52,11 @@ def interest(name: str, compiler: Compiler) -> set[str]:
                 for given in (rule.destination.service, rule.destination.network, rule.source.network):
                     if given:
                         spaces.add(split_ref(given, ns)[0] or ns)
+    for (ns, _), vip in compiler.objects["ServiceVIP"].items():  # reached from outside on any node
+        if isinstance(vip, ServiceVIP) and (
+            vip.spec.external_ips or any(p.node_port is not None for p in vip.spec.ports)
+        ):
+            spaces |= {split_ref(b.network, ns)[0] or ns for b in vip.spec.backends if b.network}
     for (ns, _), fip in compiler.objects["FloatingIP"].items():
         if isinstance(fip, FloatingIP):
             named = [fip.spec.service] if fip.spec.service else fip.spec.endpoints

@@ -206,28 +206,28 @@ class Compiler:
         return [e for e in found if isinstance(e, Endpoint)]
 
     def _internal(self) -> tuple[Prefix, ...]:
-        """The cluster's own addresses, never routed out of it: the subnets of every network that is not
-        external and the SubnetPools such networks draw from, aggregated. (Nodes' addresses are not among
-        them: endpoints reach them as the nodes' own, `NetworkEntry.node_access`.)"""
-        inside = {
+        """The cluster's own addresses, never routed out of it: every SubnetPool no external network draws
+        from, and every subnet not drawn from a pool of a network not known as external, aggregated.
+        (Nodes' addresses are not among them: endpoints reach them as the nodes' own,
+        `NetworkEntry.node_access`.) A node holding only its slice finds the same: external networks
+        and subnets not drawn from a pool reach every node."""
+        external = {
             key: network
             for key, network in self.objects["VirtualNetwork"].items()
-            if isinstance(network, VirtualNetwork) and not network.spec.external
+            if isinstance(network, VirtualNetwork) and network.spec.external
         }
-        pools = {n.spec.subnet_pool for n in inside.values() if n.spec.subnet_pool}
-        found: list[Prefix] = []
-        for (namespace, _), subnet in self.objects["Subnet"].items():
-            if not isinstance(subnet, Subnet) or subnet.spec.cidr is None:
-                continue
-            ns, network = split_ref(subnet.spec.network, namespace or None)
-            if (ns or "", network) in inside:
-                found.append(subnet.spec.cidr)
-                pools |= {subnet.spec.pool} if subnet.spec.pool else set()
-        found += [
+        outside = {n.spec.subnet_pool for n in external.values() if n.spec.subnet_pool}
+        found: list[Prefix] = [
             pool.spec.cidr
             for (_, name), pool in self.objects["SubnetPool"].items()
-            if name in pools and isinstance(pool, SubnetPool)
+            if name not in outside and isinstance(pool, SubnetPool)
         ]
+        for (namespace, _), subnet in self.objects["Subnet"].items():
+            if not isinstance(subnet, Subnet) or subnet.spec.cidr is None or subnet.spec.pool:
+                continue  # a block lies inside its pool (admission keeps it there)
+            ns, network = split_ref(subnet.spec.network, namespace or None)
+            if (ns or "", network) not in external:
+                found.append(subnet.spec.cidr)
         return tuple(
             itertools.chain(
                 ipaddress.collapse_addresses(p for p in found if isinstance(p, ipaddress.IPv4Network)),

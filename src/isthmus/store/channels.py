@@ -4,13 +4,15 @@ Beside its key under /objects/, every object a node compiles is kept, in the sam
 channel it belongs to: /channels/CHANNEL/GROUP/KIND/[NAMESPACE/]NAME. A node watches a few channels on
 one stream and receives a change only when it is in one of them:
 
-  cluster     what every node needs: Nodes, Namespaces, SubnetPools, VirtualNetworks, Isthmus Policies,
-              floating IPs, egress addresses, imported routes, subnets not drawn from a pool (the
-              cluster-internal prefixes) and services reachable from outside (node ports, external IPs)
+  cluster     what every node needs: Nodes, Namespaces, SubnetPools, Isthmus Policies, floating IPs,
+              egress addresses, imported routes, networks that do not grow from a pool (external ones,
+              tenants' own) and their subnets (the cluster-internal prefixes), and services reachable
+              from outside (node ports, external IPs)
   node/NODE   the endpoints attached to NODE
   ns/NS       a namespace's endpoints, services, NetworkPolicies and security groups, and what concerns
-              the networks of NS: their blocks, the services with backends in them, and the endpoints
-              of a network routed per endpoint (not by its nodes' blocks)
+              the networks of NS: those that grow from a pool (each node programs only the networks
+              it needs), their blocks, the services with backends in them, and the endpoints of a
+              network routed per endpoint (not by its nodes' blocks)
 
 Which channels an object belongs to is a function of the object and of its network (`channels`).
 """
@@ -39,7 +41,7 @@ from isthmus.model.meta import split_ref
 CHANNELS = "/channels/"
 CLUSTER = "cluster"
 Network = Callable[[str, str], VirtualNetwork | None]  # (namespace, name) -> the network, if stored
-_EVERYWHERE = (Node, SubnetPool, VirtualNetwork, Policy, FloatingIP, EgressIP, ImportedRoute)
+_EVERYWHERE = (Node, SubnetPool, Policy, FloatingIP, EgressIP, ImportedRoute)
 
 
 def node(name: str) -> str:
@@ -64,6 +66,9 @@ def channels(obj: Object, network: Network) -> set[str]:
     own = obj.metadata.namespace or ""
     if isinstance(obj, _EVERYWHERE) or (isinstance(obj, KubeObject) and obj.kind == "Namespace"):
         return {CLUSTER}
+    if isinstance(obj, VirtualNetwork):
+        grows = obj.spec.subnet_pool is not None and not obj.spec.external
+        return {namespace(own)} if grows else {CLUSTER}
     if isinstance(obj, Subnet):
         return {namespace(own)} if obj.spec.pool else {CLUSTER}
     if isinstance(obj, Endpoint):

@@ -239,6 +239,8 @@ class EtcdWatch(Watch):
 class WentBack(Compacted):
     """A watch delivered a revision not after the last one: etcd 3.4.23's watch bugs; relist."""
 
+    whole = True
+
     def __init__(self, delivered: int, received: int) -> None:
         LedgerError.__init__(
             self, f"watch went back from revision {delivered} to {received}; relist (etcd watch bug)"

@@ -29,7 +29,11 @@ class Conflict(LedgerError):
 
 
 class Compacted(LedgerError):
-    """The requested revision is no longer in the history: relist, then watch from the list's revision."""
+    """The requested revision is no longer in the history: relist, then watch from the list's revision.
+    A watch of several prefixes need relist only those whose position is before `compacted`, unless
+    `whole` (the watch itself went wrong)."""
+
+    whole = False
 
     def __init__(self, requested: int, compacted: int) -> None:
         super().__init__(f"revision {requested} is compacted (history starts after {compacted}); relist")
