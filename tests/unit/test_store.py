@@ -97,6 +97,20 @@ def test_watch_batches_never_split_a_revision(ledger: Ledger) -> None:
     watch.close()
 
 
+def test_one_watch_follows_several_prefixes_each_from_its_own_revision(ledger: Ledger) -> None:
+    first = ledger.commit({}, [("/a/1", b"x"), ("/b/1", b"x")])
+    second = ledger.commit({}, [("/a/2", b"y"), ("/b/2", b"y"), ("/c/2", b"y")])
+    watch = ledger.follow({"/a/": first - 1, "/b/": first})  # /b/ was listed at `first`
+    seen: list[tuple[str, int]] = []
+    while len(seen) < 3:
+        seen += [(e.key, e.revision) for e in watch.poll(timeout=5)]
+    assert sorted(seen) == [("/a/1", first), ("/a/2", second), ("/b/2", second)]  # nothing of /c/, no /b/1
+    third = ledger.commit({}, [("/b/3", b"z")])
+    assert [(e.key, e.revision) for e in watch.poll(timeout=5)] == [("/b/3", third)]
+    assert watch.positions["/b/"] == third and watch.positions["/a/"] >= second
+    watch.close()
+
+
 def test_compacted_revision_is_a_clear_error(ledger: Ledger) -> None:
     r = [ledger.commit({}, [("/c", str(i).encode())]) for i in range(10)]
     ledger.compact(r[5])
