@@ -17,7 +17,7 @@ import ipaddress
 import itertools
 import sys
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
 from pydantic import ValidationError
@@ -94,6 +94,11 @@ def ref(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+def _split(network: str) -> tuple[str, str]:
+    namespace, name = split_ref(network, None)
+    return namespace or "", name
+
+
 def _subnet_network(subnet: Subnet) -> str:
     return ref(*split_ref(subnet.spec.network, subnet.metadata.namespace))
 
@@ -123,9 +128,15 @@ class Compiler:
             weakref.WeakKeyDictionary
         )
         self.state: dict[str, Entries] = {SHARED: {}}
+        self.spans: dict[str, Counter[str]] = defaultdict(
+            Counter
+        )  # network -> its endpoints and blocks by node
+        self.outside: Counter[str] = Counter()  # network -> services reached from outside with backends in it
+        self.reshaped: set[str] = set()  # networks whose nodes changed since the last recompute
         for obj in objects:
             self._store(obj)
         self.internal = self._internal()
+        self.reshaped.clear()
         self._recompute(set(self._units()), Delta())
 
     # -- reading the state
@@ -151,6 +162,12 @@ class Compiler:
             if old is not None:
                 touched |= self._touches(old)
                 self._index(old, add=False)
+        if any(o.kind in ("Node", "EgressIP") for o in puts) or any(
+            d[0] in ("Node", "EgressIP") for d in deletes
+        ):
+            self.reshaped |= {ref(ns or None, name) for ns, name in self.objects["VirtualNetwork"]}
+        touched |= {("VirtualNetwork", *_split(n)) for n in self.reshaped}
+        self.reshaped.clear()
         addressing = ("VirtualNetwork", "Subnet", "SubnetPool")
         if any(o.kind in addressing for o in puts) or any(d[0] in addressing for d in deletes):
             internal = self._internal()
@@ -189,6 +206,7 @@ class Compiler:
             groups = ["rt:" + t for t in obj.spec.route_targets]
         for group in groups:
             (self.members[group].add if add else self.members[group].discard)((namespace, name))
+        self._span(obj, 1 if add else -1)
         if obj.kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):
             self.isolations.pop(name if obj.kind == "Namespace" else namespace, None)
         if isinstance(obj, SecurityGroup):  # enforced as the NetworkPolicy it amounts to
@@ -200,6 +218,40 @@ class Compiler:
             if add:
                 with contextlib.suppress(ValidationError):  # the translator reports it; it isolates nothing
                     self.netpols[namespace][name] = parse_network_policy(obj.body)
+
+    def _span(self, obj: Object, step: int) -> None:
+        """Count the nodes a network spans and the services reached from outside into it; a network whose
+        nodes change is recomputed."""
+        spans: list[tuple[str, str]] = []
+        if isinstance(obj, Endpoint) and obj.spec.node:
+            spans = [(self.network_of(obj), obj.spec.node)]
+        elif isinstance(obj, Subnet) and obj.spec.node:
+            spans = [(_subnet_network(obj), obj.spec.node)]
+        for network, node in spans:
+            self.spans[network][node] += step
+            if self.spans[network][node] == (
+                1 if step > 0 else 0
+            ):  # the network reaches the node, or leaves it
+                self.reshaped.add(network)
+            if not self.spans[network][node]:
+                del self.spans[network][node]
+        if isinstance(obj, ServiceVIP) and (
+            obj.spec.external_ips or any(p.node_port for p in obj.spec.ports)
+        ):
+            namespace = obj.metadata.namespace
+            for network in {ref(*split_ref(b.network, namespace)) for b in obj.spec.backends if b.network}:
+                self.outside[network] += step
+                if self.outside[network] == (1 if step > 0 else 0):
+                    self.reshaped.add(network)
+                if not self.outside[network]:
+                    del self.outside[network]
+
+    def _reach(self, network: str) -> tuple[str, ...] | None:
+        """The nodes a network's traffic goes between (None: every node)."""
+        if self.outside.get(network):
+            return None
+        owners = {self._owner(e) for e in self.objects["EgressIP"].values() if isinstance(e, EgressIP)}
+        return tuple(sorted(set(self.spans.get(network, {})) | {o for o in owners if o}))
 
     def _endpoints(self, group: str) -> list[Endpoint]:
         found = (self.objects["Endpoint"].get(k) for k in sorted(self.members.get(group, ())))
@@ -371,6 +423,7 @@ class Compiler:
                     TABLE_BASE + network.spec.vni,
                     network.spec.mode,
                     network.spec.node_access,
+                    self._reach(name),
                 ),
             )
         ]
@@ -534,21 +587,26 @@ class Compiler:
         return [(SHARED, ("service", address, "any", 0), entry)]
 
     def _egress(self, egress: EgressIP) -> Made:
-        """The tenant's egress address and its owner: the node named, else among the nodes announcing
-        egress addresses (all nodes when none does) the one that wins rendezvous hashing, so that an
-        address moves only when its owner goes."""
-        nodes = [n for n in self.objects["Node"].values() if isinstance(n, Node)]
-        if egress.spec.address is None or not nodes:
+        """The tenant's egress address and its owner."""
+        owner = self._owner(egress)
+        if egress.spec.address is None or owner is None:
             return []
-        name = ref(egress.metadata.namespace, egress.metadata.name)
-        owner = egress.spec.node
-        if owner not in {n.metadata.name for n in nodes}:
-            speakers = [n for n in nodes if n.spec.bgp and "egressIPs" in n.spec.bgp.announce] or nodes
-            owner = max(
-                speakers, key=lambda n: hashlib.sha256(f"{name} {n.metadata.name}".encode()).digest()
-            ).metadata.name
-        entry = EgressEntry(name, egress.spec.address, owner)
+        entry = EgressEntry(ref(egress.metadata.namespace, egress.metadata.name), egress.spec.address, owner)
         return [(SHARED, ("egressip", egress.metadata.namespace or ""), entry)]
+
+    def _owner(self, egress: EgressIP) -> str | None:
+        """The node named, else among the nodes announcing egress addresses (all nodes when none does)
+        the one that wins rendezvous hashing, so that an address moves only when its owner goes."""
+        nodes = [n for n in self.objects["Node"].values() if isinstance(n, Node)]
+        if not nodes:
+            return None
+        if egress.spec.node in {n.metadata.name for n in nodes}:
+            return egress.spec.node
+        name = ref(egress.metadata.namespace, egress.metadata.name)
+        speakers = [n for n in nodes if n.spec.bgp and "egressIPs" in n.spec.bgp.announce] or nodes
+        return max(
+            speakers, key=lambda n: hashlib.sha256(f"{name} {n.metadata.name}".encode()).digest()
+        ).metadata.name
 
     def _imported(self, route: ImportedRoute) -> Made:
         """The route in every network that imports one of its route targets."""

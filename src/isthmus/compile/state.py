@@ -54,6 +54,9 @@ class NetworkEntry:
     table: int  # the kernel routing table, chosen by `ip rule` for the network's endpoints
     mode: str
     node_access: bool = True  # its endpoints reach the nodes' addresses
+    # the nodes its traffic goes between: those with its endpoints or blocks, and egress addresses'
+    # owners; None: every node (a service reached from outside has backends in it)
+    nodes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,7 +307,7 @@ class Stream:
                             error = document["error"]
                             raise self._gateway._error(str(error.get("message", error)))
                         yield document["result"]
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, AttributeError) as exc:  # AttributeError: `close`d
             raise _TryAnother(f"store {self._gateway.name}: watch stream lost: {_reason(exc)}") from None
         finally:
             self.close()

@@ -785,11 +785,14 @@ def _base(builder: _Builder) -> None:
 def _network(builder: _Builder, network: NetworkEntry) -> None:
     """Its `ip rule`; whether it reaches the nodes; routes to the other nodes' addresses (replies to flows
     they source NATed), over its VXLAN device or, routed, through the underlay; unless routed, that device
-    (with every other node as a peer) and its mark and zone."""
+    (with the other nodes as peers) and its mark and zone. Other nodes: those the network reaches
+    (`NetworkEntry.nodes`), or every one."""
     builder.plan[("rule", network.table)] = RULE_PRIORITY
     if network.node_access:
         builder.element("node_access", str(network.table))
-    device, me, nodes = vxlan_name(network.vni), builder.planner.node, builder.nodes()
+    device, me, every = vxlan_name(network.vni), builder.planner.node, builder.nodes()
+    reach = network.nodes
+    nodes = {n: a for n, a in every.items() if reach is None or n in reach or n == me}
     routed = network.mode == "routed"
     for name, address in nodes.items():
         if name != me and me in nodes:
