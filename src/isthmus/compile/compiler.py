@@ -220,21 +220,8 @@ class Compiler:
                     self.netpols[namespace][name] = parse_network_policy(obj.body)
 
     def _span(self, obj: Object, step: int) -> None:
-        """Count the nodes a network spans and the services reached from outside into it; a network whose
-        nodes change is recomputed."""
-        spans: list[tuple[str, str]] = []
-        if isinstance(obj, Endpoint) and obj.spec.node:
-            spans = [(self.network_of(obj), obj.spec.node)]
-        elif isinstance(obj, Subnet) and obj.spec.node:
-            spans = [(_subnet_network(obj), obj.spec.node)]
-        for network, node in spans:
-            self.spans[network][node] += step
-            if self.spans[network][node] == (
-                1 if step > 0 else 0
-            ):  # the network reaches the node, or leaves it
-                self.reshaped.add(network)
-            if not self.spans[network][node]:
-                del self.spans[network][node]
+        """Count the services reached from outside with backends in each network: such a network reaches
+        every node (a node receiving a flow from outside forwards it to the backend's node)."""
         if isinstance(obj, ServiceVIP) and (
             obj.spec.external_ips or any(p.node_port for p in obj.spec.ports)
         ):
@@ -245,6 +232,16 @@ class Compiler:
                     self.reshaped.add(network)
                 if not self.outside[network]:
                     del self.outside[network]
+
+    def _route_span(self, entry: Entry | None, step: int) -> None:
+        """Count the nodes a network's routes lead to (its endpoints', blocks' and leaks' nodes)."""
+        if isinstance(entry, (RouteEntry, BlockEntry)) and entry.node is not None:
+            count = self.spans[entry.network]
+            count[entry.node] += step
+            if count[entry.node] == (1 if step > 0 else 0):  # the network reaches the node, or leaves it
+                self.reshaped.add(entry.network)
+            if not count[entry.node]:
+                del count[entry.node]
 
     def _reach(self, network: str) -> tuple[str, ...] | None:
         """The nodes a network's traffic goes between (None: every node)."""
@@ -366,16 +363,26 @@ class Compiler:
         for scope, key in changed:
             owners = self.owners[scope].get(key)
             entries = self.state.setdefault(scope, {})
+            old = entries.get(key)
             if owners:
                 first = min(owners)
                 entry = next(e for s, k, e in self.parts[first] if (s, k) == (scope, key))
-                if entries.get(key) != entry:
+                if old != entry:
                     entries[key] = entry
                     delta.put(scope, key, entry)
+                    if scope == SHARED:
+                        self._route_span(old, -1)
+                        self._route_span(entry, 1)
             else:
                 self.owners[scope].pop(key, None)
                 if entries.pop(key, None) is not None:
                     delta.delete(scope, key)
+                    if scope == SHARED:
+                        self._route_span(old, -1)
+        if self.reshaped:  # networks whose nodes changed: their entries name them (no route of theirs does)
+            networks = {("VirtualNetwork", *_split(n)) for n in self.reshaped}
+            self.reshaped.clear()
+            self._recompute(networks, delta)
 
     # -- the units
 
