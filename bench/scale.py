@@ -493,7 +493,9 @@ def scale() -> Figures:
     probe agent's resync after a cut of 1,800 changes (no relist) and after a compaction, etcd's RSS."""
     figures: Figures = {}
     for nodes in sizes():
-        figures |= measure(nodes)
+        measured = measure(nodes)
+        print("    " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()), flush=True)
+        figures |= measured
     return figures
 
 
