@@ -382,7 +382,8 @@ def _etcd() -> Iterator[EtcdCluster]:
             members.stop()
 
 
-def measure(nodes: int) -> Figures:
+def measure(nodes: int, churn_s: float = CHURN_S, cut_s: float = CUT_S) -> Figures:
+    """The figures of one size: `churn_s` seconds of churn at RATE, a cut of `cut_s` seconds' worth."""
     print(f"  scale: {nodes} nodes", flush=True)
     with _etcd() as etcd, tempfile.TemporaryDirectory(prefix="isthmus-fleet-") as tmp:
         ledger = etcd.ledger()
@@ -398,7 +399,7 @@ def measure(nodes: int) -> Figures:
         print(f"    fleet up in {time.perf_counter() - started:.0f} s", flush=True)
         etcd_pid = next(iter(etcd.processes.values())).pid
         try:
-            changes = churn(reconciler, where, nodes, int(RATE * CHURN_S), RATE, seed=1)
+            changes = churn(reconciler, where, nodes, int(RATE * churn_s), RATE, seed=1)
             time.sleep(3)
             applied, work = fleet.report()
             etcd_rss = _rss_mib(etcd_pid)
@@ -412,7 +413,7 @@ def measure(nodes: int) -> Figures:
                 latencies += [applied[n][revision] - committed for n in got]
             # a cut: the probe stops following while a cut's worth of changes is committed, then resumes
             fleet.ask(fleet.probe, "cut")
-            churn(reconciler, where, nodes, int(RATE * CUT_S), 10 * RATE, seed=2)
+            churn(reconciler, where, nodes, int(RATE * cut_s), 10 * RATE, seed=2)
             resumed = fleet.ask(fleet.probe, f"resume {ledger.revision()}")
             fleet.ask(fleet.probe, "cut")
             churn(reconciler, where, nodes, RATE, 10 * RATE, seed=3)
