@@ -222,10 +222,14 @@ def test_node_cut_from_the_store_converges_to_its_plan(work: Path, tmp_path: Pat
 
 
 def test_agent_credentials_cannot_write_intent(work: Path) -> None:
-    """The agent of n1 (its etcd user, over the members' sockets) reads everything, writes its status only."""
+    """The agent of n1 (its etcd user, over the members' sockets) reads the channels and nothing else,
+    and writes its status only."""
     url = Fabric.load(work).store_url("", "agent-n1", unix=True)
     assert url is not None
     ledger = open_store(url, Credentials())
+    assert ledger.list("/channels/cluster/")[0]  # what every node holds
+    with pytest.raises(Refused, match="permission denied to user agent-n1"):
+        ledger.list("/objects/")
     with pytest.raises(Refused, match="permission denied to user agent-n1"):
         ledger.commit({}, [("/objects/isthmus.io/Tenant/evil", b"{}")])
     with pytest.raises(Refused, match="permission denied to user agent-n1"):
