@@ -104,11 +104,12 @@ class Agent:
             self._reachable()
 
     def _relist(self, stale: set[str]) -> None:
-        """List again the channels a compaction left behind, and program the difference."""
+        """List again the `stale` channels and any the node needs and lacks, and program the difference."""
         with self.lock:
             started = time.perf_counter()
-            keys = self.planner.update(self.compiler.node_state(self.node), self._subscribe(stale))
-            self._program(keys, started)
+            delta = self._subscribe(stale)
+            if delta:
+                self._program(self.planner.update(self.compiler.node_state(self.node), delta), started)
 
     def _subscribe(self, stale: Collection[str] = ()) -> Delta:
         """Widen or narrow the slice to what the node needs, to a fixed point (what a channel brings may
@@ -254,26 +255,33 @@ class Agent:
                 self.published = body
 
     def run(self, stop: threading.Event) -> None:
-        """Follow the ledger until `stop` is set: resume from the last revision, relist after a compaction."""
+        """Follow the ledger until `stop` is set: resume from each channel's revision, relist the channels
+        a compaction left behind (all of them when the watch went wrong), and before each watch bring the
+        slice to what the node needs (a listing the store failed is tried again)."""
         delay = self.RETRY[0]
+        stale: set[str] = set()
         while not stop.is_set():
             try:
                 if not self.listed:
                     self._list()
+                else:
+                    self._relist(stale)
+                stale = set()
                 self._follow(stop)
             except Compacted as exc:
                 stale = {p for p, r in self.positions.items() if r < exc.compacted}
+                log.warning("%s: listing again %d of %d channels", exc, len(stale), len(self.positions))
                 if exc.whole or not stale:
-                    log.warning("%s: listing again", exc)
                     self.listed = False
-                else:
-                    log.warning("%s: listing again %d of %d channels", exc, len(stale), len(self.positions))
-                    self._relist(stale)
             except Unavailable as exc:
                 self._unreachable(exc)
                 stop.wait(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, self.RETRY[1])
                 continue
+            except Exception:  # an agent keeps the kernel and starts over rather than stop
+                log.exception("unexpected error: listing again")
+                self.listed = False
+                stop.wait(self.RETRY[1])
             delay = self.RETRY[0]
 
     def _follow(self, stop: threading.Event) -> None:

@@ -17,7 +17,7 @@ from isthmus.compile.compiler import METADATA_NAME
 from isthmus.compile.state import Isolation, Peer
 from isthmus.model import Endpoint, FloatingIP, KubeObject, Object, Policy, ServiceVIP
 from isthmus.model.meta import split_ref
-from isthmus.store import Event, EventType, KeyValue
+from isthmus.store import Event, EventType, KeyValue, Ledger
 from isthmus.store.channels import CHANNELS, CLUSTER, namespace, node, prefix
 from isthmus.store.objects import OBJECTS, _decode, parse_key
 
@@ -156,6 +156,16 @@ class Slice:
 def _unit(key: str) -> Unit:
     info, namespace_, name = parse_key(key)
     return info.kind, namespace_ or "", name
+
+
+def held(ledger: Ledger, name: str) -> Compiler:
+    """The compiler of what node `name` holds: its interest's channels, listed to a fixed point, as its
+    agent lists them."""
+    compiler, listed = Compiler(), set[str]()
+    while (wanted := interest(name, compiler)) != listed:
+        found = {Slice.split(kv.key)[1]: kv for c in sorted(wanted) for kv in ledger.list(prefix(c))[0]}
+        compiler, listed = Compiler(_decode(kv.value, kv.mod_revision) for kv in found.values()), wanted
+    return compiler
 
 
 def prefixes(channels: Iterable[str]) -> list[str]:
