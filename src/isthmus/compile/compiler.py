@@ -206,7 +206,7 @@ class Compiler:
             groups = ["rt:" + t for t in obj.spec.route_targets]
         for group in groups:
             (self.members[group].add if add else self.members[group].discard)((namespace, name))
-        self._span(obj, 1 if add else -1)
+        self._count_outside(obj, 1 if add else -1)
         if obj.kind in ("Namespace", "NetworkPolicy", "SecurityGroup"):
             self.isolations.pop(name if obj.kind == "Namespace" else namespace, None)
         if isinstance(obj, SecurityGroup):  # enforced as the NetworkPolicy it amounts to
@@ -219,7 +219,7 @@ class Compiler:
                 with contextlib.suppress(ValidationError):  # the translator reports it; it isolates nothing
                     self.netpols[namespace][name] = parse_network_policy(obj.body)
 
-    def _span(self, obj: Object, step: int) -> None:
+    def _count_outside(self, obj: Object, step: int) -> None:
         """Count the services reached from outside with backends in each network: such a network reaches
         every node (a node receiving a flow from outside forwards it to the backend's node)."""
         if isinstance(obj, ServiceVIP) and (
