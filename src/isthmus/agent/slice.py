@@ -52,11 +52,9 @@ def interest(name: str, compiler: Compiler) -> set[str]:
                 for given in (rule.destination.service, rule.destination.network, rule.source.network):
                     if given:
                         spaces.add(split_ref(given, ns)[0] or ns)
-    for (ns, _), vip in compiler.objects["ServiceVIP"].items():  # reached from outside on any node
-        if isinstance(vip, ServiceVIP) and (
-            vip.spec.external_ips or any(p.node_port is not None for p in vip.spec.ports)
-        ):
-            spaces |= {split_ref(b.network, ns)[0] or ns for b in vip.spec.backends if b.network}
+    for vip in compiler.objects["ServiceVIP"].values():  # reached from outside on any node
+        if isinstance(vip, ServiceVIP) and vip.reached_from_outside():
+            spaces |= {ns for ns, _ in vip.backend_networks()}
     for (ns, _), fip in compiler.objects["FloatingIP"].items():
         if isinstance(fip, FloatingIP):
             named = [fip.spec.service] if fip.spec.service else fip.spec.endpoints

@@ -222,11 +222,8 @@ class Compiler:
     def _count_outside(self, obj: Object, step: int) -> None:
         """Count the services reached from outside with backends in each network: such a network reaches
         every node (a node receiving a flow from outside forwards it to the backend's node)."""
-        if isinstance(obj, ServiceVIP) and (
-            obj.spec.external_ips or any(p.node_port for p in obj.spec.ports)
-        ):
-            namespace = obj.metadata.namespace
-            for network in {ref(*split_ref(b.network, namespace)) for b in obj.spec.backends if b.network}:
+        if isinstance(obj, ServiceVIP) and obj.reached_from_outside():
+            for network in {ref(ns or None, name) for ns, name in obj.backend_networks()}:
                 self.outside[network] += step
                 if self.outside[network] == (1 if step > 0 else 0):
                     self.reshaped.add(network)

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to
+from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to, split_ref
 
 
 class ServicePort(Model):
@@ -85,6 +85,19 @@ class ServiceVIP(Resource):
         ns = self.metadata.namespace
         backends = [ref_to("Endpoint", b.endpoint, ns) for b in self.spec.backends if b.endpoint]
         return [ref_to("VirtualNetwork", self.spec.network, ns), *backends]
+
+    def reached_from_outside(self) -> bool:
+        """Whether flows from outside the cluster reach it on any node (node ports, external IPs)."""
+        return bool(self.spec.external_ips) or any(p.node_port is not None for p in self.spec.ports)
+
+    def backend_networks(self) -> set[tuple[str, str]]:
+        """The networks of its backends, as (namespace, name)."""
+        found: set[tuple[str, str]] = set()
+        for backend in self.spec.backends:
+            if backend.network:
+                namespace, name = split_ref(backend.network, self.metadata.namespace)
+                found.add((namespace or "", name))
+        return found
 
 
 class FloatingIPSpec(Model):

@@ -78,10 +78,8 @@ def channels(obj: Object, network: Network) -> set[str]:
             found.add(namespace(net_ns or own))
         return found
     if isinstance(obj, ServiceVIP):
-        found = {namespace(own)}
-        found |= {namespace(split_ref(b.network, own)[0] or own) for b in obj.spec.backends if b.network}
-        outside = obj.spec.external_ips or any(p.node_port is not None for p in obj.spec.ports)
-        return found | ({CLUSTER} if outside else set())
+        found = {namespace(own)} | {namespace(ns) for ns, _ in obj.backend_networks()}
+        return found | ({CLUSTER} if obj.reached_from_outside() else set())
     if isinstance(obj, SecurityGroup) or (isinstance(obj, KubeObject) and obj.kind == "NetworkPolicy"):
         return {namespace(own)}
     return set()
