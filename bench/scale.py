@@ -255,6 +255,12 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds the process has used (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker(url: str, out: str, nodes: list[str]) -> None:
     """Start the agents one by one (cold start: list, compile, plan), report, then follow the store."""
     stop = threading.Event()
@@ -399,7 +405,10 @@ def measure(nodes: int, churn_s: float = CHURN_S, cut_s: float = CUT_S) -> Figur
         print(f"    fleet up in {time.perf_counter() - started:.0f} s", flush=True)
         etcd_pid = next(iter(etcd.processes.values())).pid
         try:
+            pids = [w.pid for w in fleet.workers]
+            cpu, started = sum(map(_cpu_s, pids)), time.perf_counter()
             changes = churn(reconciler, where, nodes, int(RATE * churn_s), RATE, seed=1)
+            busy = (sum(map(_cpu_s, pids)) - cpu) / (time.perf_counter() - started)
             time.sleep(3)
             applied, work = fleet.report()
             etcd_rss = _rss_mib(etcd_pid)
@@ -426,6 +435,8 @@ def measure(nodes: int, churn_s: float = CHURN_S, cut_s: float = CUT_S) -> Figur
             f"fanout_p99_s_{nodes}": _percentile(latencies, 0.99),
             f"fanout_p50_s_{nodes}": _percentile(latencies, 0.5),
             f"agent_work_p99_s_{nodes}": _percentile(work, 0.99),
+            f"agent_work_mean_s_{nodes}": statistics.mean(work),
+            f"simulator_cores_busy_{nodes}": busy,
             f"deliveries_per_change_{nodes}": statistics.mean(deliveries),
             f"concerned_nodes_per_change_{nodes}": statistics.mean(concerned),
             f"deliveries_beyond_concerned_{nodes}": beyond,
@@ -450,6 +461,8 @@ def _units() -> dict[str, str]:
         "fanout_p99_s": "s",
         "fanout_p50_s": "s",
         "agent_work_p99_s": "s",
+        "agent_work_mean_s": "s",
+        "simulator_cores_busy": "cores",
         "deliveries_per_change": "nodes",
         "concerned_nodes_per_change": "nodes",
         "deliveries_beyond_concerned": "deliveries",
@@ -488,7 +501,9 @@ def _goals() -> tuple[Goal, ...]:
 def scale() -> Figures:
     """N simulated nodes (ISTHMUS_SCALE_SIZES) against one real etcd member: per size, fan-out of 600 pod
     changes at 30 a second (commit to every receiving agent's plan updated, p99 and p50; deliveries per
-    change against the nodes it concerns, and deliveries beyond them), one agent's RSS in a process of its
+    change against the nodes it concerns, and deliveries beyond them), the agents' work per batch (p99 and
+    mean) and the simulator's busy cores during the churn (at 2 it is saturated: latency then measures the
+    simulator's backlog, not the control plane), one agent's RSS in a process of its
     own (the node with the most namespaces), the fleet's RSS per agent, the largest cold start in bytes
     and its p99 seconds, channels per agent, kernel routes on a node of the cluster-wide network, the
     probe agent's resync after a cut of 1,800 changes (no relist) and after a compaction, etcd's RSS."""

@@ -198,7 +198,8 @@ def test_delete_refuses_what_is_in_use_and_frees_allocations(ledger: Ledger) -> 
     everything = [(objects.parse_key(kv.key)) for kv in ledger.list("/objects/")[0]]
     assert len(intent.delete(ledger, everything)) == 4
     left = [kv.key for kv in ledger.list("/")[0]]
-    assert left == ["/ipam/vni/hint"]  # objects, reference index and allocations all gone
+    # objects, reference index, allocations and the tenant's channel stamp all gone; the cluster's stays
+    assert left == ["/channels/stamps/cluster", "/ipam/vni/hint"]
     with pytest.raises(intent.NotFound):
         intent.delete(ledger, [(network, "acme", "red")])
     assert intent.delete(ledger, [(network, "acme", "red")], missing_ok=True) == []

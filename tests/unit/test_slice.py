@@ -4,18 +4,22 @@ interest names gets every entry its plan depends on exactly as a node compiling 
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import defaultdict
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from isthmus import intent
 from isthmus.agent.slice import interest
 from isthmus.compile import Compiler
 from isthmus.compile.state import Address, Identity, Isolation, RouteEntry, ServiceEntry
-from isthmus.model import Endpoint, Object, ServiceVIP, VirtualNetwork, parse_object
-from isthmus.store import channels
+from isthmus.model import Endpoint, Object, ServiceVIP, VirtualNetwork, lookup_kind, parse_object
+from isthmus.store import Event, Ledger, channels
+from tests.conftest import tenant_net
 from tests.unit.test_compile import objects
+from tests.unit.test_intent import apply, endpoint
 from tests.unit.test_kernel_plan import NODES, _unique_vni, more
 
 EVERYWHERE = ("node", "rule", "egressip", "nodeport")
@@ -139,3 +143,32 @@ def test_a_node_holding_its_slice_compiles_what_its_plan_needs(universe: list[Ob
         want = needed(node, full)
         got = {k: mine.state[""].get(k) for k in want}
         assert got == want
+
+
+def test_a_watch_resumed_from_current_positions_misses_nothing_and_replays_nothing(ledger: Ledger) -> None:
+    """Three channels listed at one revision; then one changes, one does not, one's tenant is deleted (its
+    stamp with it). `current` moves only the unchanged one to the store's revision, and a watch from there
+    delivers exactly the changes made since the listing."""
+    tenants = ("acme", "beta", "gone")
+    nets = [d for i, t in enumerate(tenants) for d in tenant_net(t, cidr=f"10.{i + 1}.0.0/24")]
+    apply(ledger, *nets, endpoint("a", "beta"), endpoint("a", "gone"))
+    acme, beta, gone = (channels.prefix(channels.namespace(t)) for t in tenants)
+    listed = {p: ledger.list(p)[1] for p in (acme, beta, gone)}
+    apply(ledger, endpoint("b", "acme"))
+    gone_units = [("Endpoint", "gone", "a"), ("Subnet", "gone", "red-v4"), ("VirtualNetwork", "gone", "red")]
+    intent.delete(
+        ledger, [*((lookup_kind(k), ns, n) for k, ns, n in gone_units), (lookup_kind("Tenant"), None, "gone")]
+    )
+    moved = channels.current(ledger, listed)
+    assert moved == {acme: listed[acme], beta: ledger.revision(), gone: listed[gone]}
+    watch = ledger.follow(moved)
+    events: list[Event] = []
+    deadline = time.monotonic() + 5
+    while len(events) < 2 and time.monotonic() < deadline:
+        events += watch.poll(timeout=0.2)
+    events += watch.poll(timeout=0.5)
+    watch.close()
+    assert sorted((e.type.value, e.key.removeprefix(channels.CHANNELS)) for e in events) == [
+        ("DELETE", "ns/gone/isthmus.io/Endpoint/gone/a"),
+        ("PUT", "ns/acme/isthmus.io/Endpoint/acme/b"),
+    ]

@@ -111,6 +111,18 @@ def test_one_watch_follows_several_prefixes_each_from_its_own_revision(ledger: L
     watch.close()
 
 
+def test_read_gives_the_keys_present_and_a_revision_not_before_them(ledger: Ledger) -> None:
+    first = ledger.commit({}, [("/r/a", b"1"), ("/r/b", b"2")])
+    second = ledger.commit({}, [("/r/b", b"3")])
+    found, revision = ledger.read(["/r/a", "/r/b", "/r/absent"])
+    assert {k: (kv.value, kv.mod_revision) for k, kv in found.items()} == {
+        "/r/a": (b"1", first),
+        "/r/b": (b"3", second),
+    }
+    assert revision == second
+    assert ledger.read([]) == ({}, second)
+
+
 def test_compacted_revision_is_a_clear_error(ledger: Ledger) -> None:
     r = [ledger.commit({}, [("/c", str(i).encode())]) for i in range(10)]
     ledger.compact(r[5])

@@ -3,9 +3,11 @@ compaction under a lagging watch. Real etcd members on 127.0.0.1 (tests/etcdenv.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,3 +424,36 @@ def test_a_listing_compacted_between_its_pages_is_read_again(single: EtcdCluster
     ledger.gateway.call = compacting  # type: ignore[method-assign]
     items, revision = ledger.list("/p/")
     assert len(items) == 2500 and pages and revision > pages[0]
+
+
+def test_a_watch_of_many_prefixes_creates_every_watcher_while_the_store_is_busy(single: EtcdCluster) -> None:
+    """A stream opened again and again over 40 prefixes while another client commits without pause: every
+    time, each watcher is created and the last prefix hears its change (without `Expect: 100-continue`, Go's
+    server dropped the unread end of the body once the gateway answered, in 8 of 30 opens here)."""
+    ledger, writer = single.ledger(), single.ledger()
+    prefixes = [f"/channels/ns/team-{i:05d}/" for i in range(40)]
+    stop = threading.Event()
+
+    def busy() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            writer.commit({}, [(f"/busy/{i % 100}", b"x" * 200)])
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        for attempt in range(20):
+            watch = ledger.follow(dict.fromkeys(prefixes, ledger.revision()))
+            deadline = time.monotonic() + 2
+            while not watch.live and time.monotonic() < deadline:
+                watch.poll(timeout=0.01)
+            assert watch.live, f"open {attempt}: not every watcher was created"
+            key, _, revision = put(ledger, f"{prefixes[-1]}{attempt}", "x")
+            assert [(e.key, e.revision) for e in collect(watch, 1, within=2)] == [(key, revision)]
+            watch.close()
+    finally:
+        stop.set()
+        thread.join()
+    ledger.close()
+    writer.close()

@@ -23,7 +23,7 @@ from isthmus.compile.state import Delta, Key, LocalEntry
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.dataplane.kernel.plan import Planner, Veth, veth_name
 from isthmus.model import Endpoint, Node, Object
-from isthmus.store import Compacted, Event, Ledger, Unavailable
+from isthmus.store import Compacted, Event, Ledger, Unavailable, channels
 from isthmus.store.objects import OBJECTS, STATUS
 
 log = logging.getLogger("isthmus.agent")
@@ -285,8 +285,11 @@ class Agent:
             delay = self.RETRY[0]
 
     def _follow(self, stop: threading.Event) -> None:
-        """Follow the slice's channels on one watch, until stopped or the slice changes."""
-        watch = self.ledger.follow(dict(self.positions))
+        """Follow the slice's channels on one watch, until stopped or the slice changes; channels unchanged
+        since their positions are followed from the store's revision."""
+        with self.lock:
+            self.positions = channels.current(self.ledger, self.positions)
+            watch = self.ledger.follow(dict(self.positions))
         try:
             while not stop.is_set() and set(self.positions) == set(watch.positions):
                 events = watch.poll(timeout=0.5)

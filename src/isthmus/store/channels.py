@@ -15,11 +15,19 @@ one stream and receives a change only when it is in one of them:
               network routed per endpoint (not by its nodes' blocks)
 
 Which channels an object belongs to is a function of the object and of its network (`channels`).
+
+Every transaction that changes a channel also writes its stamp, /channels/stamps/CHANNEL: the stamp's mod
+revision is the channel's last change. A node resuming its watch starts each channel unchanged since its
+position at the store's revision instead (`current`): etcd replays a watcher's history from its start
+revision before it sends anything live, and quiet channels would otherwise drag every resumed watch back
+to the revision they were listed at. A Namespace's, Tenant's or Node's deletion deletes the stamp of the
+channel named after it (a missing stamp keeps a position where it is), so stamps do not outlive their
+channels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from isthmus.model import (
     EgressIP,
@@ -34,11 +42,14 @@ from isthmus.model import (
     ServiceVIP,
     Subnet,
     SubnetPool,
+    Tenant,
     VirtualNetwork,
 )
 from isthmus.model.meta import split_ref
+from isthmus.store.ledger import Ledger
 
 CHANNELS = "/channels/"
+STAMPS = f"{CHANNELS}stamps/"
 CLUSTER = "cluster"
 Network = Callable[[str, str], VirtualNetwork | None]  # (namespace, name) -> the network, if stored
 _EVERYWHERE = (Node, SubnetPool, Policy, FloatingIP, EgressIP, ImportedRoute)
@@ -54,6 +65,30 @@ def namespace(name: str) -> str:
 
 def prefix(channel: str) -> str:
     return f"{CHANNELS}{channel}/"
+
+
+def stamp(channel: str) -> str:
+    return STAMPS + channel
+
+
+def current(ledger: Ledger, positions: Mapping[str, int]) -> dict[str, int]:
+    """`positions` (channel prefix -> every change up to there held), each channel whose stamp is not
+    after its position moved up to the store's revision (it has not changed since)."""
+    channel = {p: p.removeprefix(CHANNELS).removesuffix("/") for p in positions}
+    stamps, revision = ledger.read([stamp(c) for c in channel.values()])
+    return {
+        p: max(at, revision) if (s := stamps.get(stamp(channel[p]))) and s.mod_revision <= at else at
+        for p, at in positions.items()
+    }
+
+
+def named_after(obj: Object) -> str | None:
+    """The channel named after the object (a Namespace's or Tenant's, a Node's), if any."""
+    if isinstance(obj, Node):
+        return node(obj.metadata.name)
+    if isinstance(obj, Tenant) or (isinstance(obj, KubeObject) and obj.kind == "Namespace"):
+        return namespace(obj.metadata.name)
+    return None
 
 
 def routed_per_endpoint(network: VirtualNetwork | None) -> bool:

@@ -31,6 +31,12 @@ from isthmus.store.ledger import Compacted, LedgerError, Unavailable
 
 CONNECT_TIMEOUT = 1.0  # seconds: a member is on the same network; waiting longer only delays the next one
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true", "Content-Type": "application/json"}
+# A watch stream's body holds one create request per watcher, which the gateway reads while it already
+# answers the first. Go's HTTP/1.1 server discards the unread rest of a body when a handler first writes,
+# so under load the later watchers were never created (their prefixes heard nothing until the stream was
+# opened again). With `Expect: 100-continue` unanswered it closes the connection after the reply instead
+# and leaves the body to the handler. http.client skips the interim 100 response.
+KEEP_BODY = {"Expect": "100-continue"}
 
 # etcd's message -> (what was refused, the etcd flag that sets the limit)
 _LIMITS = {
@@ -199,7 +205,7 @@ class Gateway:
         self, index: int, path: str, body: Body, timeout: float, stream: bool
     ) -> urllib3.BaseHTTPResponse:
         for attempt in range(2):
-            headers = dict(REQUIRE_LEADER)
+            headers = REQUIRE_LEADER | (KEEP_BODY if stream else {})
             if self.credentials.user:
                 headers["Authorization"] = self._authenticate(index, renew=attempt > 0)
             response = self._request(index, path, body, headers, timeout, stream)
@@ -313,10 +319,11 @@ class Stream:
             self.close()
 
     def close(self) -> None:
+        """Close the stream's connection; it is never returned to the pool (its reader and `close` race,
+        and a connection put back twice would carry two streams at once)."""
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             self._response.shutdown()  # wakes a reader blocked in another thread
         self._response.close()
-        self._response.release_conn()
 
 
 def _host_port(member: str) -> tuple[str, int]:

@@ -117,6 +117,11 @@ class Ledger(ABC):
     def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         return self.snapshot(prefix, prefix_end(prefix))
 
+    def read(self, keys: Sequence[str]) -> tuple[dict[str, KeyValue], int]:
+        """The keys present among `keys`, and a revision they are no older than."""
+        revision = self.revision()
+        return {key: kv for key in keys if (kv := self.get(key)) is not None}, revision
+
 
 class Watch(ABC):
     """Changes under prefixes, each after its own revision, in order for each prefix; one prefix's changes

@@ -81,11 +81,12 @@ def put(txn: Txn, obj: Object, old: Object | None) -> None:
     txn.put(key, value)
     if obj.metadata.resource_version is None:  # as it will read back in this transaction
         txn.decoded[key] = (value, None, obj)
-    copies = _copies(txn, obj, key)
-    for copy in _copies(txn, old, key) - copies:
-        txn.delete(copy)
-    for copy in copies:
-        txn.put(copy, value)
+    now, before = _channels(txn, obj), _channels(txn, old)
+    for channel in before - now:
+        txn.delete(_copy(channel, key))
+    for channel in now:
+        txn.put(_copy(channel, key), value)
+    _stamp(txn, now | before)
     new_refs = set(_ref_keys(obj, key))
     old_refs = set(_ref_keys(old, key)) if old is not None else set()
     for ref in old_refs - new_refs:
@@ -97,14 +98,19 @@ def put(txn: Txn, obj: Object, old: Object | None) -> None:
 def delete(txn: Txn, obj: Object) -> None:
     key = object_key(obj)
     txn.delete(key)
-    for copy in _copies(txn, obj, key):
-        txn.delete(copy)
+    gone = _channels(txn, obj)
+    for channel in gone:
+        txn.delete(_copy(channel, key))
+    _stamp(txn, gone)
     for ref in _ref_keys(obj, key):
         txn.delete(ref)
+    named = channels.named_after(obj)
+    if named is not None:
+        txn.delete(channels.stamp(named))
 
 
-def _copies(txn: Txn, obj: Object | None, key: str) -> set[str]:
-    """The keys of the object's copies in its channels (`channels.py`)."""
+def _channels(txn: Txn, obj: Object | None) -> set[str]:
+    """The channels the object is copied into (`channels.py`)."""
     if obj is None:
         return set()
 
@@ -112,7 +118,16 @@ def _copies(txn: Txn, obj: Object | None, key: str) -> set[str]:
         found = get(txn, _NETWORK, namespace, name)
         return found if isinstance(found, VirtualNetwork) else None
 
-    return {channels.prefix(c) + key.removeprefix(OBJECTS) for c in channels.channels(obj, network)}
+    return channels.channels(obj, network)
+
+
+def _copy(channel: str, key: str) -> str:
+    return channels.prefix(channel) + key.removeprefix(OBJECTS)
+
+
+def _stamp(txn: Txn, changed: set[str]) -> None:
+    for channel in changed:
+        txn.put(channels.stamp(channel), b"")
 
 
 def referrers(txn: Txn, info: KindInfo, namespace: str | None, name: str, limit: int = 5) -> list[str]:
