@@ -159,16 +159,20 @@ def test_a_watch_resumed_from_current_positions_misses_nothing_and_replays_nothi
     intent.delete(
         ledger, [*((lookup_kind(k), ns, n) for k, ns, n in gone_units), (lookup_kind("Tenant"), None, "gone")]
     )
-    moved = channels.current(ledger, listed)
-    assert moved == {acme: listed[acme], beta: ledger.revision(), gone: listed[gone]}
+    due, now = channels.due(ledger, listed), ledger.revision()
+    moved = channels.settle(listed, due)
+    assert moved == {acme: listed[acme], beta: now, gone: listed[gone]}
     watch = ledger.follow(moved)
     events: list[Event] = []
     deadline = time.monotonic() + 5
     while len(events) < 2 and time.monotonic() < deadline:
         events += watch.poll(timeout=0.2)
     events += watch.poll(timeout=0.5)
-    watch.close()
     assert sorted((e.type.value, e.key.removeprefix(channels.CHANNELS)) for e in events) == [
         ("DELETE", "ns/gone/isthmus.io/Endpoint/gone/a"),
         ("PUT", "ns/acme/isthmus.io/Endpoint/acme/b"),
     ]
+    # acme, having delivered its last change, is current with the stamps' read; gone has no stamp to say so
+    held = {p: max(at, watch.positions[p]) for p, at in moved.items()}
+    assert channels.settle(held, due) == {acme: now, beta: now, gone: held[gone]}
+    watch.close()

@@ -285,10 +285,11 @@ class Agent:
             delay = self.RETRY[0]
 
     def _follow(self, stop: threading.Event) -> None:
-        """Follow the slice's channels on one watch, until stopped or the slice changes; channels unchanged
-        since their positions are followed from the store's revision."""
+        """Follow the slice's channels on one watch, until stopped or the slice changes; each channel that
+        holds its last change (its stamp) is current with the revision the stamps were read at."""
         with self.lock:
-            self.positions = channels.current(self.ledger, self.positions)
+            due = channels.due(self.ledger, self.positions)
+            self.positions = channels.settle(self.positions, due)
             watch = self.ledger.follow(dict(self.positions))
         try:
             while not stop.is_set() and set(self.positions) == set(watch.positions):
@@ -307,6 +308,7 @@ class Agent:
                     for prefix, revision in watch.positions.items():
                         if prefix in self.positions:
                             self.positions[prefix] = max(self.positions[prefix], revision)
+                    self.positions = channels.settle(self.positions, due)
                     self.heard = max(self.heard, watch.revision)
                 self.publish()
         finally:

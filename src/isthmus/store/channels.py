@@ -17,17 +17,19 @@ one stream and receives a change only when it is in one of them:
 Which channels an object belongs to is a function of the object and of its network (`channels`).
 
 Every transaction that changes a channel also writes its stamp, /channels/stamps/CHANNEL: the stamp's mod
-revision is the channel's last change. A node resuming its watch starts each channel unchanged since its
-position at the store's revision instead (`current`): etcd replays a watcher's history from its start
-revision before it sends anything live, and quiet channels would otherwise drag every resumed watch back
-to the revision they were listed at. A Namespace's, Tenant's or Node's deletion deletes the stamp of the
-channel named after it (a missing stamp keeps a position where it is), so stamps do not outlive their
-channels.
+revision is the channel's last change. Before it watches, a node reads its channels' stamps (`due`) and
+starts each channel that holds its last change at the read's revision (`settle`): etcd replays a watcher's
+history from its start revision before it sends anything live, and quiet channels would otherwise drag
+every resumed watch back to the revision they were listed at. A channel that did change is current with
+that revision as soon as its watch delivers the stamp's revision, so a resumed node knows it is current
+without waiting for a progress notification. A Namespace's, Tenant's or Node's deletion deletes the stamp
+of the channel named after it (a missing stamp keeps a position where it is), so stamps do not outlive
+their channels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from isthmus.model import (
     EgressIP,
@@ -71,15 +73,20 @@ def stamp(channel: str) -> str:
     return STAMPS + channel
 
 
-def current(ledger: Ledger, positions: Mapping[str, int]) -> dict[str, int]:
-    """`positions` (channel prefix -> every change up to there held), each channel whose stamp is not
-    after its position moved up to the store's revision (it has not changed since)."""
-    channel = {p: p.removeprefix(CHANNELS).removesuffix("/") for p in positions}
+Due = dict[str, tuple[int, int]]  # channel prefix -> (its last change, the revision that was read at)
+
+
+def due(ledger: Ledger, prefixes: Collection[str]) -> Due:
+    """Each channel's last change as its stamp shows it, read in one transaction (no stamp: not known)."""
+    channel = {p: p.removeprefix(CHANNELS).removesuffix("/") for p in prefixes}
     stamps, revision = ledger.read([stamp(c) for c in channel.values()])
-    return {
-        p: max(at, revision) if (s := stamps.get(stamp(channel[p]))) and s.mod_revision <= at else at
-        for p, at in positions.items()
-    }
+    return {p: (s.mod_revision, revision) for p, c in channel.items() if (s := stamps.get(stamp(c)))}
+
+
+def settle(positions: Mapping[str, int], due: Due) -> dict[str, int]:
+    """`positions` (channel prefix -> every change up to there held), each channel that holds its last
+    change moved up to the revision its stamp was read at (it has not changed since)."""
+    return {p: max(at, due[p][1]) if p in due and at >= due[p][0] else at for p, at in positions.items()}
 
 
 def named_after(obj: Object) -> str | None:
