@@ -247,3 +247,29 @@ def test_an_egress_table_routes_out_but_keeps_every_cluster_prefix_unreachable()
     }
     delta = compiler.change([parse_object({"apiVersion": "isthmus.io/v1", **subnet})])
     assert set(delta.puts[SHARED]) == {("route", "x/pods", "172.16.0.0/16")} and not delta.deletes
+
+
+def test_a_network_compiled_after_its_block_and_endpoint_routes_the_endpoint_by_the_block() -> None:
+    """The endpoint inside its node's block has its /32 only in that node's scope, whether its network
+    came first or last (found by the property test above: the network's arrival left it shared)."""
+    docs = [
+        {"kind": "Node", "metadata": _meta("n2"), "spec": {"address": "192.0.2.2"}},
+        {
+            "kind": "Subnet",
+            "metadata": _meta("s1", "x"),
+            "spec": {"network": "b", "cidr": "10.0.0.0/29", "node": "n2"},
+        },
+        {
+            "kind": "Endpoint",
+            "metadata": _meta("e1", "x"),
+            "spec": {"network": "b", "node": "n2", "addresses": ["10.0.0.1"]},
+        },
+        {"kind": "VirtualNetwork", "metadata": _meta("b", "x"), "spec": {"vni": 1}},
+    ]
+    objects = [parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs]
+    incremental = Compiler()
+    for obj in objects:
+        incremental.change([obj])
+    key = ("route", "x/b", "10.0.0.1/32")
+    assert key in incremental.state["n2"] and key not in incremental.state[SHARED]
+    assert incremental.state == Compiler(objects).state

@@ -297,7 +297,13 @@ class Compiler:
                 for t in obj.spec.import_targets
                 for ns, n in self.members.get("rt:" + t, ())
             }
-            touched |= {("Subnet", ns, n) for ns, n in self.members.get("sn:" + ref(namespace, name), ())}
+            network = ref(namespace, name)
+            for ns, n in self.members.get("sn:" + network, ()):  # its blocks, and its endpoints in them
+                touched.add(("Subnet", ns, n))
+                block = self.objects["Subnet"].get((ns, n))
+                if isinstance(block, Subnet) and block.spec.node is not None:
+                    group = f"on:{network}|{block.spec.node}"
+                    touched |= {("Endpoint", e_ns, e) for e_ns, e in self.members.get(group, ())}
         if isinstance(obj, Subnet) and obj.spec.node is not None:  # its node's endpoints in it
             group = f"on:{_subnet_network(obj)}|{obj.spec.node}"
             touched |= {("Endpoint", ns, n) for ns, n in self.members.get(group, ())}
