@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from isthmus import intent
-from isthmus.model import Endpoint, FloatingIP, ServiceVIP, VirtualNetwork, lookup_kind, parse_manifests
+from isthmus.model import (
+    Endpoint,
+    FloatingIP,
+    ManifestError,
+    ServiceVIP,
+    VirtualNetwork,
+    lookup_kind,
+    parse_manifests,
+)
 from isthmus.store import Ledger, Txn, objects
 from tests.conftest import manifest, obj, tenant_net
 
@@ -272,6 +280,58 @@ def test_networks_grow_by_blocks_of_their_subnet_pool(ledger: Ledger) -> None:
     intent.delete(ledger, [(lookup_kind("Endpoint"), "t", f"e{i}") for i in range(12)])
     intent.delete(ledger, [(lookup_kind("VirtualNetwork"), "t", "red")])  # its blocks go with it
     assert objects.list_objects(ledger, lookup_kind("Subnet"))[0] == []
+
+
+def test_a_dual_stack_network_gives_each_endpoint_one_address_of_each_family(ledger: Ledger) -> None:
+    """Pools of both families: each endpoint on a node takes an IPv6 address (the network's first family)
+    and an IPv4 one, each from its node's block of that family; they are kept on reapply, freed on delete."""
+    apply(
+        ledger,
+        obj("Tenant", "t"),
+        *[obj("Node", f"n{i}", spec={"address": f"192.0.2.{i}"}) for i in (1, 2)],
+        obj("SubnetPool", "pods4", spec={"cidr": "10.32.0.0/26", "blockPrefixLength": 29}),
+        obj("SubnetPool", "pods6", spec={"cidr": "fd00:10:32::/56", "blockPrefixLength": 64}),
+        obj("VirtualNetwork", "red", "t", {"subnetPools": ["pods6", "pods4"]}),
+    )
+    endpoints = [obj("Endpoint", f"e{i}", "t", {"network": "red", "node": f"n{i % 2 + 1}"}) for i in range(8)]
+    made = [a.object for a in apply(ledger, *endpoints)]
+    subnets = objects.list_objects(ledger, lookup_kind("Subnet"), "t")[0]
+    blocks = {ipaddress.ip_network(str(s.spec.cidr)): s.spec.node for s in subnets}  # type: ignore[attr-defined]
+    assert sorted(b.prefixlen for b in blocks) == [29, 29, 64, 64]  # a block of each family per node
+    for endpoint in made:
+        assert isinstance(endpoint, Endpoint)
+        assert [a.version for a in endpoint.spec.addresses] == [6, 4]
+        for address in endpoint.spec.addresses:
+            (block,) = [b for b in blocks if address in b]
+            assert blocks[block] == endpoint.spec.node
+    assert [a.object for a in apply(ledger, *endpoints)] == made  # kept
+    intent.delete(ledger, [(lookup_kind("Endpoint"), "t", f"e{i}") for i in range(8)])
+    intent.delete(ledger, [(lookup_kind("VirtualNetwork"), "t", "red")])  # its blocks of both pools go
+    assert objects.list_objects(ledger, lookup_kind("Subnet"))[0] == []
+
+
+def test_a_network_grows_by_one_pool_of_each_family(ledger: Ledger) -> None:
+    pools = [obj("SubnetPool", n, spec={"cidr": c, "blockPrefixLength": b}) for n, (c, b) in POOLS.items()]
+    failing(
+        ledger,
+        intent.Invalid,
+        "VirtualNetwork/t/red: subnet pools a and b are both IPv4; a network grows by one pool of each "
+        "family",
+        obj("Tenant", "t"),
+        *pools,
+        obj("VirtualNetwork", "red", "t", {"subnetPools": ["a", "b"]}),
+    )
+    failing(
+        ledger,
+        ManifestError,
+        r"subnetPool b is not the first of subnetPools \(a, c\)",
+        obj("Tenant", "t"),
+        *pools,
+        obj("VirtualNetwork", "red", "t", {"subnetPool": "b", "subnetPools": ["a", "c"]}),
+    )
+
+
+POOLS = {"a": ("10.40.0.0/24", 28), "b": ("10.41.0.0/24", 28), "c": ("fd00:40::/56", 64)}
 
 
 def test_a_routed_network_gives_each_node_blocks_of_its_own(ledger: Ledger) -> None:

@@ -3,6 +3,7 @@ scratch of the node's state, on random sequences of ledger changes."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from isthmus.compile import Compiler
 from isthmus.compile.announce import announced
 from isthmus.compile.compiler import Unit
-from isthmus.dataplane.kernel.plan import Planner, Route, plan, veth_name
+from isthmus.dataplane.kernel.plan import Planner, Route, node_mac, plan, veth_name
 from isthmus.model import Object, VirtualNetwork, parse_object
 from tests.unit.test_compile import LABELS, NAMESPACES, _meta, objects
 
@@ -276,3 +277,29 @@ def test_an_imported_route_goes_over_vxlan_in_the_remote_vni_to_the_remote_node(
     )
     compiler.change([network])  # the route target goes: so does the route
     assert ("route", 1009, "10.77.0.5/32") not in plan(compiler.node_state("n1"))
+
+
+def test_an_ipv6_block_of_another_node_goes_via_the_link_local_of_its_vxlan_mac() -> None:
+    """The kernel refuses an IPv4 gateway for an IPv6 route: a dual-stack overlay network's blocks on n2
+    go via n2's address (IPv4) and the EUI-64 link-local of n2's VXLAN MAC (IPv6), on the same device."""
+    docs: list[dict[str, Any]] = [
+        *[{"kind": "Node", "metadata": _meta(f"n{i}"), "spec": {"address": f"192.0.2.{i}"}} for i in (1, 2)],
+        {"kind": "VirtualNetwork", "metadata": _meta("pods", "x"), "spec": {"vni": 9}},
+        *[
+            {
+                "kind": "Subnet",
+                "metadata": _meta(f"b{n}", "x"),
+                "spec": {"network": "pods", "cidr": c, "node": "n2"},
+            }
+            for n, c in ((4, "10.32.0.8/29"), (6, "fd00:10:2::/64"))
+        ],
+    ]
+    compiler = Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs)
+    made = plan(compiler.node_state("n1"))
+    assert made[("route", 1009, "10.32.0.8/29")] == Route("via", "isx9", "192.0.2.2")
+    assert made[("route", 1009, "fd00:10:2::/64")] == Route("via", "isx9", "fe80::49:c0ff:fe00:202")
+    assert (
+        made[("peer", "isx9", "192.0.2.2")]
+        == node_mac(ipaddress.ip_address("192.0.2.2"))
+        == "02:49:c0:00:02:02"
+    )

@@ -262,7 +262,7 @@ class Compiler:
             for key, network in self.objects["VirtualNetwork"].items()
             if isinstance(network, VirtualNetwork) and network.spec.external
         }
-        outside = {n.spec.subnet_pool for n in external.values() if n.spec.subnet_pool}
+        outside = {pool for n in external.values() for pool in n.spec.pools()}
         found: list[Prefix] = [
             pool.spec.cidr
             for (_, name), pool in self.objects["SubnetPool"].items()

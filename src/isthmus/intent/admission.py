@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 from isthmus import ipam
@@ -97,9 +98,9 @@ def admit(txn: Txn, obj: Object, old: Object | None) -> Object:
 def release(txn: Txn, obj: Object) -> None:
     """Refuse to delete what is still named by others; free what the object holds."""
     info = kind_of(obj)
-    if isinstance(obj, VirtualNetwork) and obj.spec.subnet_pool is not None:
+    if isinstance(obj, VirtualNetwork) and obj.spec.pools():
         for grown in subnets_of(txn, obj):  # blocks it grew go with it, once empty
-            if grown.spec.pool == obj.spec.subnet_pool:
+            if grown.spec.pool in obj.spec.pools():
                 release(txn, grown)
                 objects.delete(txn, grown)
     using = objects.referrers(txn, info, obj.metadata.namespace, obj.metadata.name)
@@ -158,6 +159,13 @@ def _node(txn: Txn, node: Node, old: Object | None) -> Node:
 
 
 def _network(txn: Txn, network: VirtualNetwork, old: Object | None) -> VirtualNetwork:
+    pools = [p for p in (_get(txn, SubnetPool, None, n) for n in network.spec.pools()) if p is not None]
+    for a, b in itertools.combinations(pools, 2):
+        if a.spec.cidr.version == b.spec.cidr.version:
+            raise Invalid(
+                f"{ident(network)}: subnet pools {a.metadata.name} and {b.metadata.name} are both "
+                f"IPv{a.spec.cidr.version}; a network grows by one pool of each family"
+            )
     try:
         vni = ipam.allocate(txn, ipam.VNI_POOL, ident(network), network.spec.vni)
     except ipam.IpamError as exc:
@@ -223,42 +231,42 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
 def _addresses(
     txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress], held: list[IPAddress]
 ) -> list[IPAddress]:
-    """The owner's addresses: one per subnet as `wanted`; with none wanted, the one it holds (among `held`,
-    what its stored version shows) or a new one, from the newest block first in a network that grows. In a
-    routed network or one that grows, an endpoint on a node takes them from that node's blocks (so other
-    nodes route one block to it, not each address), anything else from the subnets of no node."""
+    """The owner's addresses: one per subnet as `wanted`; with none wanted, one of each family the network
+    has (its pools' first, in their order), each the one it holds (among `held`, what its stored version
+    shows) or a new one, from the newest block first in a network that grows. In a routed network or one
+    that grows, an endpoint on a node takes them from that node's blocks (so other nodes route one block
+    to it, not each address), anything else from the subnets of no node."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
     node = owner.spec.node if isinstance(owner, Endpoint) and _node_blocks(network) else None
     subnets = sorted(
         (s for s in subnets_of(txn, network) if s.spec.node == node),
         key=lambda s: (s.spec.cidr.version, _block_index(s)),
     )
-    if not subnets and network.spec.subnet_pool is None:
+    pools = {p.spec.cidr.version: p.metadata.name for p in map(partial(_pool, txn), network.spec.pools())}
+    if not subnets and not pools:
         raise Invalid(f"{name}: network {net} has no subnet" + (f" for node {node}" if node else ""))
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
     if outside:
         where = f"block of node {node} in network" if node else "subnet of network"
         raise Invalid(f"{name}: {', '.join(outside)} is in no {where} {net}")
-    pools = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
     try:
         if not wanted:
-            for pool, cidr in pools:
-                value = ipam.held(txn, pool, name) if any(a in cidr for a in held) else None
-                if value is not None:
-                    return [cidr[value]]
-            for pool, cidr in reversed(pools) if network.spec.subnet_pool else pools:
-                try:
-                    return [cidr[ipam.allocate(txn, pool, name)]]
-                except ipam.Exhausted:
-                    continue
-            if network.spec.subnet_pool is not None:
-                grown = _grow(txn, network, node)
-                return [grown.spec.cidr[ipam.allocate(txn, ipam.subnet_pool(grown), name)]]
-            raise ipam.Exhausted(
-                f"every subnet of network {net} is exhausted ({', '.join(str(c) for _, c in pools)})"
-            )
+            families = dict.fromkeys([*pools, *(s.spec.cidr.version for s in subnets)])
+            return [
+                _address(
+                    txn,
+                    name,
+                    network,
+                    node,
+                    [s for s in subnets if s.spec.cidr.version == f],
+                    pools.get(f),
+                    held,
+                )
+                for f in families
+            ]
         result: list[IPAddress] = []
-        for pool, cidr in pools:
+        for subnet in subnets:
+            pool, cidr = ipam.subnet_pool(subnet), subnet.spec.cidr
             mine = [a for a in wanted if a in cidr]
             if len(mine) > 1:
                 raise Invalid(f"{name}: one address per subnet, got {', '.join(map(str, mine))} in {cidr}")
@@ -271,6 +279,36 @@ def _addresses(
         raise Invalid(f"{name}: {exc}") from None
 
 
+def _address(
+    txn: Txn,
+    name: str,
+    network: VirtualNetwork,
+    node: str | None,
+    subnets: list[Subnet],
+    pool: str | None,
+    held: list[IPAddress],
+) -> IPAddress:
+    """One address of one family: the one `name` holds in `subnets`, else a free one (the newest block
+    first when the family grows from `pool`), else one of a new block of `pool`."""
+    ranked = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
+    for numbers, cidr in ranked:
+        value = ipam.held(txn, numbers, name) if any(a in cidr for a in held) else None
+        if value is not None:
+            return cidr[value]
+    for numbers, cidr in reversed(ranked) if pool else ranked:
+        try:
+            return cidr[ipam.allocate(txn, numbers, name)]
+        except ipam.Exhausted:
+            continue
+    if pool is not None:
+        grown = _grow(txn, network, node, pool)
+        return grown.spec.cidr[ipam.allocate(txn, ipam.subnet_pool(grown), name)]
+    net = f"{network.metadata.namespace}/{network.metadata.name}"
+    raise ipam.Exhausted(
+        f"every subnet of network {net} is exhausted ({', '.join(str(c) for _, c in ranked)})"
+    )
+
+
 def _block_index(subnet: Subnet) -> tuple[int, str]:
     """Blocks NETWORK-N in the order they were added; other subnets first, by name."""
     base, _, index = subnet.metadata.name.rpartition("-")
@@ -281,14 +319,14 @@ def _block_index(subnet: Subnet) -> tuple[int, str]:
     )
 
 
-def _grow(txn: Txn, network: VirtualNetwork, node: str | None) -> Subnet:
-    """A new subnet for the network, NETWORK-N, a block of its subnet pool (`node`'s, when given)."""
+def _grow(txn: Txn, network: VirtualNetwork, node: str | None, pool: str) -> Subnet:
+    """A new subnet for the network, NETWORK-N, a block of one of its subnet pools (`node`'s, when given)."""
     ns, base = network.metadata.namespace, network.metadata.name
     name = next(f"{base}-{i}" for i in itertools.count() if _get(txn, Subnet, ns, f"{base}-{i}") is None)
     draft = Subnet.model_validate(
         {
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"network": base, "pool": network.spec.subnet_pool, "node": node},
+            "spec": {"network": base, "pool": pool, "node": node},
         }
     )
     subnet = admit(txn, draft, None)
@@ -299,7 +337,7 @@ def _grow(txn: Txn, network: VirtualNetwork, node: str | None) -> Subnet:
 
 def _node_blocks(network: VirtualNetwork) -> bool:
     """Whether the network's endpoints on a node take their addresses from that node's blocks."""
-    return network.spec.mode == "routed" or network.spec.subnet_pool is not None
+    return network.spec.mode == "routed" or bool(network.spec.pools())
 
 
 def _pool(txn: Txn, name: str) -> SubnetPool:

@@ -114,14 +114,29 @@ class VirtualNetworkSpec(Model):
     )
     shared: bool = Field(False, description="other tenants may attach endpoints and VIPs to it")
     subnet_pool: Name | None = Field(
-        None, description="grow by a block of this SubnetPool when subnets are full"
+        None,
+        description="grow by a block of this SubnetPool when subnets are full (the first of subnetPools)",
+    )
+    subnet_pools: list[Name] = Field(
+        [],
+        max_length=2,
+        description="dual stack: a SubnetPool of each family to grow by, the network's first family first",
     )
 
     @model_validator(mode="after")
     def _inside(self) -> VirtualNetworkSpec:
         if self.external and self.egress:
             raise ValueError("an external network is outside already: egress applies to internal networks")
+        if self.subnet_pools and self.subnet_pool not in (None, self.subnet_pools[0]):
+            pools = ", ".join(self.subnet_pools)
+            raise ValueError(f"subnetPool {self.subnet_pool} is not the first of subnetPools ({pools})")
+        if len(set(self.subnet_pools)) != len(self.subnet_pools):
+            raise ValueError(f"subnetPools repeat a pool: {', '.join(self.subnet_pools)}")
         return self
+
+    def pools(self) -> list[str]:
+        """The SubnetPools it grows by: subnetPools, or subnetPool alone."""
+        return list(self.subnet_pools) or ([self.subnet_pool] if self.subnet_pool else [])
 
 
 class VirtualNetwork(Resource):
@@ -132,7 +147,7 @@ class VirtualNetwork(Resource):
     spec: VirtualNetworkSpec = VirtualNetworkSpec()
 
     def refs(self) -> list[RefTo]:
-        return [] if self.spec.subnet_pool is None else [("SubnetPool", None, self.spec.subnet_pool)]
+        return [("SubnetPool", None, pool) for pool in self.spec.pools()]
 
 
 class SubnetPoolSpec(Model):

@@ -100,7 +100,7 @@ def named_after(obj: Object) -> str | None:
 
 def routed_per_endpoint(network: VirtualNetwork | None) -> bool:
     """Whether other nodes route each of the network's endpoints (no blocks of its nodes to route)."""
-    return network is None or network.spec.mode == "routed" or network.spec.subnet_pool is None
+    return network is None or network.spec.mode == "routed" or not network.spec.pools()
 
 
 def channels(obj: Object, network: Network) -> set[str]:
@@ -109,7 +109,7 @@ def channels(obj: Object, network: Network) -> set[str]:
     if isinstance(obj, _EVERYWHERE) or (isinstance(obj, KubeObject) and obj.kind == "Namespace"):
         return {CLUSTER}
     if isinstance(obj, VirtualNetwork):
-        grows = obj.spec.subnet_pool is not None and not obj.spec.external
+        grows = bool(obj.spec.pools()) and not obj.spec.external
         return {namespace(own)} if grows else {CLUSTER}
     if isinstance(obj, Subnet):
         return {namespace(own)} if obj.spec.pool else {CLUSTER}

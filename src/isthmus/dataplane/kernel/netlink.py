@@ -34,6 +34,7 @@ from isthmus.dataplane.kernel.plan import (
     Route,
     Veth,
     Vxlan,
+    link_local,
 )
 
 ONLINK = 4
@@ -67,8 +68,9 @@ def read(ipr: Any) -> Plan:
             local = data.get("IFLA_VXLAN_LOCAL") if hasattr(data, "get") else None
             found[("vxlan", name)] = Vxlan(vni or 0, local or "", link.get("address"))
             for neigh in ipr.neigh("dump", ifindex=link["index"]):
-                if neigh["state"] & PERMANENT and neigh.get("dst"):
-                    found[("peer", name, neigh.get("dst"))] = neigh.get("lladdr")
+                dst = neigh.get("dst")  # a peer's IPv6 next hop (link-local) goes with its VTEP entry
+                if neigh["state"] & PERMANENT and dst and not ipaddress.ip_address(dst).is_link_local:
+                    found[("peer", name, dst)] = neigh.get("lladdr")
         elif name.startswith(VETH_PREFIX):
             found[("veth", name)] = None
     for family in (2, 10):
@@ -125,6 +127,10 @@ def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int])
     elif kind == "peer":
         index = _index(ipr, str(key[1]))
         ipr.neigh("replace", dst=key[2], lladdr=value, ifindex=index, state=PERMANENT)
+        with contextlib.suppress(NetlinkError):  # IPv6 off on the host: its IPv6 routes report why
+            ipr.neigh(
+                "replace", dst=link_local(str(value)), lladdr=value, ifindex=index, state=PERMANENT, family=10
+            )
         with contextlib.suppress(NetlinkError):
             ipr.fdb("del", ifindex=index, lladdr=old, dst=key[2]) if old else None
         ipr.fdb("append", ifindex=index, lladdr=value, dst=key[2], state=PERMANENT)
@@ -187,6 +193,7 @@ def remove(ipr: Any, key: Key, old: object) -> None:
             index = _index(ipr, str(key[1]))
             ipr.neigh("del", dst=key[2], ifindex=index)
             ipr.fdb("del", ifindex=index, lladdr=old, dst=key[2])
+            ipr.neigh("del", dst=link_local(str(old)), ifindex=index, family=10)
         elif kind == "route":
             prefix = ipaddress.ip_network(str(key[2]))
             ipr.route("del", dst=str(prefix), table=key[1], family=10 if prefix.version == 6 else 2)

@@ -84,6 +84,7 @@ from isthmus.compile.state import (
     NodeEntry,
     NodeState,
     Peer,
+    Prefix,
     RouteEntry,
     RuleEntry,
     ServiceEntry,
@@ -138,6 +139,21 @@ def node_mac(address: Address) -> str:
     """The MAC of a node's VXLAN devices: locally administered, from its underlay address."""
     raw = int(address).to_bytes(address.max_prefixlen // 8, "big")[-4:]
     return "02:49:" + ":".join(f"{b:02x}" for b in raw)
+
+
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address of a VXLAN MAC: a node's IPv6 next hop on the device (the kernel
+    refuses an IPv4 gateway for an IPv6 route; the peer's permanent neighbour entry maps it to the MAC)."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    return str(
+        ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes([raw[0] ^ 2]) + raw[1:3] + b"\xff\xfe" + raw[3:])
+    )
+
+
+def next_hop(prefix: Prefix, node: Address) -> str:
+    """The gateway of a route to `prefix` over VXLAN to the node at `node`: its address, or for IPv6 the
+    link-local address of its VXLAN MAC."""
+    return str(node) if prefix.version == 4 else link_local(node_mac(node))
 
 
 def _hash(text: str) -> str:
@@ -875,7 +891,7 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
         if route.kind == "leak":
             builder.plan[key] = Route("throw")
     elif (address := builder.address(route.node)) is not None:
-        builder.plan[key] = Route("via", vxlan_name(network.vni), str(address))
+        builder.plan[key] = Route("via", vxlan_name(network.vni), next_hop(route.prefix, address))
     if route.kind == "leak" and route.via is not None and _v4(route.prefix.network_address):
         backend = route.prefix.network_address
         builder.element("via_only", f"{network.table} . {backend}")
@@ -891,7 +907,7 @@ def _imported(builder: _Builder, key: Key, route: RouteEntry) -> None:
     device = vxlan_name(route.vni)
     builder.plan[("vxlan", device)] = Vxlan(route.vni, str(me), node_mac(me))
     builder.plan[("peer", device, str(route.via))] = node_mac(route.via)
-    builder.plan[key] = Route("via", device, str(route.via))
+    builder.plan[key] = Route("via", device, next_hop(route.prefix, route.via))
 
 
 def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
