@@ -58,11 +58,12 @@ def nodes() -> Iterator[dict[str, str]]:
 def test_ipv6_crosses_the_overlay_via_the_link_local_next_hop_of_the_other_node(
     nodes: dict[str, str],
 ) -> None:
-    drivers = {}
     for node, other in (("a", "b"), ("b", "a")):
         driver = Driver(nodes[node])
-        assert driver.sync(_plan(node, other)) == {}
-        drivers[node] = driver
+        try:
+            assert driver.sync(_plan(node, other)) == {}
+        finally:
+            driver.close()
         own = ipaddress.ip_network(NODES[node][1])
         ip(nodes[node], "-6", "addr", "add", f"{own[1]}/128", "dev", DEVICE, "nodad")  # an address inside
         ip(
@@ -105,4 +106,3 @@ def test_ipv6_crosses_the_overlay_via_the_link_local_next_hop_of_the_other_node(
     assert ping.returncode == 0, ping.stdout + ping.stderr
     for node, other in (("a", "b"), ("b", "a")):
         assert drift(_plan(node, other), nodes[node]) == {}  # the link-local neighbour reads as its peer's
-        drivers[node].close()
