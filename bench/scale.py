@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PODS_PER_NODE, PODS_PER_NAMESPACE, SERVICES = 30, 30, 3
 RATE, CHURN_S, CUT_S = 30, 20.0, 60.0  # pod changes a second; seconds of churn; seconds of a cut's worth
 WORKERS = 2
-CONFIG = KubeConfig(isolation="namespace", pod_cidr="10.0.0.0/8", pod_block=27)  # type: ignore[arg-type]
+CONFIG = KubeConfig(isolation="namespace", pod_cidrs=["10.0.0.0/8"], pod_block=27)  # type: ignore[list-item]
 
 
 def sizes() -> list[int]:
@@ -76,7 +76,7 @@ class SimAgent(Agent):
     def __init__(self, ledger: Ledger, node: str) -> None:
         self.applied: dict[int, float] = {}  # revision -> when the batch holding it was planned
         self.work: list[float] = []  # seconds each batch took: compile, plan
-        super().__init__(ledger, node, PlanOnly())  # type: ignore[arg-type]
+        super().__init__(ledger, node, PlanOnly())  # type: ignore[list-item]
 
     def changed(self, events: list[Any]) -> None:
         started = time.perf_counter()
@@ -368,7 +368,7 @@ def routes_per_node(nodes: int) -> int:
     """Kernel routes on one node in the cluster-wide pod network (cluster isolation), N nodes and 30N
     pods: compiled and planned from the translation (in memory: routes do not depend on the store)."""
     rng = random.Random(2)
-    reconciler = Reconciler(MemoryLedger(), KubeConfig(pod_cidr="10.0.0.0/8", pod_block=26))  # type: ignore[arg-type]
+    reconciler = Reconciler(MemoryLedger(), KubeConfig(pod_cidrs=["10.0.0.0/8"], pod_block=26))  # type: ignore[list-item]
     kept = ("Namespace", "Pod")
     reconciler.apply(
         [*_nodes(nodes), *(o for n in range(nodes) for o in _namespace(n, nodes, rng) if o.kind in kept)]

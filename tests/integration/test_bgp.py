@@ -266,7 +266,10 @@ def test_a_restarted_agent_adopts_its_bird_without_flapping_the_session(lab: Lab
     again = lab.node("n1", N1)
     assert again.call("start") is True
     assert again.call("state")["announced"] == [VIP]
-    assert again.peer("10.201.1.1")[:2] == ["Established", since]
+    assert again.peer("10.201.1.1")[:2] == [
+        "Established",
+        pytest.approx(since, abs=0.01),
+    ]  # BIRD: wall from monotonic
     assert again.call("announce", [VIP]) is False
     assert again.call("announce", ["203.0.113.11/32"]) is True
     wait(lambda: not lab.next_hops(VIP) and bool(lab.next_hops("203.0.113.11/32")), 1.0, "changed")
@@ -303,7 +306,7 @@ def test_an_unreachable_peer_shows_its_reason_while_the_others_work(lab: Lab) ->
     wait(lambda: n1.peer("10.201.1.9")[2] is not None, 10.0, "an error for the absent peer")
     state, _, error, _ = n1.peer("10.201.1.9")
     assert state != "Established" and error == "Socket: No route to host"
-    assert n1.peer("10.201.1.1")[:2] == ["Established", since]  # adding a peer restarts no other session
+    assert n1.peer("10.201.1.1")[:2] == ["Established", pytest.approx(since, abs=0.01)]  # no other restarts
 
     n1.call("announce", [VIP])
     wait(lambda: lab.next_hops(VIP) == {"10.201.1.2"}, 1.0, "announced through the working peer")

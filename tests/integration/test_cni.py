@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from isthmus.dataplane.kernel.plan import GATEWAY, veth_name
+from isthmus.dataplane.kernel.plan import veth_name
+from isthmus.dataplane.kernel.ruleset import GATEWAY
 from isthmus.lab.fabric import Fabric, ip
 from tests.integration.runtime import NODE, Answer, Runtime, declare, destroy, node_has
 

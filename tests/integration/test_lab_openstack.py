@@ -4,6 +4,7 @@ sandbox; its security groups are enforced on the packets."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from isthmus.model.network import eui64
 from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
 from tests.integration.labs import ask, isthmus, lab, lab_exec, running, until
 
@@ -164,3 +166,52 @@ def test_a_bare_metal_host_on_the_pod_network_is_reached_like_a_pod(
     lab(work, "apply", "-f", str(tmp_path / "host.yaml"))  # settles once its machine is up
     address = json.loads(isthmus(work, "get", "endpoint", "storage-1", "-n", "leonardo", "-o", "json").output)
     assert ask(work, "leonardo/web", address["spec"]["addresses"][0], 3260) == "leonardo/storage-1"
+
+
+def test_an_ipv6_slaac_subnet_gives_a_vm_its_eui64_address_reached_as_its_security_group_allows(
+    hybrid: tuple[Path, Cloud, dict[str, Any]],
+) -> None:
+    """`openstack subnet create --ip-version 6 --ipv6-address-mode slaac`: a port gets an IPv4 address and
+    the EUI-64 of its MAC in the /64 (the lab's agent puts it on the VM's interface, as the VM would form
+    it from a router advertisement); an IPv6 rule of the VM's group lets IPv6 in, and only IPv6."""
+    work, cloud, _ = hybrid
+    cloud.cli("leonardo", "network", "create", "six")
+    cloud.cli("leonardo", "subnet", "create", "six-v4", "--network", "six", "--subnet-range", "10.46.0.0/24")
+    subnet = cloud.json(
+        "leonardo",
+        *("subnet", "create", "six-v6", "--network", "six", "--ip-version", "6"),
+        *("--ipv6-address-mode", "slaac", "--ipv6-ra-mode", "slaac", "--subnet-range", "2001:db8:46::/64"),
+    )
+    assert (subnet["ipv6_address_mode"], subnet["ipv6_ra_mode"], subnet["ip_version"]) == (
+        "slaac",
+        "slaac",
+        6,
+    )
+    cloud.cli("leonardo", "security", "group", "create", "db")
+    client = cloud.vm("leonardo", "six-client", "six", "node-1")
+    server = cloud.vm("leonardo", "six-db", "six", "node-2", "--security-group", "db")
+    addresses = {ipaddress.ip_address(f["ip_address"]).version: f["ip_address"] for f in server["fixed_ips"]}
+    mac = server["mac_address"]
+    assert addresses[6] == str(eui64(ipaddress.IPv6Network("2001:db8:46::/64"), mac))
+    vm, db = f"leonardo/{client['id']}", f"leonardo/{server['id']}"
+
+    def booted() -> bool:
+        machines = json.loads(lab(work, "status", "-o", "json").output)["machines"]
+        return all(m["up"] for m in machines if m["ref"] in (vm, db)) and len(machines) > 1
+
+    until(booted, True)
+    assert ask(work, vm, addresses[6], 5432) == "failed: TimeoutError"  # group db lets nothing in
+    cloud.cli(
+        "leonardo",
+        *("security", "group", "rule", "create", "db", "--ethertype", "IPv6", "--protocol", "tcp"),
+        *("--dst-port", "5432"),
+    )
+    until(lambda: ask(work, vm, addresses[6], 5432), db)  # over IPv6, node-1 to node-2
+    assert ask(work, vm, addresses[4], 5432) == "failed: TimeoutError"  # the rule is IPv6's only
+    bad = cloud.cli(
+        "leonardo",
+        *("subnet", "create", "bad", "--network", "six", "--ip-version", "6", "--ipv6-address-mode"),
+        *("slaac", "--subnet-range", "2001:db8:47::/80"),
+        ok=False,
+    )
+    assert bad.returncode == 1 and "EUI-64, which needs a /64 prefix" in bad.stderr

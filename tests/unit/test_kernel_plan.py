@@ -34,6 +34,7 @@ PEERS = st.sampled_from(
         {"namespaceSelector": {}},
         {"namespaceSelector": {"matchLabels": {"app": "s"}}, "podSelector": {}},
         {"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.4/30"]}},
+        {"ipBlock": {"cidr": "fd00::/120", "except": ["fd00::4/126"]}},
     ]
 )
 
@@ -101,7 +102,7 @@ def _seed() -> list[Object]:
             "spec": {
                 "network": "a" if i < 3 else "b",
                 "node": NODES[i % 2],
-                "addresses": [f"10.0.0.{i}"],
+                "addresses": [f"10.0.0.{i}", *([f"fd00::{i}"] if i < 3 else [])],  # two dual stack
                 "ports": [{"name": "http", "port": 80}],
             },
         }
@@ -114,12 +115,12 @@ def _seed() -> list[Object]:
             "metadata": _meta("s", "x"),
             "spec": {
                 "network": "a",
-                "vip": "10.254.0.1",
+                "vips": ["10.254.0.1", "fd00:254::1"],
                 "ports": [{"port": 80, "targetPort": "http"}],
                 "backends": [
                     {
                         "endpoint": f"e{i}",
-                        "address": f"10.0.0.{i}",
+                        "addresses": [f"10.0.0.{i}", f"fd00::{i}"],
                         "node": NODES[i % 2],
                         "ports": {"http": 80},
                     }
@@ -303,3 +304,25 @@ def test_an_ipv6_block_of_another_node_goes_via_the_link_local_of_its_vxlan_mac(
         == node_mac(ipaddress.ip_address("192.0.2.2"))
         == "02:49:c0:00:02:02"
     )
+
+
+def test_ipv6_gets_the_twin_of_every_ipv4_rule_service_and_set() -> None:
+    """A dual-stack endpoint and service: its VIP of each family DNATs to the backends of that family,
+    hairpin of each family, NetworkPolicy peers as sets of each family, refusals in ICMPv6, and pods'
+    neighbour discovery reaching the node."""
+    made = plan(Compiler(_seed()).node_state(NODES[1]))
+    assert ("element", "services", "10.254.0.1 . tcp . 80") in made
+    chain = str(made[("element", "services6", "fd00:254::1 . tcp . 80")]).removeprefix("goto ")
+    assert "dnat ip6 to numgen random mod 2 map { 0 : fd00::1 . 80, 1 : fd00::2 . 80 }" in str(
+        made[("chain", chain)]
+    )
+    assert ("element", "hairpin6", "fd00::1 . fd00::1") in made
+    assert ("element", "internal6", "fe80::1") in made
+    ingress = str(made[("element", "ingress", f'"{veth_name("x/e1")}"')]).removeprefix("jump ")
+    rules = str(made[("chain", ingress)])
+    assert "ip saddr @peer_" in rules and "ip6 saddr @peer_" in rules
+    six = [k for k, v in made.items() if k[0] == "set" and v == "ipv6_addr"]
+    assert any(("element", k[1], "fd00::1") in made for k in six)
+    chains = {str(k[1]).rpartition("_")[0]: str(v) for k, v in made.items() if k[0] == "chain"}
+    assert "ip6 daddr @refused6 reject with icmpv6 addr-unreachable" in chains["forward"]
+    assert "icmpv6 type { packet-too-big, nd-router-solicit" in chains["input"]

@@ -211,7 +211,7 @@ def test_bad_kubernetes_input_changes_nothing(
 
 
 def test_an_exhausted_pod_cidr_is_a_clear_error(ledger: Ledger) -> None:
-    config = KubeConfig(pod_cidr="10.32.0.0/29", pod_block=29)  # type: ignore[arg-type]
+    config = KubeConfig(pod_cidrs=["10.32.0.0/29"], pod_block=29)  # type: ignore[list-item]
     rc = yaml.safe_load((SEEDS / "nginx-rc.yaml").read_text())
     reconcile(ledger, config, kube(rc))
     before = snapshot(ledger)
@@ -222,7 +222,7 @@ def test_an_exhausted_pod_cidr_is_a_clear_error(ledger: Ledger) -> None:
 
 
 def test_an_exhausted_floating_ip_pool_is_a_clear_error_and_keeps_the_rest(ledger: Ledger) -> None:
-    config = KubeConfig(external_pool="203.0.113.0/30")  # type: ignore[arg-type]
+    config = KubeConfig(external_pools=["203.0.113.0/30"])  # type: ignore[list-item]
 
     def lb(name: str) -> dict[str, Any]:
         return {

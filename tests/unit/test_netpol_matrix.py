@@ -16,6 +16,7 @@ Cells from a pod to itself are not compared (upstream ignoreLoopback).
 from __future__ import annotations
 
 import json
+import re
 import string
 import textwrap
 from collections.abc import Callable, Mapping
@@ -54,8 +55,12 @@ class Policy:
     spec: str
     namespace: str = "x"
 
-    def document(self, ips: Mapping[str, str]) -> dict[str, Any]:
+    def document(self, ips: Mapping[str, str], family: int = 4) -> dict[str, Any]:
+        """The policy, with pod addresses from `ips`; in IPv6 a host is a /128 (the wide /4 with host bits
+        set stays: it holds every pod of either family)."""
         text = textwrap.dedent(self.spec)
+        if family == 6:
+            text = re.sub(r"(\$\w+)/32\b", r"\1/128", text)
         if "$" in text:
             text = string.Template(text).substitute(ips)
         spec = yaml.safe_load(text)

@@ -4,6 +4,7 @@ attachments it made are kept in a file, so DEL, CHECK and GC work after an agent
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import socketserver
@@ -14,7 +15,8 @@ from typing import Any
 
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel import netlink
-from isthmus.dataplane.kernel.plan import GATEWAY, Veth, veth_name
+from isthmus.dataplane.kernel.plan import Veth, veth_name
+from isthmus.dataplane.kernel.ruleset import GATEWAY, GATEWAY6
 from isthmus.model import Endpoint
 
 BROKEN = 100  # plugin-specific CNI code: an attachment could not be made, or is no longer whole
@@ -92,14 +94,17 @@ class Service:
         if stuck:
             raise Refused(11, f"{veth.endpoint}: attached but not programmed: {stuck}")
         interfaces = [made["host"], made["sandbox"] | {"sandbox": request["netns"]}]
-        ips = [
-            {"address": f"{a}/{32 if '.' in a else 128}", "gateway": GATEWAY, "interface": 1}
-            for a in veth.addresses
-        ]
+        gateways = {4: ("0.0.0.0/0", GATEWAY), 6: ("::/0", GATEWAY6)}
+        addresses = [ipaddress.ip_address(a) for a in veth.addresses]
         return {
             "interfaces": interfaces,
-            "ips": ips,
-            "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+            "ips": [
+                {"address": f"{a}/{a.max_prefixlen}", "gateway": gateways[a.version][1], "interface": 1}
+                for a in addresses
+            ],
+            "routes": [
+                {"dst": gateways[v][0], "gw": gateways[v][1]} for v in sorted({a.version for a in addresses})
+            ],
             "dns": {},
         }
 

@@ -20,6 +20,9 @@ SYSCTLS = {
     "net/ipv4/fib_multipath_hash_policy": "1",
     "net/ipv4/conf/all/rp_filter": "0",
     "net/ipv4/conf/default/rp_filter": "0",
+    "net/ipv6/conf/all/forwarding": "1",
+    "net/ipv6/fwmark_reflect": "1",
+    "net/ipv6/fib_multipath_hash_policy": "1",
 }
 
 

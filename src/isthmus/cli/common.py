@@ -101,7 +101,7 @@ Command = Callable[..., None]
 
 def grid_options(protocols: tuple[str, ...]) -> Callable[[Command], Command]:
     """The options of a reachability grid (`matrix`, `lab probe`): --port, --protocol (one of
-    `protocols`), --to, -n and -o."""
+    `protocols`), --to, -n, --family and -o."""
     options = [
         click.option("--port", type=click.IntRange(1, 65535), required=True),
         click.option(
@@ -112,6 +112,14 @@ def grid_options(protocols: tuple[str, ...]) -> Callable[[Command], Command]:
         ),
         click.option(
             "-n", "--namespace", "namespaces", multiple=True, help="Only these namespaces (repeat)."
+        ),
+        click.option(
+            "--family",
+            type=click.Choice(["4", "6"]),
+            default="4",
+            show_default=True,
+            callback=lambda *a: int(a[2]),
+            help="The address family: IPv4 or IPv6 addresses of pods and services.",
         ),
         click.option("-o", "--output", type=click.Choice(["json"]), help="Output format."),
     ]

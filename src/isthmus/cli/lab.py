@@ -150,11 +150,12 @@ def probe(
     protocol: str,
     to: Literal["pods", "services"],
     namespaces: tuple[str, ...],
+    family: int,
     output: str | None,
 ) -> None:
     """Real connections from every pod to every pod or service ClusterIP, as `isthmus matrix` shows them."""
     with _failures():
-        result = _lab(ctx).probe(port, protocol.upper(), to, namespaces)
+        result = _lab(ctx).probe(port, protocol.upper(), to, namespaces, family)
     show_grid(result, output)
 
 

@@ -33,6 +33,7 @@ from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Source, Tracer
 from isthmus.dataplane.trace.matrix import matrix
 from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import Reconciler, cluster_config
 from isthmus.model import (
     KINDS,
     KindInfo,
@@ -40,6 +41,7 @@ from isthmus.model import (
     ServiceVIP,
     lookup_kind,
 )
+from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
 from isthmus.store import Credentials, Ledger, objects
 from isthmus.store.election import Election, controllers, elected
@@ -274,11 +276,13 @@ def matrix_command(
     protocol: str,
     to: Literal["pods", "services"],
     namespaces: tuple[str, ...],
+    family: int,
     output: str | None,
 ) -> None:
-    """The trace verdict for every source pod and every destination pod or service ClusterIP."""
+    """The trace verdict for every source pod and every destination pod or service ClusterIP, in one
+    address family."""
     with errors():
-        result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces)
+        result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces, family)
     show_grid(result, output)
 
 
@@ -364,6 +368,50 @@ def watch(ctx: Context, kubeconfig: str, resync: float, replica: str) -> None:
 
     with errors():
         elected(Election(ctx.ledger, "kube", replica), stop, manage)
+
+
+@kube.command("config")
+@click.option("--pod-cidr", "pod_cidrs", multiple=True, help="Pods' CIDR; one per family, the primary first.")
+@click.option("--service-cidr", "service_cidrs", multiple=True, help="ClusterIPs' CIDR; the pods' families.")
+@click.option(
+    "--external-pool", "external_pools", multiple=True, help="LoadBalancer IPs' CIDR; one per family."
+)
+@click.option("--pod-block", type=int, help="Prefix length of the pods' IPv4 blocks.")
+@click.option("--pod-block6", type=int, help="Prefix length of the pods' IPv6 blocks.")
+@pass_context
+def kube_config(
+    ctx: Context,
+    pod_cidrs: tuple[str, ...],
+    service_cidrs: tuple[str, ...],
+    external_pools: tuple[str, ...],
+    pod_block: int | None,
+    pod_block6: int | None,
+) -> None:
+    """Show the cluster's configuration, or change what the options name: its address families are those
+    of --pod-cidr (a dual-stack cluster gives one of each family, and --service-cidr of the same families).
+    Everything is translated again by it, in one transaction with storing it, or nothing changes."""
+    given = {
+        "pod_cidrs": list(pod_cidrs),
+        "service_cidrs": list(service_cidrs),
+        "external_pools": list(external_pools),
+        "pod_block": pod_block,
+        "pod_block6": pod_block6,
+    }
+    changes = {k: v for k, v in given.items() if v}
+    with errors():
+        reconciler = Reconciler(ctx.ledger, KubeConfig())
+        current = cluster_config(ctx.ledger, KubeConfig())
+        if changes:
+            try:
+                wanted = KubeConfig.model_validate(current.model_dump() | changes)
+            except ValidationError as exc:
+                raise click.ClickException(f"kube config: {describe(exc)}") from None
+            for item in reconciler.configure(wanted):
+                if item.action != "unchanged":
+                    name = f"{type(item.object).__name__.lower()}/{item.object.metadata.name}"
+                    click.echo(f"{name} {item.action}", err=True)
+            current = wanted
+    click.echo(json.dumps(current.model_dump(mode="json", by_alias=True), indent=2))
 
 
 @cli.group()

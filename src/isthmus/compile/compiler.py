@@ -541,11 +541,17 @@ class Compiler:
         found = []
         for backend in vip.spec.backends:
             number = port.target_for(backend.ports)
-            if backend.address is None or number is None or not (backend.ready or vip.spec.publish_not_ready):
+            if number is None or not (backend.ready or vip.spec.publish_not_ready):
                 continue
             endpoint = ref(*split_ref(backend.endpoint, vip.metadata.namespace)) if backend.endpoint else None
-            found.append(Target(backend.address, number, backend.node, endpoint, backend.network))
-        return tuple(sorted(found, key=lambda t: (int(t.address), t.port)))
+            found += [Target(a, number, backend.node, endpoint, backend.network) for a in backend.addresses]
+        return tuple(sorted(found, key=lambda t: (t.address.version, int(t.address), t.port)))
+
+    @staticmethod
+    def vip_for(vip: ServiceVIP, address: Address) -> Address:
+        """The service's VIP of the family of `address` (an external or floating IP), else its first (it
+        has one)."""
+        return next((v for v in vip.spec.vips if v.version == address.version), vip.spec.vips[0])
 
     def _service(self, vip: ServiceVIP) -> Made:
         if vip.spec.vip is None:
@@ -553,48 +559,50 @@ class Compiler:
         name = ref(vip.metadata.namespace, vip.metadata.name)
         affinity = vip.spec.affinity_timeout if vip.spec.session_affinity == "ClientIP" else None
         made: Made = []
+        local = vip.spec.external_traffic_policy == "Local"
         for i, port in enumerate(vip.spec.ports):
-            local = vip.spec.external_traffic_policy == "Local"
-            entry = ServiceEntry(name, vip.spec.vip, self.targets(vip, i), affinity, local)
-            for address in [vip.spec.vip, *vip.spec.external_ips]:
+            targets = self.targets(vip, i)
+            for address in [*vip.spec.vips, *vip.spec.external_ips]:
+                entry = ServiceEntry(name, self.vip_for(vip, address), targets, affinity, local)
                 made.append((SHARED, ("service", str(address), port.protocol, port.port), entry))
             if port.node_port is not None:
+                entry = ServiceEntry(name, vip.spec.vip, targets, affinity, local)
                 made.append((SHARED, ("nodeport", port.protocol, port.node_port), entry))
         return made
 
     def _floating(self, fip: FloatingIP) -> Made:
-        if fip.spec.address is None:
-            return []
-        address = str(fip.spec.address)
+        """Each address of the floating IP: to the service's targets of its family, or to the endpoints'
+        addresses of its family (every port)."""
         if fip.spec.service is not None:
             ns, name = split_ref(fip.spec.service, fip.metadata.namespace)
             vip = self.objects["ServiceVIP"].get((ns or "", name))
             if not isinstance(vip, ServiceVIP) or vip.spec.vip is None:
                 return []
             affinity = vip.spec.affinity_timeout if vip.spec.session_affinity == "ClientIP" else None
+            local = vip.spec.external_traffic_policy == "Local"
             return [
                 (
                     SHARED,
-                    ("service", address, port.protocol, port.port),
+                    ("service", str(address), port.protocol, port.port),
                     ServiceEntry(
-                        ref(ns, name),
-                        vip.spec.vip,
-                        self.targets(vip, i),
-                        affinity,
-                        vip.spec.external_traffic_policy == "Local",
+                        ref(ns, name), self.vip_for(vip, address), self.targets(vip, i), affinity, local
                     ),
                 )
+                for address in fip.spec.addresses
                 for i, port in enumerate(vip.spec.ports)
             ]
         targets = []
         for endpoint_ref in fip.spec.endpoints:
             ns, name = split_ref(endpoint_ref, fip.metadata.namespace)
             endpoint = self.objects["Endpoint"].get((ns or "", name))
-            if isinstance(endpoint, Endpoint) and endpoint.spec.addresses:
+            if isinstance(endpoint, Endpoint):
                 where = (endpoint.spec.node, ref(ns, name), self.network_of(endpoint))
-                targets.append(Target(endpoint.spec.addresses[0], 0, *where))
-        entry = ServiceEntry(ref(fip.metadata.namespace, fip.metadata.name), fip.spec.address, tuple(targets))
-        return [(SHARED, ("service", address, "any", 0), entry)]
+                targets += [Target(a, 0, *where) for a in endpoint.spec.addresses]
+        name = ref(fip.metadata.namespace, fip.metadata.name)
+        return [
+            (SHARED, ("service", str(address), "any", 0), ServiceEntry(name, address, tuple(targets)))
+            for address in fip.spec.addresses
+        ]
 
     def _egress(self, egress: EgressIP) -> Made:
         """The tenant's egress address and its owner."""

@@ -7,9 +7,10 @@ transaction. Functions of (transaction, object, stored object); they write nothi
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -35,6 +36,7 @@ from isthmus.model import (
 )
 from isthmus.model.kinds import ISTHMUS, KINDS, lookup_kind
 from isthmus.model.meta import IPAddress
+from isthmus.model.network import eui64
 from isthmus.store import objects
 from isthmus.store.txn import Txn
 
@@ -229,29 +231,43 @@ def _subnet(txn: Txn, subnet: Subnet, old: Object | None) -> Subnet:
 
 
 def _addresses(
-    txn: Txn, owner: Object, network: VirtualNetwork, wanted: list[IPAddress], held: list[IPAddress]
+    txn: Txn,
+    owner: Object,
+    network: VirtualNetwork,
+    wanted: list[IPAddress],
+    held: list[IPAddress],
+    families: Sequence[int] = (),
 ) -> list[IPAddress]:
-    """The owner's addresses: one per subnet as `wanted`; with none wanted, one of each family the network
-    has (its pools' first, in their order), each the one it holds (among `held`, what its stored version
-    shows) or a new one, from the newest block first in a network that grows. In a routed network or one
-    that grows, an endpoint on a node takes them from that node's blocks (so other nodes route one block
-    to it, not each address), anything else from the subnets of no node."""
+    """The owner's addresses: one per subnet as `wanted`, and one of each of `families` that none wanted
+    is of; with nothing wanted, one of each of `families`, or of each family the network has (its pools'
+    first, in their order). Each is the one it holds (among `held`, what its stored version shows) or a
+    new one, from the newest block first in a network that grows. In a routed network or one that grows,
+    an endpoint on a node takes them from that node's blocks (so other nodes route one block to it, not
+    each address), anything else from the subnets of no node."""
     name, net = ident(owner), f"{network.metadata.namespace}/{network.metadata.name}"
     node = owner.spec.node if isinstance(owner, Endpoint) and _node_blocks(network) else None
+    mac = owner.spec.mac if isinstance(owner, Endpoint) else None
     subnets = sorted(
         (s for s in subnets_of(txn, network) if s.spec.node == node),
         key=lambda s: (s.spec.cidr.version, _block_index(s)),
     )
-    pools = {p.spec.cidr.version: p.metadata.name for p in map(partial(_pool, txn), network.spec.pools())}
+    pools: dict[int, str] = {
+        p.spec.cidr.version: p.metadata.name for p in map(partial(_pool, txn), network.spec.pools())
+    }
     if not subnets and not pools:
         raise Invalid(f"{name}: network {net} has no subnet" + (f" for node {node}" if node else ""))
     outside = [str(a) for a in wanted if not any(a in s.spec.cidr for s in subnets)]
     if outside:
         where = f"block of node {node} in network" if node else "subnet of network"
         raise Invalid(f"{name}: {', '.join(outside)} is in no {where} {net}")
+    missing = [f for f in families if f not in {a.version for a in wanted}]
+    has = _families(txn, network)
+    if absent := [f"IPv{f}" for f in families if f not in has]:
+        raise Invalid(f"{name}: network {net} has no {' or '.join(absent)} subnet")
     try:
         if not wanted:
-            families = dict.fromkeys([*pools, *(s.spec.cidr.version for s in subnets)])
+            for dropped in (s for s in subnets if families and s.spec.cidr.version not in families):
+                ipam.release(txn, ipam.subnet_pool(dropped), name)
             return [
                 _address(
                     txn,
@@ -261,8 +277,10 @@ def _addresses(
                     [s for s in subnets if s.spec.cidr.version == f],
                     pools.get(f),
                     held,
+                    mac,
                 )
                 for f in families
+                or [f for f in has if f in pools or any(s.spec.cidr.version == f for s in subnets)]
             ]
         result: list[IPAddress] = []
         for subnet in subnets:
@@ -272,11 +290,24 @@ def _addresses(
                 raise Invalid(f"{name}: one address per subnet, got {', '.join(map(str, mine))} in {cidr}")
             if mine:
                 result.append(cidr[ipam.allocate(txn, pool, name, int(mine[0]) - int(cidr.network_address))])
-            else:
+            elif cidr.version not in missing:
                 ipam.release(txn, pool, name)
-        return result
+        family = [s for s in subnets if s.spec.cidr.version in missing]
+        result += [
+            _address(
+                txn, name, network, node, [s for s in family if s.spec.cidr.version == f], None, held, mac
+            )
+            for f in missing
+        ]
+        return sorted(result, key=lambda a: [*families, a.version].index(a.version))
     except ipam.IpamError as exc:
         raise Invalid(f"{name}: {exc}") from None
+
+
+def _families(txn: Txn, network: VirtualNetwork) -> list[int]:
+    """The network's address families, its pools' first, in their order."""
+    pools = [_pool(txn, p).spec.cidr.version for p in network.spec.pools()]
+    return list(dict.fromkeys([*pools, *(s.spec.cidr.version for s in subnets_of(txn, network))]))
 
 
 def _address(
@@ -287,10 +318,17 @@ def _address(
     subnets: list[Subnet],
     pool: str | None,
     held: list[IPAddress],
+    mac: str | None = None,
 ) -> IPAddress:
-    """One address of one family: the one `name` holds in `subnets`, else a free one (the newest block
-    first when the family grows from `pool`), else one of a new block of `pool`."""
+    """One address of one family: the one `name` holds in `subnets`, else in a subnet of automatic (SLAAC)
+    addresses the EUI-64 of `mac`, else a free one (the newest block first when the family grows from
+    `pool`), else one of a new block of `pool`."""
     ranked = [(ipam.subnet_pool(s), s.spec.cidr) for s in subnets]
+    for subnet in (s for s in subnets if s.spec.automatic() and mac):
+        cidr = subnet.spec.cidr
+        assert mac and isinstance(cidr, ipaddress.IPv6Network)  # an endpoint's, in a /64
+        offset = int(eui64(cidr, mac)) - int(cidr.network_address)
+        return cidr[ipam.allocate(txn, ipam.subnet_pool(subnet), name, offset)]
     for numbers, cidr in ranked:
         value = ipam.held(txn, numbers, name) if any(a in cidr for a in held) else None
         if value is not None:
@@ -361,22 +399,22 @@ def _endpoint(txn: Txn, endpoint: Endpoint, old: Object | None) -> Endpoint:
             "from their node's blocks: give spec.node"
         )
     held = old.spec.addresses if isinstance(old, Endpoint) else []
-    addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses), held)
     mac = endpoint.spec.mac or _mac(str(endpoint.metadata.uid))
-    return endpoint.model_copy(
-        update={"spec": endpoint.spec.model_copy(update={"addresses": addresses, "mac": mac})}
-    )
+    endpoint = endpoint.model_copy(update={"spec": endpoint.spec.model_copy(update={"mac": mac})})
+    addresses = _addresses(txn, endpoint, network, list(endpoint.spec.addresses), held)
+    return endpoint.model_copy(update={"spec": endpoint.spec.model_copy(update={"addresses": addresses})})
 
 
 def _backend(txn: Txn, backend: Backend, namespace: str | None) -> Backend:
-    """Address and node from the backend's endpoint (its first address), when it names one."""
+    """Addresses and node from the backend's endpoint, when it names one."""
     if backend.endpoint is None:
         return backend
     ns, name = split_ref(backend.endpoint, namespace)
     endpoint = _get(txn, Endpoint, ns, name)
     assert endpoint is not None  # admit() checked the reference
     network = "/".join(filter(None, split_ref(endpoint.spec.network, ns)))
-    update = {"address": endpoint.spec.addresses[0], "node": endpoint.spec.node, "network": network}
+    addresses = endpoint.spec.addresses
+    update = {"address": addresses[0], "addresses": addresses, "node": endpoint.spec.node, "network": network}
     return backend.model_copy(update=update)
 
 
@@ -400,25 +438,40 @@ def _node_ports(txn: Txn, service: ServiceVIP) -> list[ServicePort]:
 
 def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
     network = network_of(txn, service.spec.network, service.metadata.namespace)
-    held = [old.spec.vip] if isinstance(old, ServiceVIP) and old.spec.vip else []
-    vip = _addresses(txn, service, network, [service.spec.vip] if service.spec.vip else [], held)[0]
+    held = list(old.spec.vips) if isinstance(old, ServiceVIP) else []
+    families = service.spec.families() or _families(txn, network)[:1]
+    vips = _addresses(txn, service, network, list(service.spec.vips), held, families)
     backends = [_backend(txn, b, service.metadata.namespace) for b in service.spec.backends]
-    spec = {"vip": vip, "backends": backends, "ports": _node_ports(txn, service)}
+    spec = {
+        "vip": vips[0],
+        "vips": vips,
+        "ip_families": [f"IPv{v.version}" for v in vips],
+        "backends": backends,
+        "ports": _node_ports(txn, service),
+    }
     return service.model_copy(update={"spec": service.spec.model_copy(update=spec)})
 
 
-def _public(txn: Txn, obj: FloatingIP | EgressIP, old: Object | None) -> IPAddress:
-    """The address of a floating or egress IP: the one asked for, or held, or a new one, in its pool."""
+def _public(
+    txn: Txn, obj: FloatingIP | EgressIP, wanted: list[IPAddress], held: list[IPAddress], families: list[int]
+) -> list[IPAddress]:
+    """The addresses of a floating or egress IP, of `families` (else the pool's first family): those
+    asked for, or held, or new ones, in its pool."""
     pool = network_of(txn, obj.spec.pool, obj.metadata.namespace)
     if not pool.spec.external:
         raise Invalid(f"{ident(obj)}: pool {obj.spec.pool} is not an external network")
-    held = [old.spec.address] if isinstance(old, type(obj)) and old.spec.address else []
-    return _addresses(txn, obj, pool, [obj.spec.address] if obj.spec.address else [], held)[0]
+    return _addresses(txn, obj, pool, wanted, held, families or _families(txn, pool)[:1])
 
 
 def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
-    address = _public(txn, fip, old)
-    return fip.model_copy(update={"spec": fip.spec.model_copy(update={"address": address})})
+    held = list(old.spec.addresses) if isinstance(old, FloatingIP) else []
+    addresses = _public(txn, fip, list(fip.spec.addresses), held, fip.spec.families())
+    update = {
+        "address": addresses[0],
+        "addresses": addresses,
+        "ip_families": [f"IPv{a.version}" for a in addresses],
+    }
+    return fip.model_copy(update={"spec": fip.spec.model_copy(update=update)})
 
 
 def _egress(txn: Txn, egress: EgressIP, old: Object | None) -> EgressIP:
@@ -429,7 +482,8 @@ def _egress(txn: Txn, egress: EgressIP, old: Object | None) -> EgressIP:
                 f"{ident(egress)}: tenant {egress.metadata.namespace} already egresses as "
                 f"{other.spec.address} ({ident(other)})"
             )
-    address = _public(txn, egress, old)
+    held = [old.spec.address] if isinstance(old, EgressIP) and old.spec.address else []
+    address = _public(txn, egress, [egress.spec.address] if egress.spec.address else [], held, [])[0]
     return egress.model_copy(update={"spec": egress.spec.model_copy(update={"address": address})})
 
 

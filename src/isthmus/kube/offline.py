@@ -78,7 +78,11 @@ def carry_over(view: KubeView, obj: KubeObject) -> KubeObject:
         body["status"] = stored.body["status"]
     if obj.kind == "Service" and isinstance(body.get("spec"), dict):
         old = stored.body.get("spec") or {}
-        body["spec"].setdefault("clusterIP", old.get("clusterIP"))
+        for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+            body["spec"].setdefault(field, old.get(field))
+        if body["spec"].get("ipFamilyPolicy") == "SingleStack":  # dual to single stack: the first stays
+            for field in ("clusterIPs", "ipFamilies"):
+                body["spec"][field] = (body["spec"].get(field) or [])[:1] or None
         held = {
             (p.get("port"), p.get("protocol", "TCP")): p["nodePort"]
             for p in old.get("ports") or []
@@ -210,7 +214,9 @@ def with_status(obj: KubeObject, shown: dict[str, Any]) -> KubeObject:
         body["status"] = {**status, **shown["status"], "conditions": conditions}
     else:
         spec = dict(body.get("spec") or {})
-        spec["clusterIP"] = shown["clusterIP"]
+        spec["clusterIP"], spec["clusterIPs"] = shown["clusterIP"], shown["clusterIPs"]
+        spec["ipFamilies"] = shown["ipFamilies"]
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
         spec["ports"] = [
             {**p, "nodePort": shown["nodePorts"][(p.get("port"), p.get("protocol", "TCP"))]}
             if shown["nodePorts"].get((p.get("port"), p.get("protocol", "TCP")))

@@ -43,6 +43,7 @@ _SHOWN = {
 }
 Shown = dict[Key, dict[str, Any]]
 EPOCH = "/kube/epoch"
+CONFIG = "/kube/config"  # the cluster's KubeConfig, when one was stored (`isthmus kube config`)
 
 
 class Moved(Exception):
@@ -88,7 +89,9 @@ class Reconciler:
         self, ledger: Ledger, config: KubeConfig, *, sink: Callable[[KubeView, Shown], None] | None = None
     ) -> None:
         self.ledger = ledger
+        self.default = config  # the configuration while the ledger stores none
         self.config = config
+        self.storing: KubeConfig | None = None  # a configuration to store with the next change
         self.sink = sink
         self.live = sink is not None
         self.translator: Translator | None = None
@@ -100,6 +103,7 @@ class Reconciler:
         """The Kubernetes objects, loaded from the ledger and translated on first use."""
         if self.translator is None:
             self.epoch = _read_epoch(self.ledger)
+            self.config = self.storing or cluster_config(self.ledger, self.default)
             translator = Translator(load_view(self.ledger), self.config)
             translator.full()
             self.translator, self.cold = translator, True
@@ -147,6 +151,15 @@ class Reconciler:
             self.sink(self.view, _statuses(Txn(self.ledger), declared, done))
         return done
 
+    def configure(self, config: KubeConfig) -> list[intent.Applied]:
+        """Make `config` the cluster's: store it with everything translated again by it, in one
+        transaction, or (refused) change nothing."""
+        self.storing, self.translator = config, None
+        try:
+            return self.apply()
+        finally:
+            self.storing, self.translator = None, None
+
     def show(self, keys: Sequence[Key]) -> None:
         """Send these objects' statuses to the sink again (after a failed write)."""
         if self.sink is not None:
@@ -168,6 +181,8 @@ class Reconciler:
                 shown[:] = self._showing(_statuses(txn, declared, done))
                 for obj in shown:
                     objects.put(txn, obj, None)
+            if self.storing is not None:
+                txn.put(CONFIG, self.storing.model_dump_json(by_alias=True).encode())
             wrote[0] = bool(txn.writes)
             if wrote[0]:
                 txn.put(EPOCH, epoch)
@@ -205,6 +220,12 @@ def reconcile(
     return Reconciler(ledger, config).apply(incoming, removed)
 
 
+def cluster_config(ledger: Ledger, default: KubeConfig) -> KubeConfig:
+    """The cluster's configuration as stored, else `default`."""
+    kv = ledger.get(CONFIG)
+    return KubeConfig.model_validate_json(kv.value) if kv else default
+
+
 def _statuses(txn: Txn, keys: Sequence[Key], done: Sequence[intent.Applied]) -> Shown:
     """Statuses from the intent admitted (`done`), and from what the ledger holds for the objects `keys`
     names that nothing admitted covers (re-declared objects)."""
@@ -234,22 +255,25 @@ def pod_statuses(nodes: Sequence[Object], admitted: Sequence[Object]) -> Shown:
 
 
 def service_statuses(txn: Txn, admitted: Sequence[Object]) -> Shown:
-    """What each Service whose ServiceVIP was admitted should show: ClusterIP, node ports, ingress."""
+    """What each Service whose ServiceVIP was admitted should show: ClusterIPs and their families, node
+    ports, ingress."""
     shown: Shown = {}
     fips = {
-        (f.metadata.namespace, f.metadata.name): str(f.spec.address)
+        (f.metadata.namespace, f.metadata.name): [str(a) for a in f.spec.addresses]
         for f in admitted
         if isinstance(f, FloatingIP)
     }
     for vip in admitted:
         if isinstance(vip, ServiceVIP) and vip.metadata.annotations.get(SOURCE) == KUBERNETES:
-            fip = fips.get((vip.metadata.namespace, vip.metadata.name))
-            if fip is None and vip.spec.type == "LoadBalancer":  # its floating IP did not change
+            ingress = fips.get((vip.metadata.namespace, vip.metadata.name))
+            if ingress is None and vip.spec.type == "LoadBalancer":  # its floating IP did not change
                 stored = objects.get(txn, _FIP, vip.metadata.namespace, vip.metadata.name)
-                fip = str(stored.spec.address) if isinstance(stored, FloatingIP) else None
+                ingress = [str(a) for a in stored.spec.addresses] if isinstance(stored, FloatingIP) else None
             shown[("Service", vip.metadata.namespace, vip.metadata.name)] = {
                 "clusterIP": str(vip.spec.vip),
+                "clusterIPs": [str(v) for v in vip.spec.vips],
+                "ipFamilies": list(vip.spec.ip_families),
                 "nodePorts": {(p.port, p.protocol): p.node_port for p in vip.spec.ports},
-                "status": {"loadBalancer": {"ingress": [{"ip": fip}]} if fip else {}},
+                "status": {"loadBalancer": {"ingress": [{"ip": a} for a in ingress]} if ingress else {}},
             }
     return shown

@@ -7,6 +7,7 @@ name); addresses are not chosen here but allocated at admission, idempotently by
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,28 +75,40 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
         Tenant.model_validate(
             {"metadata": _meta(system), "spec": {"description": "Kubernetes cluster networks"}}
         ),
-        SubnetPool.model_validate(
-            {
-                "metadata": _meta("kube-pods"),
-                "spec": {"cidr": config.pod_cidr, "blockPrefixLength": config.pod_block},
-            }
+        *(
+            SubnetPool.model_validate(
+                {
+                    "metadata": _meta(family_name("kube-pods", c.version)),
+                    "spec": {"cidr": c, "blockPrefixLength": config.block(c.version)},
+                }
+            )
+            for c in config.pod_cidrs
         ),
         VirtualNetwork.model_validate(
             {
                 "metadata": _meta("pods", system),
-                "spec": {"shared": True, "subnetPool": "kube-pods", "egress": True},
+                "spec": {"shared": True, **pod_pools(config), "egress": True},
             }
         ),
         VirtualNetwork.model_validate({"metadata": _meta("services", system), "spec": {"shared": True}}),
-        Subnet.model_validate(
-            {
-                "metadata": _meta("services", system),
-                "spec": {"network": "services", "cidr": config.service_cidr, "noGateway": True},
-            }
+        *(
+            Subnet.model_validate(
+                {
+                    "metadata": _meta(family_name("services", c.version), system),
+                    "spec": {"network": "services", "cidr": c, "noGateway": True},
+                }
+            )
+            for c in config.service_cidrs
         ),
         VirtualNetwork.model_validate({"metadata": _meta("public", system), "spec": {"external": True}}),
-        Subnet.model_validate(
-            {"metadata": _meta("public", system), "spec": {"network": "public", "cidr": config.external_pool}}
+        *(
+            Subnet.model_validate(
+                {
+                    "metadata": _meta(family_name("public", c.version), system),
+                    "spec": {"network": "public", "cidr": c},
+                }
+            )
+            for c in config.external_pools
         ),
     ]
     nodes = view.nodes()
@@ -106,6 +119,17 @@ def infrastructure(config: KubeConfig, view: KubeView) -> list[Resource]:
             )
         )
     return made
+
+
+def family_name(base: str, family: int) -> str:
+    """The name of an object of the cluster's infrastructure for one family: IPv6's end in -v6."""
+    return base if family == 4 else f"{base}-v6"
+
+
+def pod_pools(config: KubeConfig) -> dict[str, Any]:
+    """The SubnetPools pod networks grow by, the primary family's first (one as `subnetPool`)."""
+    pools = [family_name("kube-pods", f) for f in config.families()]
+    return {"subnetPools": pools} if len(pools) > 1 else {"subnetPool": pools[0]}
 
 
 def node(kube_node: KubeObject) -> Node:
@@ -272,6 +296,52 @@ def _listed_backends(svc: KubeObject, listed: KubeObject, view: KubeView) -> lis
     return backends
 
 
+_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+
+
+def ip_families(svc: KubeObject, config: KubeConfig) -> list[str]:
+    """The families of a Service's ClusterIPs, as the API server chooses them from `ipFamilyPolicy`,
+    `ipFamilies` and `clusterIPs`; what it refuses is refused with its messages."""
+    spec = svc.body.get("spec") or {}
+    policy = spec.get("ipFamilyPolicy") or "SingleStack"
+    cluster = [f"IPv{f}" for f in config.families()]
+
+    def refuse(field: str, problem: str) -> TranslationError:
+        return TranslationError(
+            f"Service {svc.metadata.namespace}/{svc.metadata.name}: spec.{field}: {problem}"
+        )
+
+    if policy not in _POLICIES:
+        supported = ", ".join(f'"{p}"' for p in sorted(_POLICIES))
+        raise refuse("ipFamilyPolicy", f'Unsupported value: "{policy}": supported values: {supported}')
+    given = [
+        str(ip) for ip in _field(svc, "spec.clusterIPs", spec.get("clusterIPs"), list, []) if ip != "None"
+    ]
+    try:
+        from_ips = [f"IPv{ipaddress.ip_address(ip).version}" for ip in given]
+    except ValueError:
+        raise refuse("clusterIPs", f"Invalid value: {given}: must be IP addresses") from None
+    asked = [str(f) for f in _field(svc, "spec.ipFamilies", spec.get("ipFamilies"), list, [])] or from_ips
+    for i, family in enumerate(asked):
+        if family not in ("IPv4", "IPv6"):
+            raise refuse(
+                f"ipFamilies[{i}]", f'Unsupported value: "{family}": supported values: "IPv4", "IPv6"'
+            )
+        if family not in cluster:
+            raise refuse(f"ipFamilies[{i}]", f'Invalid value: "{family}": not configured on this cluster')
+    if len(set(asked)) != len(asked):
+        raise refuse("ipFamilies", f"Duplicate value: {asked}")
+    if policy == "RequireDualStack" and len(cluster) < 2:
+        problem = "this cluster is not configured for dual-stack services"
+        raise refuse("ipFamilyPolicy", f'Invalid value: "RequireDualStack": {problem}')
+    if policy == "SingleStack" and len(asked) > 1:
+        problem = "must be 'RequireDualStack' or 'PreferDualStack' when multiple IP families are specified"
+        raise refuse("ipFamilyPolicy", f'Invalid value: "SingleStack": {problem}')
+    if policy == "SingleStack":
+        return asked or cluster[:1]
+    return asked + [f for f in cluster if f not in asked]
+
+
 def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceVIP | None:
     """The VIP of a Service; None for headless and ExternalName services.
 
@@ -292,7 +362,8 @@ def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceV
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds", 10800)
     body = {
         "network": f"{config.system}/services",
-        "vip": spec.get("clusterIP") or None,
+        "vips": [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip],
+        "ipFamilies": ip_families(svc, config),
         "ports": _service_ports(svc),
         "backends": backends,
         "type": kind,
@@ -312,14 +383,17 @@ def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceV
 
 
 def floating_ip(svc: KubeObject, config: KubeConfig) -> FloatingIP | None:
+    """A LoadBalancer's ingress: an address of each of its families the public pools have."""
     spec = svc.body.get("spec") or {}
     if spec.get("type") != "LoadBalancer":
         return None
     meta = svc.metadata
+    pools = {f"IPv{c.version}" for c in config.external_pools}
     body = {
         "pool": f"{config.system}/public",
         "service": meta.name,
         "address": spec.get("loadBalancerIP") or None,
+        "ipFamilies": [f for f in ip_families(svc, config) if f in pools],
     }
     return FloatingIP.model_validate(
         {"metadata": _meta(meta.name, meta.namespace, meta.labels, meta.uid or ""), "spec": body}
@@ -455,7 +529,7 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
                 {
                     "metadata": _meta(n, namespace),
                     "spec": {
-                        "subnetPool": "kube-pods",
+                        **pod_pools(config),
                         "egress": True,
                         "mode": routing,
                         "nodeAccess": access == "true",

@@ -20,6 +20,7 @@ from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Tracer
 from isthmus.dataplane.trace.matrix import destinations
 from isthmus.kube.conditions import NETWORK
+from isthmus.kube.sync import Reconciler
 from isthmus.lab import probe
 from isthmus.lab.fabric import Fabric, ip
 from isthmus.lab.router import Peer, config
@@ -55,6 +56,7 @@ class Pod:
     phase: str
     problem: str  # why it does not run
     network: str  # the network it holds, and the one it now declares when they differ
+    addresses: list[str]  # status.podIPs: `address` and, dual stack, one of the other family
 
     @property
     def ref(self) -> str:
@@ -147,6 +149,10 @@ class Lab:
                     if clusters.get(p.name, "") == cluster
                 ]
                 intent.apply(lab.ledger_of(cluster), nodes)
+            for cluster, kube in topology.kube_configs().items():
+                Reconciler(lab.ledger_of(cluster), kube).configure(kube)
+                cidrs = ", ".join(map(str, kube.pod_cidrs))
+                echo(f"cluster {cluster or 'main'}: Kubernetes pods in {cidrs}, the first family primary")
             if router:
                 lab._router(router, peers, topology, echo)
             for node, address in addresses.items():
@@ -227,6 +233,7 @@ class Lab:
                     str(status.get("phase", "Pending")),
                     "; ".join(reasons),
                     str(network.get("message", "")),
+                    [str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip")],
                 )
             )
         return found
@@ -344,12 +351,19 @@ class Lab:
             raise LabError("this lab has no router (the topology's `router`)")
 
     def probe(
-        self, port: int, protocol: str, to: Literal["pods", "services"], namespaces: tuple[str, ...] = ()
+        self,
+        port: int,
+        protocol: str,
+        to: Literal["pods", "services"],
+        namespaces: tuple[str, ...] = (),
+        family: int = 4,
     ) -> dict[str, Any]:
-        """Real connections from every pod to every destination, in the shape of `isthmus matrix`."""
+        """Real connections in `family` from every pod to every destination, in the shape of `isthmus
+        matrix`."""
         tracer = Tracer(compiled(self.ledger)[0])
-        sources = list(destinations(tracer, "pods", namespaces))
-        targets = {name: str(address) for name, address in destinations(tracer, to, namespaces).items()}
+        sources = list(destinations(tracer, "pods", namespaces, family))
+        found = destinations(tracer, to, namespaces, family)
+        targets = {name: str(address) for name, address in found.items()}
         existing = set(self.fabric.namespaces())
         sandboxes = {s: self.fabric.sandbox(*s.split("/", 1)) for s in sources}
         answers = probe.probe({s: n for s, n in sandboxes.items() if n in existing}, targets, port, protocol)

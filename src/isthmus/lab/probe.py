@@ -18,7 +18,7 @@ def connect(host: str, port: int, protocol: str, timeout: float) -> str:
     """The name the server at host:port answers, or "" when nothing answers."""
     kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
     for _ in range(ATTEMPTS):
-        with socket.socket(socket.AF_INET, kind) as conn:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as conn:
             conn.settimeout(timeout)
             try:
                 conn.connect((host, port))

@@ -1,5 +1,6 @@
 """The lab's pod server: answers its own name on every given port, over TCP (HTTP when asked in HTTP)
-and UDP. Run inside a pod's namespace: python -m isthmus.lab.server NAME PORT/PROTOCOL..."""
+and UDP, in both address families. Run inside a pod's namespace: python -m isthmus.lab.server NAME
+PORT/PROTOCOL..."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ async def serve(name: str, ports: list[tuple[int, str]]) -> None:
 
     loop = asyncio.get_running_loop()
     for port, protocol in ports:
-        if protocol == "UDP":
-            await loop.create_datagram_endpoint(lambda: _Udp(answer), local_addr=("0.0.0.0", port))
+        if protocol == "UDP":  # one socket of both families: IPv4 peers come as mapped addresses
+            await loop.create_datagram_endpoint(lambda: _Udp(answer), local_addr=("::", port))
         else:
-            await asyncio.start_server(tcp, "0.0.0.0", port)
+            await asyncio.start_server(tcp, ["0.0.0.0", "::"], port)
     await asyncio.Event().wait()
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from isthmus.kube.config import KubeConfig
 from isthmus.model.manifest import describe
 from isthmus.model.meta import Model, Name
 from isthmus.model.network import ASN
@@ -44,6 +45,7 @@ class LabCluster(Model):
     name: Name
     asn: ASN
     manifests: list[str] = Field([], description="applied to its ledger once it is up, relative to the file")
+    kube: KubeConfig | None = Field(None, description="its Kubernetes configuration (address families...)")
 
 
 class LabStore(Model):
@@ -94,6 +96,9 @@ class Topology(Model):
     asn: ASN = Field(64600, description="the main cluster's AS for federation, when there are clusters")
     manifests: list[str] = Field([], description="files or directories, relative to the topology file")
     store: LabStore | None = None
+    kube: KubeConfig | None = Field(
+        None, description="the main cluster's Kubernetes configuration: its address families and CIDRs"
+    )
     controllers: Literal[1, 2] = Field(
         1, description="replicas of each singleton controller per cluster (the federation speaker)"
     )
@@ -156,6 +161,11 @@ class Topology(Model):
                 name = (cluster or "main") + (f"-{replica + 1}" if replica else "")
                 found[name] = Speaker(cluster, str(hosts[1 + len(found)]), asn)
         return found
+
+    def kube_configs(self) -> dict[str, KubeConfig]:
+        """Each cluster's Kubernetes configuration ("" the main one), where the topology gives one."""
+        given = {"": self.kube, **{c.name: c.kube for c in self.clusters}}
+        return {cluster: kube for cluster, kube in given.items() if kube is not None}
 
     def members(self) -> dict[str, list[str]]:
         """Each cluster's etcd members ("" the main one): their underlay addresses, from the last host down;

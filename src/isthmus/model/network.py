@@ -16,6 +16,17 @@ VNI = Annotated[int, Field(ge=1, le=VNI_MAX)]
 _RT = re.compile(r"^(?:(\d+)|(\d+\.\d+\.\d+\.\d+)):(\d+)$")
 
 
+Ipv6Mode = Literal["slaac", "dhcpv6-stateful", "dhcpv6-stateless"]
+AUTOMATIC: tuple[Ipv6Mode, ...] = ("slaac", "dhcpv6-stateless")  # the address is the EUI-64 of the MAC
+
+
+def eui64(prefix: ipaddress.IPv6Network, mac: str) -> ipaddress.IPv6Address:
+    """The address a host with `mac` forms in the /64 `prefix` by SLAAC (RFC 4291's modified EUI-64)."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    interface = bytes([raw[0] ^ 2]) + raw[1:3] + b"\xff\xfe" + raw[3:]
+    return ipaddress.IPv6Address(prefix.network_address.packed[:8] + interface)
+
+
 def _route_target(value: str) -> str:
     """ASN:N (2- or 4-byte ASN) or IPv4:N, as BGP extended communities carry them."""
     match = _RT.match(value)
@@ -211,9 +222,27 @@ class SubnetSpec(Model):
         description="routed networks and networks that grow from a subnet pool: the node whose block this is "
         "(its endpoints' addresses; other nodes route the block to it)",
     )
+    ipv6_address_mode: Ipv6Mode | None = Field(
+        None,
+        description="as Neutron's: slaac and dhcpv6-stateless give an endpoint the EUI-64 address of its MAC "
+        "(the agent puts it on the interface, as the host would form it), dhcpv6-stateful one from the pools",
+    )
+    ipv6_ra_mode: Ipv6Mode | None = Field(None, description="as Neutron's: how routers advertise the subnet")
 
     @model_validator(mode="after")
     def _consistent(self) -> SubnetSpec:
+        modes = [m for m in (self.ipv6_address_mode, self.ipv6_ra_mode) if m]
+        if modes and self.cidr is not None and self.cidr.version != 6:
+            raise ValueError(f"ipv6AddressMode and ipv6RaMode are for IPv6 subnets, not {self.cidr}")
+        if len(set(modes)) > 1:
+            raise ValueError(
+                f"ipv6RaMode {self.ipv6_ra_mode} with ipv6AddressMode {self.ipv6_address_mode} is not valid: "
+                "when both are set, they are the same"
+            )
+        if self.automatic() and self.cidr is not None and self.cidr.prefixlen != 64:
+            raise ValueError(
+                f"{self.cidr} is not a /64: {modes[0]} addresses are EUI-64, which needs a /64 prefix"
+            )
         if self.cidr is None:
             if self.pool is None:
                 raise ValueError("give a cidr, or a pool to take one from")
@@ -235,6 +264,10 @@ class SubnetSpec(Model):
             if int(b.start) <= int(a.end):
                 raise ValueError(f"allocation pools {a.start}-{a.end} and {b.start}-{b.end} overlap")
         return self
+
+    def automatic(self) -> bool:
+        """Its endpoints' addresses are the EUI-64 of their MACs (SLAAC, stateless DHCPv6)."""
+        return self.ipv6_address_mode in AUTOMATIC or self.ipv6_ra_mode in AUTOMATIC
 
     def effective_gateway(self) -> IPAddress | None:
         if self.no_gateway:

@@ -27,10 +27,22 @@ class ServicePort(Model):
         return named.get(self.target_port)
 
 
+Family = Literal["IPv4", "IPv6"]
+FAMILY: dict[Family, int] = {"IPv4": 4, "IPv6": 6}
+
+
+def _one_per_family(addresses: list[IPAddress], what: str) -> None:
+    versions = [a.version for a in addresses]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"{what}: one address of each family, got {', '.join(map(str, addresses))}")
+
+
 class Backend(Model):
-    """A backend is an endpoint (its address, node and network filled in from it) or a plain address."""
+    """A backend is an endpoint (its addresses, node and network filled in from it) or plain addresses.
+    `address` is the first of `addresses` (one of each family)."""
 
     address: IPAddress | None = None
+    addresses: list[IPAddress] = Field([], max_length=2, description="dual stack: one of each family")
     endpoint: Ref | None = None
     node: Name | None = None
     network: Ref | None = Field(None, description="the endpoint's virtual network, NAMESPACE/NAME")
@@ -39,14 +51,56 @@ class Backend(Model):
 
     @model_validator(mode="after")
     def _names_something(self) -> Backend:
-        if self.address is None and self.endpoint is None:
+        if self.address is None and not self.addresses and self.endpoint is None:
             raise ValueError("a backend needs an address or an endpoint")
+        _first_of(self, "address", "addresses")
         return self
 
 
-class ServiceVIPSpec(Model):
+def _first_of(model: Model, singular: str, plural: str) -> None:
+    """Keep a field and its plural as Kubernetes does: the singular is the plural's first."""
+    one, many = getattr(model, singular), getattr(model, plural)
+    _one_per_family(many, plural)
+    if many and one is not None and one != many[0]:
+        raise ValueError(f"{singular} {one} is not the first of {plural} ({', '.join(map(str, many))})")
+    if one is not None and not many:
+        object.__setattr__(model, plural, [one])
+    elif many and one is None:
+        object.__setattr__(model, singular, many[0])
+
+
+class _DualStack(Model):
+    """Addresses of one owner, one of each family: a field (`FIELDS[0]`), its plural (the singular is its
+    first) and the families asked for."""
+
+    FIELDS: ClassVar[tuple[str, str]]
+    ip_families: list[Family] = Field(
+        [],
+        max_length=2,
+        description="the families of its addresses; those of the addresses given, else the network's first",
+    )
+
+    @model_validator(mode="after")
+    def _families(self) -> _DualStack:
+        _first_of(self, *self.FIELDS)
+        if len(set(self.ip_families)) != len(self.ip_families):
+            raise ValueError(f"ipFamilies repeat a family: {', '.join(self.ip_families)}")
+        given = getattr(self, self.FIELDS[1])
+        stray = [str(a) for a in given if self.ip_families and f"IPv{a.version}" not in self.ip_families]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} of no family in ipFamilies ({', '.join(self.ip_families)})")
+        return self
+
+    def families(self) -> list[int]:
+        """The families as asked, in order; empty: the network's first."""
+        return [FAMILY[f] for f in self.ip_families] or [a.version for a in getattr(self, self.FIELDS[1])]
+
+
+class ServiceVIPSpec(_DualStack):
+    FIELDS = ("vip", "vips")
     network: Ref = Field(description="the virtual network whose subnet provides the VIP")
-    vip: IPAddress | None = Field(None, description="allocated when absent")
+    vip: IPAddress | None = Field(None, description="allocated when absent; the first of vips")
+    vips: list[IPAddress] = Field([], max_length=2, description="dual stack: one of each family")
     ports: list[ServicePort]
     backends: list[Backend] = []
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
@@ -100,9 +154,11 @@ class ServiceVIP(Resource):
         return found
 
 
-class FloatingIPSpec(Model):
+class FloatingIPSpec(_DualStack):
+    FIELDS = ("address", "addresses")
     pool: Ref = Field(description="an external virtual network, usually NAMESPACE/NAME of the admin's pool")
-    address: IPAddress | None = Field(None, description="allocated when absent")
+    address: IPAddress | None = Field(None, description="allocated when absent; the first of addresses")
+    addresses: list[IPAddress] = Field([], max_length=2, description="dual stack: one of each family")
     endpoints: list[Ref] = Field([], description="endpoints the address maps to; ECMP when several")
     service: Ref | None = Field(None, description="a ServiceVIP whose backends the address follows")
 

@@ -158,8 +158,8 @@ def subnet(obj: Subnet) -> dict[str, Any]:
         "dns_nameservers": [],
         "host_routes": [],
         "subnetpool_id": obj.spec.pool,
-        "ipv6_address_mode": None,
-        "ipv6_ra_mode": None,
+        "ipv6_address_mode": obj.spec.ipv6_address_mode,
+        "ipv6_ra_mode": obj.spec.ipv6_ra_mode,
         "service_types": [],
         "segment_id": None,
     }
@@ -180,6 +180,9 @@ def to_subnet(body: dict[str, Any], project: str, network_id: str, old: Subnet |
                 spec["gateway"] = body["gateway_ip"]
         if body.get("allocation_pools"):
             spec["allocationPools"] = body["allocation_pools"]
+        for field in ("ipv6_address_mode", "ipv6_ra_mode"):
+            if body.get(field):
+                spec[field] = body[field]
         try:
             given = ipaddress.ip_network(str(body["cidr"]), strict=False)
         except ValueError:

@@ -16,28 +16,33 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from isthmus.compile.compiler import TABLE_BASE
 from isthmus.compile.state import Key
 from isthmus.dataplane.kernel.plan import (
-    GATEWAY,
-    MARK_MASK,
     RULE_PRIORITY,
-    SLOT_SHIFT,
-    SLOTS,
-    TO_NODE,
-    VETH_PREFIX,
     VXLAN_MTU,
     VXLAN_PORT,
-    VXLAN_PREFIX,
     Plan,
     Route,
     Veth,
     Vxlan,
     link_local,
 )
+from isthmus.dataplane.kernel.ruleset import (
+    GATEWAY,
+    GATEWAY6,
+    MARK_MASK,
+    SLOT_SHIFT,
+    SLOTS,
+    TO_NODE,
+    VETH_PREFIX,
+    VXLAN_PREFIX,
+)
 
 ONLINK = 4
+FAMILIES = (2, 10)  # AF_INET, AF_INET6: a plan's `ip rule` is one of each
 PERMANENT = 0x80
 MAIN = 254
 ROUTE_TYPES = {1: "unicast", 7: "unreachable", 9: "throw"}
@@ -89,7 +94,15 @@ def read(ipr: Any) -> Plan:
                 found[("route", table, prefix)] = Route("via" if gateway else "dev", device, gateway)
             elif kind:
                 found[("route", table, prefix)] = Route(kind)  # type: ignore[arg-type]
-    for rule in ipr.rule("dump", family=2):
+    four, six = (_rules(ipr, family) for family in FAMILIES)
+    found.update({key: priority for key, priority in four.items() if six.get(key) == priority})
+    return found
+
+
+def _rules(ipr: Any, family: int) -> Plan:
+    """Our `ip rule`s of one family."""
+    found: Plan = {}
+    for rule in ipr.rule("dump", family=family):
         if rule.get("priority") in (RULE_PRIORITY, RULE_PRIORITY + 1) and _ours(rule.get("table")):
             found[("rule", rule.get("table"))] = rule.get("priority")
         elif rule.get("priority") == RULE_PRIORITY - 1 and rule.get("iifname") == "lo":
@@ -137,9 +150,10 @@ def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int])
     elif kind == "route" and isinstance(value, Route):
         ipr.route("replace", **_route(ipr, key, value, devices))
     elif kind == "rule":
-        with contextlib.suppress(NetlinkError):
-            ipr.rule("del", **_rule(key))
-        ipr.rule("add", **_rule(key))
+        for family in FAMILIES:
+            with contextlib.suppress(NetlinkError):
+                ipr.rule("del", family=family, **_rule(key))
+            ipr.rule("add", family=family, **_rule(key))
     elif kind == "veth" and isinstance(value, Veth):
         index = _index(ipr, str(key[1]))
         if index is None:
@@ -198,7 +212,9 @@ def remove(ipr: Any, key: Key, old: object) -> None:
             prefix = ipaddress.ip_network(str(key[2]))
             ipr.route("del", dst=str(prefix), table=key[1], family=10 if prefix.version == 6 else 2)
         elif kind == "rule":
-            ipr.rule("del", **_rule(key))
+            for family in FAMILIES:
+                with contextlib.suppress(NetlinkError):
+                    ipr.rule("del", family=family, **_rule(key))
 
 
 def _inside(sandbox: str, commands: list[str]) -> str:
@@ -241,15 +257,23 @@ def attach(ipr: Any, host: str, veth: Veth, sandbox: str, ifname: str) -> dict[s
         os.close(fd)
     index = _index(ipr, host)
     ipr.addr("add", index=index, address=GATEWAY, prefixlen=32)
+    ipr.addr("add", index=index, address=GATEWAY6, prefixlen=64, flags=IFA_F_NODAD)
     ipr.link("set", index=index, state="up")
-    commands = [f"addr add {a}/{ipaddress.ip_address(a).max_prefixlen} dev {ifname}" for a in veth.addresses]
-    commands += [
-        f"link set {ifname} up",
-        "link set lo up",
-        f"route add {GATEWAY}/32 dev {ifname} scope link",
-        f"route add default via {GATEWAY} dev {ifname}",
-        f"link show dev {ifname}",
+    families = {ipaddress.ip_address(a).version for a in veth.addresses}
+    commands = [
+        f"addr add {a}/{ipaddress.ip_address(a).max_prefixlen} dev {ifname}"
+        + (" nodad" if ipaddress.ip_address(a).version == 6 else "")
+        for a in veth.addresses
     ]
+    commands += [f"link set {ifname} up", "link set lo up"]
+    if 4 in families:
+        commands += [
+            f"route add {GATEWAY}/32 dev {ifname} scope link",
+            f"route add default via {GATEWAY} dev {ifname}",
+        ]
+    if 6 in families:
+        commands.append(f"route add default via {GATEWAY6} dev {ifname}")
+    commands.append(f"link show dev {ifname}")
     shown = json.loads(_inside(sandbox, commands))
     host_mac = ipr.get_links(index)[0].get("address")
     return {"host": {"name": host, "mac": host_mac}, "sandbox": {"name": ifname, "mac": shown[0]["address"]}}

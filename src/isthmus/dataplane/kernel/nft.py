@@ -10,7 +10,8 @@ from collections import defaultdict
 from typing import Any
 
 from isthmus.compile.state import Key
-from isthmus.dataplane.kernel.plan import BASE, Plan
+from isthmus.dataplane.kernel.plan import Plan
+from isthmus.dataplane.kernel.ruleset import BASE
 
 TABLE = "inet isthmus"
 DYNAMIC = "aff_"

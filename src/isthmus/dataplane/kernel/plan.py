@@ -67,7 +67,6 @@ from typing import Literal, TypeVar
 
 from isthmus.compile.compiler import INTERNAL
 from isthmus.compile.state import (
-    GUARDED,
     SHARED,
     Address,
     Allow,
@@ -90,17 +89,24 @@ from isthmus.compile.state import (
     ServiceEntry,
     Target,
 )
+from isthmus.dataplane.kernel.ruleset import (
+    BASE,
+    GATEWAY,
+    GATEWAY6,
+    SLOT_SHIFT,
+    SLOTS,
+    TO_NODES,
+    VETH_PREFIX,
+    VXLAN_PREFIX,
+    named,
+)
+from isthmus.model.network import eui64
 
 Plan = dict[Key, object]
-GATEWAY = "169.254.1.1"  # on every pod veth's host side; pods route everything to it
+LINK_LOCAL = ipaddress.IPv6Network("fe80::/64")
 VXLAN_PORT = 4789
 VXLAN_MTU = 1450
 RULE_PRIORITY = 1000
-MARK_MASK = 0x1FFFFFF  # the bits of a mark that name a table (1000 + a 24-bit VNI)
-MASQUERADE = 0x40000000  # a mark bit: source NAT this packet (hairpin)
-SLOT_SHIFT, SLOTS = 25, 31  # mark bits 25-29: the egress owner a packet is steered to (node-local number)
-TO_NODE = 0x80000000  # a mark bit: a pod's flow to another node's address, routed by the main table
-VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -144,10 +150,7 @@ def node_mac(address: Address) -> str:
 def link_local(mac: str) -> str:
     """The EUI-64 link-local address of a VXLAN MAC: a node's IPv6 next hop on the device (the kernel
     refuses an IPv4 gateway for an IPv6 route; the peer's permanent neighbour entry maps it to the MAC)."""
-    raw = bytes.fromhex(mac.replace(":", ""))
-    return str(
-        ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes([raw[0] ^ 2]) + raw[1:3] + b"\xff\xfe" + raw[3:])
-    )
+    return str(eui64(LINK_LOCAL, mac))
 
 
 def next_hop(prefix: Prefix, node: Address) -> str:
@@ -158,10 +161,6 @@ def next_hop(prefix: Prefix, node: Address) -> str:
 
 def _hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _v4(address: Address | str) -> bool:
-    return ipaddress.ip_address(address).version == 4
 
 
 Topic = tuple[str | int, ...]  # what a contribution read: ("node", name), ("zone", network)...
@@ -185,16 +184,18 @@ class _Builder:
     def element(self, name: str, element: str, value: str = "") -> None:
         self.plan[("element", name, element)] = value
 
-    def peer_set(self, peer: Peer, port: tuple[str, str] | None = None) -> str:
-        """A set of the addresses `peer` matches; with `port` (name, protocol), address . port pairs of
-        the matching endpoints that have that named port. Its elements are the planner's to keep. Only a
-        set of CIDRs is an interval set: nft reads every such set whole before any change to elements."""
+    def peer_set(self, peer: Peer, version: int, port: tuple[str, str] | None = None) -> str:
+        """A set of the addresses of family `version` that `peer` matches; with `port` (name, protocol),
+        address . port pairs of the matching endpoints that have that named port. Its elements are the
+        planner's to keep. Only a set of CIDRs is an interval set: nft reads every such set whole before
+        any change to elements."""
+        kind = f"ipv{version}_addr"
         if port is not None:
-            declared = "ipv4_addr . inet_service"
+            declared = f"{kind} . inet_service"
         else:
-            declared = "ipv4_addr; flags interval" if peer.cidrs else "ipv4_addr"
+            declared = f"{kind}; flags interval" if peer.cidrs else kind
         name = "peer_" + _hash(f"{declared} {peer!r} {port!r}")  # the name says the type
-        self.planner.peers[name] = (peer, port)
+        self.planner.peers[name] = (peer, version, port)
         self.plan[("set", name)] = declared
         return name
 
@@ -238,9 +239,13 @@ class _Builder:
         return found[1] if found else None
 
 
-def _member(peer: Peer, port: tuple[str, str] | None, address: Address, identity: Identity) -> str | None:
+Match = tuple[Peer, int, tuple[str, str] | None]  # what a peer set holds: a peer's addresses of a family
+
+
+def _member(match: Match, address: Address, identity: Identity) -> str | None:
     """The element an endpoint's address gives a peer set, if any."""
-    if address.version != 4 or not peer.matches(address, identity):
+    peer, version, port = match
+    if address.version != version or not peer.matches(address, identity):
         return None
     if port is None:
         return str(address)
@@ -248,29 +253,30 @@ def _member(peer: Peer, port: tuple[str, str] | None, address: Address, identity
     return None if number is None else f"{address} . {number}"
 
 
-def _intervals(peer: Peer) -> list[str]:
-    """A CIDR peer's IPv4 prefixes, less its exceptions, aggregated."""
-    found: list[ipaddress.IPv4Network] = []
+def _intervals(peer: Peer, version: int) -> list[str]:
+    """A CIDR peer's prefixes of family `version`, less its exceptions, aggregated."""
+    found: list[Prefix] = []
     for cidr in peer.cidrs:
-        if isinstance(cidr, ipaddress.IPv4Network):
+        if cidr.version == version:
             parts = [cidr]
             for excluded in peer.excepts:
-                if isinstance(excluded, ipaddress.IPv4Network):
-                    parts = [
-                        q
-                        for p in parts
-                        for q in ((p,) if not excluded.overlaps(p) else _exclude(p, excluded))
-                    ]
+                if excluded.version == version:
+                    parts = [q for p in parts for q in _exclude(p, excluded)]
             found += parts
-    return [str(n) for n in ipaddress.collapse_addresses(found)]
+    return [str(n) for n in ipaddress.collapse_addresses(found)]  # type: ignore[type-var]
 
 
-def _exclude(
-    network: ipaddress.IPv4Network, excluded: ipaddress.IPv4Network
-) -> Iterable[ipaddress.IPv4Network]:
-    if network.subnet_of(excluded):
+def _exclude(network: Prefix, excluded: Prefix) -> Iterable[Prefix]:
+    if not excluded.overlaps(network):
+        return (network,)
+    if network.subnet_of(excluded):  # type: ignore[arg-type]
         return ()
-    return network.address_exclude(excluded)
+    return network.address_exclude(excluded)  # type: ignore[arg-type]
+
+
+def _families(peer: Peer) -> tuple[int, ...]:
+    """The address families a peer has addresses of: a CIDR peer those of its CIDRs, any other both."""
+    return tuple(sorted({c.version for c in peer.cidrs})) if peer.cidrs else (4, 6)
 
 
 def _ports(protocol: str, low: int, high: int) -> str:
@@ -279,177 +285,102 @@ def _ports(protocol: str, low: int, high: int) -> str:
     return f"{match} th dport {dport}".strip() if (low, high) != (1, 65535) else match
 
 
-def _allow(builder: _Builder, allow: Allow, direction: str, local: Identity | None, verdict: str) -> str:
-    """One allowance as a rule ending in `verdict`; "" when a named port does not resolve."""
+def _allow(
+    builder: _Builder, allow: Allow, direction: str, local: Identity | None, verdict: str
+) -> list[str]:
+    """One allowance as rules ending in `verdict`, one per family its peer has; none when a named port
+    does not resolve."""
     field = "saddr" if direction == "ingress" else "daddr"
     if allow.port_name and direction == "ingress":
         number = local.named_port(allow.port_name, allow.protocol) if local else None
         if number is None:
-            return ""
+            return []
         ports = _ports(allow.protocol, number, number)
     elif allow.port_name:
-        pairs = builder.peer_set(allow.peer, (allow.port_name, allow.protocol))
-        return f"meta l4proto {allow.protocol.lower()} ip daddr . th dport @{pairs} {verdict}"
+        port = (allow.port_name, allow.protocol)
+        return [
+            f"meta l4proto {allow.protocol.lower()} {_ip(v)} daddr . th dport "
+            f"@{builder.peer_set(allow.peer, v, port)} {verdict}"
+            for v in _families(allow.peer)
+        ]
     else:
         ports = _ports(allow.protocol, allow.low, allow.high)
-    everything = allow.peer == Peer()
-    peer = "" if everything else f"ip {field} @{builder.peer_set(allow.peer)} "
-    return f"{peer}{ports} {verdict}".strip()
+    if allow.peer == Peer():
+        return [f"{ports} {verdict}".strip()]
+    return [
+        f"{_ip(v)} {field} @{builder.peer_set(allow.peer, v)} {ports} {verdict}".strip()
+        for v in _families(allow.peer)
+    ]
+
+
+def _ip(version: int) -> str:
+    return "ip" if version == 4 else "ip6"
 
 
 def _isolation(builder: _Builder, isolation: Isolation, direction: str, local: Identity | None) -> str:
     verdict = "accept" if direction == "ingress" else "return"
-    rules = [_allow(builder, a, direction, local, verdict) for a in isolation.allows]
-    return "\n".join([*(r for r in rules if r), f'counter drop comment "{", ".join(isolation.policies)}"'])
+    rules = [r for a in isolation.allows for r in _allow(builder, a, direction, local, verdict)]
+    return "\n".join([*rules, f'counter drop comment "{", ".join(isolation.policies)}"'])
 
 
 def _dnat(protocol: str, targets: tuple[Target, ...], port: int) -> str:
+    """DNAT to one of `targets`, all of one family."""
+    ip = _ip(targets[0].address.version)
+
     def where(t: Target) -> str:
         return f"{t.address} . {t.port or port}"
 
     if len(targets) == 1:
-        return f"meta l4proto {protocol} dnat ip to {targets[0].address}:{targets[0].port or port}"
+        address = targets[0].address
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return f"meta l4proto {protocol} dnat {ip} to {shown}:{targets[0].port or port}"
     chosen = ", ".join(f"{i} : {where(t)}" for i, t in enumerate(targets))
-    return f"meta l4proto {protocol} dnat ip to numgen random mod {len(targets)} map {{ {chosen} }}"
+    return f"meta l4proto {protocol} dnat {ip} to numgen random mod {len(targets)} map {{ {chosen} }}"
 
 
-def _service(builder: _Builder, service: ServiceEntry, protocol: str, port: int) -> str | None:
-    """The chain that DNATs a service's flows to a target; None when it has none (rejected)."""
-    targets = tuple(t for t in service.targets if _v4(t.address))
+def _service(builder: _Builder, service: ServiceEntry, protocol: str, port: int, version: int) -> str | None:
+    """The chain that DNATs a service's flows of family `version` to a target of that family; None when
+    it has none (rejected)."""
+    targets = tuple(t for t in service.targets if t.address.version == version)
     if not targets:
         return None
-    proto = protocol.lower()
+    proto, ip = protocol.lower(), _ip(version)
     if service.affinity is None:
         return builder.chain("svc", _dnat(proto, targets, port))
     backends = []
     for target in targets:
         seen = "aff_" + _hash(f"{service.service} {protocol} {port} {target}")
-        builder.plan[("set", seen)] = f"ipv4_addr; flags dynamic,timeout; timeout {service.affinity}s"
-        body = f"update @{seen} {{ ip saddr timeout {service.affinity}s }}\n" + _dnat(proto, (target,), port)
+        builder.plan[("set", seen)] = f"ipv{version}_addr; flags dynamic,timeout; timeout {service.affinity}s"
+        update = f"update @{seen} {{ {ip} saddr timeout {service.affinity}s }}"
+        body = f"{update}\n{_dnat(proto, (target,), port)}"
         backends.append((seen, builder.chain("backend", body)))
-    sticky = [f"ip saddr @{seen} goto {chain}" for seen, chain in backends]
+    sticky = [f"{ip} saddr @{seen} goto {chain}" for seen, chain in backends]
     pick = ", ".join(f"{i} : goto {chain}" for i, (_, chain) in enumerate(backends))
     return builder.chain("svc", "\n".join([*sticky, f"numgen random mod {len(backends)} vmap {{ {pick} }}"]))
 
 
 def _rule(builder: _Builder, rule: RuleEntry) -> str:
-    source = "" if rule.source == Peer() else f"ip saddr @{builder.peer_set(rule.source)} "
-    if rule.service is not None:
-        vips = builder.vips(rule.service)
-        if not vips:
-            return ""  # a service with no VIP: nothing reaches it to match
-        destination = f"ct original ip daddr {{ {', '.join(vips)} }} "
-    else:
-        destination = "" if rule.destination == Peer() else f"ip daddr @{builder.peer_set(rule.destination)} "
+    """An Isthmus rule, in each family both its peers have (a service's: the family of its VIPs)."""
     verdict = "return" if rule.action == "allow" else f'counter drop comment "{rule.policy}"'
     ports = [_ports(rule.protocol, low, high) for low, high in rule.ports] or [
         f"meta l4proto {rule.protocol.lower()}" if rule.protocol != "any" else ""
     ]
-    return "\n".join(f"{source}{destination}{p} {verdict}".replace("  ", " ").strip() for p in ports)
-
-
-_MARK = f"meta mark and {MARK_MASK:#x}"
-_SERVICES = """ip daddr . meta l4proto . th dport vmap @services
-fib daddr type local meta l4proto . th dport vmap @nodeports
-dnat ip to ip daddr map @floating"""
-_REFUSE = """meta l4proto tcp ip daddr . meta l4proto . th dport @rejected reject with tcp reset
-ip daddr . meta l4proto . th dport @rejected reject
-ip daddr @refused reject with icmp host-unreachable"""
-_REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejected reject with tcp reset
-meta l4proto . th dport @nodeport_rejected reject"""
-_OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
-_VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
-_LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ip daddr != @nodes"  # outside
-_GUARDED = ", ".join(f"{protocol.lower()} . {port}" for protocol, port in GUARDED)
-_POD = f'iifname "{VETH_PREFIX}*"'
-_TO_NODES = (  # a pod's packet to a node's address: refused on its infrastructure ports, or without access
-    f'{_POD} meta l4proto . th dport {{ {_GUARDED} }} counter drop comment "node infrastructure"\n'
-    f'{_POD} {_MARK} != @node_access counter drop comment "no node access"'
-)
-_UPLINK = f'oifname != "{VETH_PREFIX}*" oifname != "{VXLAN_PREFIX}*"'  # routed out of the node
-BASE: Plan = {
-    ("set", "networks"): "ifname : mark",
-    ("set", "zones"): "typeof iifname : ct zone",
-    ("set", "hairpin"): "ipv4_addr . ipv4_addr",
-    ("set", "egress_networks"): "mark",
-    ("set", "via_only"): "mark . ipv4_addr",
-    ("set", "via_allowed"): "mark . ipv4_addr . ipv4_addr",
-    ("set", "services"): "ipv4_addr . inet_proto . inet_service : verdict",
-    ("set", "nodeports"): "inet_proto . inet_service : verdict",
-    ("set", "rejected"): "ipv4_addr . inet_proto . inet_service",
-    ("set", "nodeport_rejected"): "inet_proto . inet_service",
-    ("set", "refused"): "ipv4_addr",
-    ("set", "floating"): "ipv4_addr : ipv4_addr",
-    ("set", "outside_marks"): "ipv4_addr : mark",
-    ("set", "backend_marks"): "ipv4_addr : mark",
-    ("set", "internal"): "ipv4_addr; flags interval",
-    ("set", "served"): "ipv4_addr",
-    ("set", "nodes"): "ipv4_addr",
-    ("set", "node_access"): "mark",
-    ("set", "host_services"): "ipv4_addr . inet_proto . inet_service",
-    ("set", "egress_marks"): "mark . ipv4_addr : mark",
-    ("set", "egress_snat"): "mark . ipv4_addr : ipv4_addr",
-    ("set", "egress_addresses"): "ipv4_addr",
-    ("set", "routed_marks"): "ipv4_addr : mark; flags interval",
-    ("set", "routed_zones"): "typeof ip daddr : ct zone; flags interval",
-    ("set", "ingress"): "ifname : verdict",
-    ("set", "egress"): "ifname : verdict",
-    ("chain", "pre_raw"): f"""type filter hook prerouting priority raw; policy accept;
-meta mark set iifname map @networks
-{_POD} ip daddr @nodes ct zone set 0
-{_POD} ip daddr . meta l4proto . th dport @host_services ct zone set 0
-iifname "{VXLAN_PREFIX}*" ip saddr @nodes ct zone set 0
-{_LEAVING} ct zone set 0
-iifname "{VXLAN_PREFIX}*" {_MARK} @egress_networks ip saddr != @internal ip saddr != @served ct zone set 0
-iifname "{VXLAN_PREFIX}*" fib daddr type local ct zone set 0
-{_OUTSIDE} ip saddr @internal ct zone set ip daddr map @routed_zones
-ct zone set iifname map @zones
-{_OUTSIDE} meta mark set ip daddr map @outside_marks
-{_OUTSIDE} meta mark set ip daddr map @routed_marks
-{_OUTSIDE} meta mark set ip saddr map @routed_marks
-iifname "{VETH_PREFIX}*" {_LEAVING} meta mark set {_MARK} . ip saddr map @egress_marks""",
-    ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
-ct zone set oifname map @zones""",
-    ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
-ct state new ct direction original ct mark set {_MARK}
-ct direction reply meta mark set ct mark""",
-    ("chain", "pre_route"): f"""type filter hook prerouting priority filter; policy accept;
-{_POD} ct direction original ip daddr @nodes meta mark set meta mark or {TO_NODE:#x}
-{_OUTSIDE} ct direction original ct status dnat meta mark set ip daddr map @backend_marks
-{_OUTSIDE} ct state new ct status dnat ct mark set {_MARK}""",
-    ("chain", "out_route"): """type route hook output priority mangle; policy accept;
-ct direction reply ct mark != 0 meta mark set ct mark""",
-    ("chain", "pre_nat"): f"""type nat hook prerouting priority dstnat; policy accept;
-{_SERVICES}""",
-    ("chain", "out_nat"): f"""type nat hook output priority -100; policy accept;
-{_SERVICES}""",
-    ("chain", "post_nat"): f"""type nat hook postrouting priority srcnat; policy accept;
-ip saddr . ip daddr @hairpin masquerade
-{_OUTSIDE} oifname != "{VETH_PREFIX}*" ct status dnat snat ip to NODE
-{_POD} ip daddr @nodes {_UPLINK} masquerade
-{_LEAVING} {_UPLINK} snat ip to {_MARK} . ip saddr map @egress_snat
-{_LEAVING} {_UPLINK} masquerade""",
-    ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
-ct state established,related accept
-ct state invalid drop
-ip daddr @egress_addresses counter reject
-{_REFUSE}
-iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
-{_POD} ip daddr @nodes jump to_nodes
-iifname "{VETH_PREFIX}*" jump rules
-iifname vmap @egress
-oifname vmap @ingress""",
-    ("chain", "input"): f"""type filter hook input priority filter; policy accept;
-{_REFUSE_NODEPORT}
-{_POD} ct state established,related accept
-{_POD} ip daddr != @nodes counter drop comment "pods reach their node on its address only"
-{_POD} jump to_nodes
-{_POD} jump rules
-iifname vmap @egress
-""",
-    ("chain", "in_nat"): f"""type nat hook input priority 100; policy accept;
-{_POD} snat ip to NODE""",
-}
+    vips = builder.vips(rule.service) if rule.service is not None else []
+    lines = []
+    for version in sorted(set(_families(rule.source)) & set(_families(rule.destination))):
+        ip = _ip(version)
+        source = "" if rule.source == Peer() else f"{ip} saddr @{builder.peer_set(rule.source, version)} "
+        if rule.service is not None:
+            family = [v for v in vips if ipaddress.ip_address(v).version == version]
+            if not family:
+                continue  # no VIP of this family: nothing reaches it to match
+            destination = f"ct original {ip} daddr {{ {', '.join(family)} }} "
+        elif rule.destination == Peer():
+            destination = ""
+        else:
+            destination = f"{ip} daddr @{builder.peer_set(rule.destination, version)} "
+        lines += [f"{source}{destination}{p} {verdict}".replace("  ", " ").strip() for p in ports]
+    return "\n".join(dict.fromkeys(lines))
 
 
 def zones(networks: Mapping[str, NetworkEntry], leaks: Iterable[tuple[str, str]]) -> dict[str, int]:
@@ -499,7 +430,7 @@ class Planner:
         self.givers: dict[Key, dict[Key, object]] = {}  # plan key -> contributor -> what it gives there
         self.reads: dict[Key, set[Topic]] = {}  # contributor -> what it read
         self.readers: dict[Topic, set[Key]] = defaultdict(set)
-        self.peers: dict[str, tuple[Peer, tuple[str, str] | None]] = {}  # peer set -> what it matches
+        self.peers: dict[str, Match] = {}  # peer set -> what it matches
         self.members: dict[str, Counter[str]] = {}  # live peer set of endpoints -> element -> identities
         self.dirty: set[Key] = set()  # plan keys whose givers changed
         self.changed: set[Key] = set()  # plan keys changed since `update` last returned
@@ -509,7 +440,7 @@ class Planner:
         self.networks = {e.ref: e for e in self.entries.values() if isinstance(e, NetworkEntry)}
         self.leaks = Counter(leak for e in self.entries.values() if (leak := _leak(e)))
         self.zone = zones(self.networks, self.leaks)
-        self.vips: dict[str, Counter[str]] = defaultdict(Counter)  # service -> its IPv4 VIPs -> entries
+        self.vips: dict[str, Counter[str]] = defaultdict(Counter)  # service -> its VIPs -> entries
         self.rules: dict[Key, RuleEntry] = {}
         self.identities: dict[Key, tuple[Address, Identity]] = {}
         self.endpoints: dict[str, set[Key]] = defaultdict(set)  # local endpoint -> its "local" keys
@@ -614,9 +545,9 @@ class Planner:
         address = ipaddress.ip_address(str(key[2]))
         _keep(self.identities, key, (address, new) if isinstance(new, Identity) else None)
         for name, counts in self.members.items():
-            peer, port = self.peers[name]
-            before = _member(peer, port, address, old) if isinstance(old, Identity) else None
-            after = _member(peer, port, address, new) if isinstance(new, Identity) else None
+            match = self.peers[name]
+            before = _member(match, address, old) if isinstance(old, Identity) else None
+            after = _member(match, address, new) if isinstance(new, Identity) else None
             if before == after:
                 continue
             contributor, given = ("peers", name), self.given.setdefault(("peers", name), {})
@@ -698,7 +629,7 @@ class Planner:
             else:
                 self.plan[key] = value
             self.changed.add(key)
-            if key[:2] == ("element", "refused"):
+            if key[0] == "element" and key[1] in ("refused", "refused6"):
                 self._make(("refused", key[2]))
             elif key[0] == "set" and key[1] in self.peers:
                 self._peer_set(str(key[1]), value is not _ABSENT)
@@ -708,11 +639,12 @@ class Planner:
         CIDRs only), none when it goes."""
         made: Plan = {}
         if live:
-            peer, port = self.peers[name]
+            match = self.peers[name]
+            peer, version, port = match
             if port is None and peer.cidrs:
-                made = {("element", name, e): "" for e in _intervals(peer)}
+                made = {("element", name, e): "" for e in _intervals(peer, version)}
             else:
-                found = (_member(peer, port, a, i) for a, i in self.identities.values())
+                found = (_member(match, a, i) for a, i in self.identities.values())
                 self.members[name] = Counter(e for e in found if e is not None)
                 made = {("element", name, e): "" for e in self.members[name]}
         else:
@@ -740,7 +672,7 @@ def _leak(entry: Entry | None) -> tuple[str, str] | None:
 
 
 def _vip(entry: Entry | None) -> tuple[str, str] | None:
-    if isinstance(entry, ServiceEntry) and _v4(entry.vip):
+    if isinstance(entry, ServiceEntry):
         return entry.service, str(entry.vip)
     return None
 
@@ -774,7 +706,7 @@ def _base(builder: _Builder) -> None:
     reach no node), and the underlay's `ip rule`."""
     ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
     rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
-    to_nodes = builder.chain("to_nodes", _TO_NODES)
+    to_nodes = builder.chain("to_nodes", TO_NODES)
     me = builder.address(builder.planner.node)
     for base, declared in BASE.items():
         if base[0] == "chain":
@@ -783,19 +715,17 @@ def _base(builder: _Builder) -> None:
                 .replace("jump rules", f"jump {rules}")
                 .replace("jump to_nodes", f"jump {to_nodes}")
             )
-            if me is not None and me.version == 4:
-                body = body.replace("snat ip to NODE", f"snat ip to {me}")
-            else:
-                body = "\n".join(line for line in body.split("\n") if not line.endswith("NODE"))
-            builder.chain(str(base[1]), body)
+            mine = f"snat {_ip(me.version)} to NODE" if me is not None else None
+            lines = (ln for ln in body.split("\n") if not ln.endswith("NODE") or ln.endswith(str(mine)))
+            builder.chain(str(base[1]), "\n".join(lines).replace("to NODE", f"to {me}"))
         else:
             builder.plan[base] = declared
     for address in builder.nodes().values():
-        if address.version == 4:
-            builder.element("nodes", str(address))
+        builder.element(named("nodes", address), str(address))
     builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
     builder.plan[("rule", "nodes")] = RULE_PRIORITY - 2
     builder.element("internal", GATEWAY)  # hairpinned flows come back to it: they stay in their zone
+    builder.element("internal6", GATEWAY6)
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
@@ -827,7 +757,8 @@ def _network(builder: _Builder, network: NetworkEntry) -> None:
 
 def _endpoint(builder: _Builder, endpoint: str) -> None:
     """A local endpoint: one veth holding its addresses, its mark, zone and hairpin, and per direction the
-    NetworkPolicy isolation of its first IPv4 address that has one."""
+    NetworkPolicy isolation of its first address that has one (its addresses share its identity; the
+    chain holds the rules of both families)."""
     planner = builder.planner
     builder.reads.add(("endpoint", endpoint))
     found = [planner.entries.get(k) for k in planner.endpoints.get(endpoint, ())]
@@ -844,14 +775,13 @@ def _endpoint(builder: _Builder, endpoint: str) -> None:
         builder.element("networks", f'"{name}"', str(network.table))
         builder.element("zones", f'"{name}"', str(builder.zone(first.network)))
     for local in attached:
-        if _v4(local.address):
-            builder.element("hairpin", f"{local.address} . {local.address}")
+        builder.element(named("hairpin", local.address), f"{local.address} . {local.address}")
     for direction in ("ingress", "egress"):
         for local in attached:
             key = (direction, local.network, str(local.address))
             builder.reads.add(key)
             isolation = planner.entries.get(key)
-            if isinstance(isolation, Isolation) and _v4(local.address):
+            if isinstance(isolation, Isolation):
                 identity = builder.identity(local.network, str(local.address))
                 body = _isolation(builder, isolation, direction, identity)
                 chain = builder.chain("in" if direction == "ingress" else "out", body)
@@ -862,11 +792,13 @@ def _endpoint(builder: _Builder, endpoint: str) -> None:
 def _refused(builder: _Builder, vip: str) -> None:
     """A refused VIP is routed in every table (to the network's VXLAN device; a routed network's table
     throws it to the node's), so that the forward chain refuses it."""
-    if ("element", "refused", vip) in builder.planner.plan and builder.planner.node in builder.nodes():
+    refused = ("element", named("refused", vip), vip) in builder.planner.plan
+    if refused and builder.planner.node in builder.nodes():
+        host = ipaddress.ip_network(vip)
         for network in builder.networks():
             routed = network.mode == "routed"
             route = Route("throw") if routed else Route("dev", vxlan_name(network.vni))
-            builder.plan[("route", network.table, f"{vip}/32")] = route
+            builder.plan[("route", network.table, str(host))] = route
 
 
 def _route(builder: _Builder, route: RouteEntry) -> None:
@@ -876,8 +808,8 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
     key = ("route", network.table, str(route.prefix))
     if route.kind == "unreachable":
         builder.plan[key] = Route("unreachable")
-        if route.rule == INTERNAL and _v4(route.prefix.network_address):
-            builder.element("internal", str(route.prefix))
+        if route.rule == INTERNAL:
+            builder.element(named("internal", route.prefix.network_address), str(route.prefix))
     elif route.kind == "egress":
         builder.plan[key] = Route("throw")  # on to the node's own tables, out of its uplink
         builder.element("egress_networks", str(network.table))
@@ -892,10 +824,10 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
             builder.plan[key] = Route("throw")
     elif (address := builder.address(route.node)) is not None:
         builder.plan[key] = Route("via", vxlan_name(network.vni), next_hop(route.prefix, address))
-    if route.kind == "leak" and route.via is not None and _v4(route.prefix.network_address):
-        backend = route.prefix.network_address
-        builder.element("via_only", f"{network.table} . {backend}")
-        builder.element("via_allowed", f"{network.table} . {backend} . {route.via}")
+    backend = route.prefix.network_address
+    if route.kind == "leak" and route.via is not None and route.via.version == backend.version:
+        builder.element(named("via_only", backend), f"{network.table} . {backend}")
+        builder.element(named("via_allowed", backend), f"{network.table} . {backend} . {route.via}")
 
 
 def _imported(builder: _Builder, key: Key, route: RouteEntry) -> None:
@@ -917,20 +849,25 @@ def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
     egress = builder.egress(identity.namespace)
     network = builder.network(str(key[1]))
     address = str(key[2])
-    if egress is None or network is None or not _v4(address) or not _v4(egress.address):
+    version = ipaddress.ip_address(address).version
+    if egress is None or network is None or egress.address.version != version:
         return
     element = f"{network.table} . {address}"
     if egress.node == builder.planner.node:
-        builder.element("egress_snat", element, str(egress.address))
+        builder.element(named("egress_snat", address), element, str(egress.address))
         return
+    routed = network.mode == "routed"
+    if routed and version == 6:
+        return  # the underlay is IPv4: no IPv6 route to the owner through it
     builder.reads.add(("local", network.ref, address))
     owner, slot = builder.address(egress.node), builder.slot(egress.node)
     if ("local", network.ref, address) not in builder.planner.entries or owner is None or slot is None:
         return
     table = network.table | slot << SLOT_SHIFT
-    builder.element("egress_marks", element, str(table))
-    device = "" if network.mode == "routed" else vxlan_name(network.vni)  # "": through the underlay
-    builder.plan[("route", table, "0.0.0.0/0")] = Route("via", device, str(owner))
+    builder.element(named("egress_marks", address), element, str(table))
+    device = "" if routed else vxlan_name(network.vni)  # "": through the underlay
+    default = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+    builder.plan[("route", table, str(default))] = Route("via", device, next_hop(default, owner))
     builder.plan[("rule", table)] = RULE_PRIORITY + 1
 
 
@@ -943,15 +880,15 @@ def _block(builder: _Builder, block: BlockEntry) -> None:
         return
     mine = block.node == builder.planner.node
     builder.plan[("route", network.table, str(block.prefix))] = Route("unreachable" if mine else "throw")
-    if _v4(block.prefix.network_address):
-        builder.element("routed_marks", str(block.prefix), str(network.table))
-        builder.element("routed_zones", str(block.prefix), str(builder.zone(network.ref)))
+    first = block.prefix.network_address
+    builder.element(named("routed_marks", first), str(block.prefix), str(network.table))
+    builder.element(named("routed_zones", first), str(block.prefix), str(builder.zone(network.ref)))
 
 
 def _egress_address(builder: _Builder, egress: EgressEntry) -> None:
     """The owner refuses new flows to the egress address: only replies come to it."""
-    if egress.node == builder.planner.node and _v4(egress.address):
-        builder.element("egress_addresses", str(egress.address))
+    if egress.node == builder.planner.node:
+        builder.element(named("egress_addresses", egress.address), str(egress.address))
 
 
 def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceEntry:
@@ -959,15 +896,18 @@ def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceE
     target with `local_only`, else to every one (the base chain source NATs those flows to the node's
     address, so that replies come back through it). Flows from the uplink get the first target's network
     mark before DNAT, and their own target's after it (`backend_marks`): the service's backends may be in
-    several networks (pods keep theirs when their namespace's isolation changes), each routed by its table."""
-    local = tuple(t for t in service.targets if t.node == builder.planner.node)
-    targets = local or (() if service.local_only else service.targets)
+    several networks (pods keep theirs when their namespace's isolation changes), each routed by its table.
+    Targets are of the address's family."""
+    version = ipaddress.ip_address(address).version
+    family = tuple(t for t in service.targets if t.address.version == version)
+    local = tuple(t for t in family if t.node == builder.planner.node)
+    targets = local or (() if service.local_only else family)
     network = _network_of(builder, targets[0]) if targets else None
     if network is not None:
-        builder.element("outside_marks", address, str(network.table))
+        builder.element(named("outside_marks", address), address, str(network.table))
     for target in targets:
-        if _v4(target.address) and (own := _network_of(builder, target)) is not None:
-            builder.element("backend_marks", str(target.address), str(own.table))
+        if (own := _network_of(builder, target)) is not None:
+            builder.element(named("backend_marks", target.address), str(target.address), str(own.table))
     return replace(service, targets=targets)
 
 
@@ -986,30 +926,31 @@ def _network_of(builder: _Builder, target: Target) -> NetworkEntry | None:
 
 
 def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> None:
+    """A service's address and port (or a node port) to the chain of its targets of that family."""
     if key[0] == "service":
         address, protocol, port = str(key[1]), str(key[2]), int(key[3])
-        if not _v4(address):
-            return
-        builder.element("served", address)
-        if protocol == "any":  # a floating IP of endpoints: every port to the first
-            if service.targets and _v4(service.targets[0].address):
-                builder.element("floating", address, str(service.targets[0].address))
-                _outside(builder, address, replace(service, targets=service.targets[:1]))
+        version = ipaddress.ip_address(address).version
+        builder.element(named("served", address), address)
+        if protocol == "any":  # a floating IP of endpoints: every port to the first of its family
+            fixed = [t for t in service.targets if t.address.version == version][:1]
+            if fixed:
+                builder.element(named("floating", address), address, str(fixed[0].address))
+                _outside(builder, address, replace(service, targets=tuple(fixed)))
             return
         if address != str(service.vip):  # a floating or external IP
             service = _outside(builder, address, service)
-        chain = _service(builder, service, protocol, port)
+        chain = _service(builder, service, protocol, port, version)
         element = f"{address} . {protocol.lower()} . {port}"
         if chain is None:
-            builder.element("rejected", element)
-            builder.element("refused", address)
+            builder.element(named("rejected", address), element)
+            builder.element(named("refused", address), address)
         else:
-            builder.element("services", element, f"goto {chain}")
+            builder.element(named("services", address), element, f"goto {chain}")
             if {t.address for t in service.targets} <= set(builder.nodes().values()):
-                builder.element("host_services", element)  # its flows have a node as their peer: zone 0
+                builder.element(named("host_services", address), element)  # a node is the peer: zone 0
         return
     protocol, port = str(key[1]), int(key[2])
-    chain = _service(builder, service, protocol, port)
+    chain = _service(builder, service, protocol, port, 4)  # node ports: on the node's IPv4 underlay
     element = f"{protocol.lower()} . {port}"
     if chain is None:
         builder.element("nodeport_rejected", element)

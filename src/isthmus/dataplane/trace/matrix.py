@@ -16,28 +16,40 @@ from isthmus.model import Endpoint, ServiceVIP
 
 
 def destinations(
-    tracer: Tracer, to: Literal["pods", "services"], namespaces: Sequence[str]
+    tracer: Tracer, to: Literal["pods", "services"], namespaces: Sequence[str], family: int = 4
 ) -> dict[str, Address]:
-    """NAMESPACE/NAME of each pod endpoint (or service with a VIP) in the namespaces, to its address."""
+    """NAMESPACE/NAME of each pod endpoint (or service with a VIP) in the namespaces with an address of
+    `family`, to that address."""
     kind = "Endpoint" if to == "pods" else "ServiceVIP"
     found: dict[str, Address] = {}
     for (namespace, name), obj in sorted(tracer.compiler.objects[kind].items()):
         if namespaces and namespace not in namespaces:
             continue
-        if isinstance(obj, Endpoint) and obj.spec.kind == "pod" and obj.spec.addresses:
-            found[f"{namespace}/{name}"] = obj.spec.addresses[0]
-        elif isinstance(obj, ServiceVIP) and obj.spec.vip is not None:
-            found[f"{namespace}/{name}"] = obj.spec.vip
+        if isinstance(obj, Endpoint) and obj.spec.kind == "pod":
+            addresses = obj.spec.addresses
+        elif isinstance(obj, ServiceVIP):
+            addresses = obj.spec.vips
+        else:
+            continue
+        for address in (a for a in addresses if a.version == family):
+            found[f"{namespace}/{name}"] = address
     return found
 
 
 def matrix(
-    tracer: Tracer, port: int, protocol: str, to: Literal["pods", "services"], namespaces: Sequence[str] = ()
+    tracer: Tracer,
+    port: int,
+    protocol: str,
+    to: Literal["pods", "services"],
+    namespaces: Sequence[str] = (),
+    family: int = 4,
 ) -> dict[str, Any]:
-    sources: dict[str, Source] = {
-        name: tracer.endpoint(*name.split("/", 1)) for name in destinations(tracer, "pods", namespaces)
-    }
-    targets = destinations(tracer, to, namespaces)
+    """The verdicts in `family`: from each pod's address of it to each destination's."""
+    sources: dict[str, Source] = {}
+    for name in destinations(tracer, "pods", namespaces, family):
+        namespace, _, pod = name.partition("/")
+        sources[name] = tracer.endpoint(namespace, pod, family)
+    targets = destinations(tracer, to, namespaces, family)
     rows: dict[tuple[Any, ...], dict[str, bool]] = {}
     allowed: dict[str, dict[str, bool]] = {}
     for name, source in sources.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from isthmus.compile.compiler import INTERNAL, Compiler
@@ -68,6 +68,7 @@ class Source:
     network: str | None = None
     node: str | None = None
     identity: Identity | None = None
+    addresses: tuple[Address, ...] = ()  # an endpoint's, of each family; `address` is one of them
 
 
 class Tracer:
@@ -106,16 +107,21 @@ class Tracer:
             for a in e.allows
         ) or any(e.source.cidrs or e.destination.cidrs for _, e in self.rules)
 
-    def endpoint(self, namespace: str | None, name: str) -> Source:
+    def endpoint(self, namespace: str | None, name: str, family: int | None = None) -> Source:
+        """An endpoint as a source, from its first address or its address of `family`."""
         endpoint = self.compiler.objects["Endpoint"].get((namespace or "", name))
-        if not isinstance(endpoint, Endpoint) or not endpoint.spec.addresses:
-            raise LookupError(f"endpoint {namespace}/{name} not found, or it has no address yet")
+        addresses = endpoint.spec.addresses if isinstance(endpoint, Endpoint) else []
+        chosen = [a for a in addresses if family in (None, a.version)]
+        if not isinstance(endpoint, Endpoint) or not chosen:
+            which = f"IPv{family} address" if family else "address"
+            raise LookupError(f"endpoint {namespace}/{name} not found, or it has no {which} yet")
         return Source(
-            endpoint.spec.addresses[0],
+            chosen[0],
             f"{namespace}/{name}" if namespace else name,
             self.compiler.network_of(endpoint),
             endpoint.spec.node,
             self.compiler.identity(endpoint),
+            tuple(addresses),
         )
 
     def signature(self, source: Source) -> tuple[Any, ...]:
@@ -132,6 +138,13 @@ class Tracer:
         return self.compiler.state.get(node or "", {}).get((kind, network or "", str(address)))
 
     def trace(self, source: Source, destination: Address, protocol: str, port: int) -> Trace:
+        """The packet's walk; an endpoint sends it from its address of the destination's family."""
+        if source.address.version != destination.version:
+            same = [a for a in source.addresses if a.version == destination.version]
+            if not same:
+                detail = f"{source.name} has no IPv{destination.version} address to reach {destination}"
+                return Trace("deny", [Hop(source.node or "", "source", detail)])
+            source = replace(source, address=same[0])
         service = (
             self.shared.get(("service", str(destination), protocol, port))
             or self.shared.get(("service", str(destination), "any", 0))
@@ -149,17 +162,12 @@ class Tracer:
         if not isinstance(service, ServiceEntry):
             verdict = self._walk(source, node, destination, port, protocol, None, hops)
             return Trace(verdict, hops)
-        if not service.targets:
-            hops.append(
-                Hop(
-                    node,
-                    "service",
-                    f"{destination}:{port}/{protocol}: rejected: no endpoints",
-                    f"ServiceVIP {service.service}",
-                )
-            )
+        targets = tuple(t for t in service.targets if t.address.version == destination.version)
+        if not targets:
+            family = f" of IPv{destination.version}" if service.targets else ""
+            detail = f"{destination}:{port}/{protocol}: rejected: no endpoints{family}"
+            hops.append(Hop(node, "service", detail, f"ServiceVIP {service.service}"))
             return Trace("deny", hops)
-        targets = service.targets
         if source.node is None and destination != service.vip:  # a floating or external IP, from outside
             hosts = sorted({t.node for t in targets if t.node})
             how = f"{destination} is announced by {', '.join(hosts)}; the router spreads flows over them"
