@@ -1,7 +1,8 @@
 """Benchmarks of the kernel dataplane on a real lab (lab/fabric.py: two node namespaces on a switch, the
-real agent in each, pods attached through the real CNI plugin): TCP throughput across nodes over VXLAN and
-through a node's routing, against a bare veth pair; connect latency to a service VIP with 10 and 10,000
-services programmed; CNI ADD to a reachable pod. Needs root, nftables and iperf3 (scripts/bootstrap).
+real agent in each, pods attached through the real CNI plugin), in a dual-stack cluster: TCP throughput
+across nodes over VXLAN in each family and through a node's routing, against a bare veth pair; connect
+latency to a service VIP of each family with 10 and 10,000 dual-stack services programmed; CNI ADD to a
+reachable pod. Needs root, nftables and iperf3 (scripts/bootstrap).
 Everything made is named with the lab's prefix (isd<hex>-) and removed at the end, also on failure."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from bench.harness import Figures, Goal, benchmark
 from isthmus.kube.config import KubeConfig
-from isthmus.kube.sync import reconcile
+from isthmus.kube.sync import Reconciler, reconcile
 from isthmus.lab.fabric import Fabric, ip, netns_exec
 from isthmus.model import Endpoint, Resource, ServiceVIP, lookup_kind, parse_object
 from isthmus.store import objects, open_ledger
@@ -38,6 +39,13 @@ IPERF_SECONDS, IPERF_OMIT, ROUNDS = 2, 1, 3
 SERVICES, FEW = 10_000, 10
 CONNECTS, WARMUP, BATCH = 20_000, 200, 100
 PODS = 50
+DUAL = KubeConfig.model_validate(
+    {
+        "podCidrs": ["10.32.0.0/12", "fd00:10:32::/56"],
+        "serviceCidrs": ["10.254.0.0/16", "fd00:10:254::/112"],
+        "externalPools": ["203.0.113.0/24", "2001:db8:113::/64"],
+    }
+)
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -69,7 +77,11 @@ def _service(name: str, port: int, target: int, pod: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"selector": {"pod": pod}, "ports": [{"port": port, "targetPort": target}]},
+        "spec": {
+            "selector": {"pod": pod},
+            "ports": [{"port": port, "targetPort": target}],
+            "ipFamilyPolicy": "PreferDualStack",
+        },
     }
 
 
@@ -103,6 +115,11 @@ def _lab(docs: list[dict[str, Any]]) -> Iterator[Fabric]:
     with tempfile.TemporaryDirectory(prefix="isd-") as tmp:
         fabric = Fabric(f"isd{secrets.token_hex(3)}-", Path(tmp) / "state", Path(tmp) / "lab")
         try:
+            ledger = open_ledger(fabric.state)
+            try:
+                Reconciler(ledger, KubeConfig()).configure(DUAL)
+            finally:
+                ledger.close()
             _apply(fabric.state, [_node(n, a) for n, a in NODES.items()] + docs)
             fabric.build(NODES)
             for node in NODES:
@@ -177,18 +194,29 @@ def _gbps(client: str, server: str) -> float:
 
 @benchmark(
     "dataplane-throughput",
-    units={"veth_gbps": "Gbit/s", "same_node_gbps": "Gbit/s", "vxlan_gbps": "Gbit/s"},
+    units={
+        "veth_gbps": "Gbit/s",
+        "same_node_gbps": "Gbit/s",
+        "vxlan_gbps": "Gbit/s",
+        "vxlan6_gbps": "Gbit/s",
+    },
     ratios={
         "vxlan_vs_veth": ("vxlan_gbps", "veth_gbps"),
         "same_node_vs_veth": ("same_node_gbps", "veth_gbps"),
+        "vxlan6_vs_vxlan": ("vxlan6_gbps", "vxlan_gbps"),
     },
-    goals=(Goal("vxlan_vs_veth", ">=", 0.6), Goal("same_node_vs_veth", ">=", 0.9)),
+    goals=(
+        Goal("vxlan_vs_veth", ">=", 0.6),
+        Goal("same_node_vs_veth", ">=", 0.9),
+        Goal("vxlan6_vs_vxlan", ">=", 0.95),
+    ),
 )
 def throughput() -> Figures:
     """Single-stream TCP (iperf3, 2 s after 1 s omitted) from a pod on node-1 to a pod on node-2 over
-    VXLAN, and to a pod on node-1 through the node's routing (routed veths, nftables, conntrack), and
-    over a bare veth pair between two namespaces: three rounds of the three, interleaved so that the
-    machine's other load touches each alike; each figure is its median over the rounds."""
+    VXLAN in IPv4 and in IPv6 (vxlan6: the same pods, their IPv6 addresses), to a pod on node-1 through the
+    node's routing (routed veths, nftables, conntrack), and over a bare veth pair between two namespaces:
+    three rounds of the four, interleaved so that the machine's other load touches each alike; each figure
+    is its median over the rounds."""
     if not shutil.which("iperf3"):
         raise RuntimeError("iperf3 is missing: scripts/bootstrap installs it")
     docs = [NAMESPACE_DOC, _pod("client", "node-1"), _pod("local", "node-1"), _pod("remote", "node-2")]
@@ -208,8 +236,14 @@ def throughput() -> Figures:
                 str(_admitted(fabric, Endpoint, "remote").spec.addresses[0]),
             ),
         }
+        paths["vxlan6"] = (
+            client,
+            paths["vxlan"][1],
+            str(_admitted(fabric, Endpoint, "remote").spec.addresses[1]),
+        )
         for name, (_, server, _) in paths.items():
-            _spawn(fabric, f"iperf3/{name}", server, "iperf3", "-s")
+            if name != "vxlan6":  # the vxlan server answers both families
+                _spawn(fabric, f"iperf3/{name}", server, "iperf3", "-s")
         for _, server, _ in paths.values():
             _wait(f"iperf3 in {server}", functools.partial(_listening, server, 5201), 10)
         rounds = [{n: _gbps(c, address) for n, (c, _, address) in paths.items()} for _ in range(ROUNDS)]
@@ -217,18 +251,20 @@ def throughput() -> Figures:
 
 
 def _programmed(fabric: Fabric, count: int) -> bool:
-    """Whether every node's nftables map of service ports (VIP . protocol . port : chain) holds `count`."""
+    """Whether every node's nftables maps of service ports (VIP . protocol . port : chain), of each family,
+    hold `count`."""
     for node in NODES:
-        done = netns_exec(fabric.node_netns(node), "nft", "-j", "list", "map", "inet", "isthmus", "services")
-        listed = json.loads(done.stdout)["nftables"] if done.returncode == 0 else []
-        if sum(len(item["map"].get("elem", [])) for item in listed if "map" in item) != count:
-            return False
+        for name in ("services", "services6"):
+            done = netns_exec(fabric.node_netns(node), "nft", "-j", "list", "map", "inet", "isthmus", name)
+            listed = json.loads(done.stdout)["nftables"] if done.returncode == 0 else []
+            if sum(len(item["map"].get("elem", [])) for item in listed if "map" in item) != count:
+                return False
     return True
 
 
-def _sockets(count: int) -> list[socket.socket]:
-    """`count` TCP sockets, made in the calling thread's network namespace."""
-    return [socket.socket() for _ in range(count)]
+def _sockets(count: int, family: socket.AddressFamily) -> list[socket.socket]:
+    """`count` TCP sockets of `family`, made in the calling thread's network namespace."""
+    return [socket.socket(family) for _ in range(count)]
 
 
 def _connect(conn: socket.socket, address: str, port: int) -> float:
@@ -243,25 +279,30 @@ def _connect(conn: socket.socket, address: str, port: int) -> float:
 @benchmark(
     "service-latency",
     units={
-        "few_median_us": "us",
-        "few_p99_us": "us",
-        "many_median_us": "us",
-        "many_p99_us": "us",
+        **{
+            f"{label}{six}_{m}_us": "us"
+            for label in ("few", "many")
+            for six in ("", "6")
+            for m in ("median", "p99")
+        },
         "program_many_s": "s",
     },
     ratios={
-        "median_many_vs_few": ("many_median_us", "few_median_us"),
-        "p99_many_vs_few": ("many_p99_us", "few_p99_us"),
+        f"{m}{six}_many_vs_few": (f"many{six}_{m}_us", f"few{six}_{m}_us")
+        for six in ("", "6")
+        for m in ("median", "p99")
     },
-    goals=(Goal("median_many_vs_few", "<=", 1.1), Goal("p99_many_vs_few", "<=", 1.1)),
+    goals=tuple(Goal(f"{m}{six}_many_vs_few", "<=", 1.1) for six in ("", "6") for m in ("median", "p99")),
 )
 def service_latency() -> Figures:
     """TCP connect latency from a pod on node-1 to a service VIP whose backend is a pod on node-2, in two
-    labs side by side: one with 10 Kubernetes services (few), one with 10,000 (many: each its own VIP,
-    DNAT chain and target port; the 9,990 added through the reconciler to the running agents, checked
-    by the size of each node's nftables service map; program_many_s is from their commit to both maps
-    holding 10,000). 20,000 connects per lab after 200 untimed, one at a time, alternating between the
-    labs connect by connect, so that the machine's other load touches both alike."""
+    dual-stack labs side by side: one with 10 Kubernetes services (few), one with 10,000 (many: each
+    PreferDualStack, so a VIP of each family, a DNAT chain per family and its own target port; the 9,990
+    added through the reconciler to the running agents, checked by the size of each node's nftables
+    service maps of both families; program_many_s is from their commit to every map holding 10,000).
+    20,000 connects per lab and family (the IPv6 figures are named with a 6) after 200 untimed, one at a
+    time, alternating between the labs and families connect by connect, so that the machine's other load
+    touches all alike."""
     target = _service("target", 8080, 80, "server")
     others = [_service(f"other-{i:05d}", 80, 1024 + i, "server") for i in range(SERVICES - 1)]
     docs = [NAMESPACE_DOC, _pod("client", "node-1"), _pod("server", "node-2"), target, *others[: FEW - 1]]
@@ -271,22 +312,27 @@ def service_latency() -> Figures:
         for label, fabric in (("few", few), ("many", many)):
             clients[label] = fabric.pod("node-1", NAMESPACE, "client", [])
             server = fabric.pod("node-2", NAMESPACE, "server", ["80/TCP"])
-            vips[label] = str(_admitted(fabric, ServiceVIP, "target").spec.vip)
+            four, six = _admitted(fabric, ServiceVIP, "target").spec.vips
+            vips[label], vips[f"{label}6"] = str(four), str(six)
             _wait("the pod server", functools.partial(_listening, server, 80), 10)
         _wait(f"{FEW} services programmed", functools.partial(_programmed, few, FEW), every=0.5)
         _apply(many.state, others[FEW - 1 :])
         applied = time.perf_counter()
         _wait(f"{SERVICES} services programmed", functools.partial(_programmed, many, SERVICES), every=0.5)
         programmed = time.perf_counter() - applied
-        took: dict[str, list[float]] = {"few": [], "many": []}
+        took: dict[str, list[float]] = {label: [] for label in vips}
+        families = {"": socket.AF_INET, "6": socket.AF_INET6}
         with _thread(clients["few"]) as in_few, _thread(clients["many"]) as in_many:
+            threads = {"few": in_few, "many": in_many}
             for _ in range((WARMUP + CONNECTS) // BATCH):
                 made = {
-                    "few": in_few.submit(_sockets, BATCH).result(),
-                    "many": in_many.submit(_sockets, BATCH).result(),
+                    f"{label}{six}": threads[label].submit(_sockets, BATCH, family).result()
+                    for label in threads
+                    for six, family in families.items()
                 }
                 for i in range(BATCH):
-                    for label in ("few", "many") if i % 2 else ("many", "few"):
+                    order = ["few", "many", "few6", "many6"]
+                    for label in order if i % 2 else order[::-1]:
                         took[label].append(_connect(made[label][i], vips[label], 8080))
     figures = {"program_many_s": programmed}
     for label, values in took.items():

@@ -70,13 +70,13 @@ COLUMNS: dict[str, list[Column]] = {
         ("LABELS", lambda o: _join([f"{k}={v}" for k, v in sorted(o.metadata.labels.items())]), True),
     ],
     "ServiceVIP": [
-        ("VIP", lambda o: str(o.spec.vip), False),
+        ("VIP", lambda o: _join(o.spec.vips), False),
         ("PORT(S)", _ports, False),
-        ("BACKENDS", lambda o: _join([b.address for b in o.spec.backends]), False),
+        ("BACKENDS", lambda o: _join([a for b in o.spec.backends for a in b.addresses]), False),
         ("AFFINITY", lambda o: o.spec.session_affinity, True),
     ],
     "FloatingIP": [
-        ("ADDRESS", lambda o: str(o.spec.address), False),
+        ("ADDRESS", lambda o: _join(o.spec.addresses), False),
         ("POOL", lambda o: o.spec.pool, False),
         (
             "TARGETS",

@@ -24,7 +24,7 @@ from isthmus.kube.sync import Reconciler
 from isthmus.lab import probe
 from isthmus.lab.fabric import Fabric, ip
 from isthmus.lab.router import Peer, config
-from isthmus.lab.topology import Topology
+from isthmus.lab.topology import OUTSIDE6_CLIENT, Topology
 from isthmus.model import Endpoint, KubeObject, Node, lookup_kind
 from isthmus.store import Credentials, Ledger, LedgerError, objects, open_ledger
 from isthmus.store.etcd_gateway import Gateway
@@ -95,7 +95,10 @@ def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
     """A ledger Node's spec: its underlay address and, with a router, its BGP speaker peering with it."""
     if router is None:
         return {"address": node.address}
-    bgp = {"asn": node.asn, "peers": [{"address": router.address, "asn": router.asn}]}
+    peers = [
+        {"address": a, "asn": router.asn} for a in (router.address, router.address6) if a and node.address6
+    ]
+    bgp = {"asn": node.asn, "peers": peers or [{"address": router.address, "asn": router.asn}]}
     return {"address": node.address, "bgp": bgp}
 
 
@@ -126,8 +129,13 @@ class Lab:
         work.mkdir(parents=True)
         lab = cls(Fabric(f"{topology.name}-", work / "state", work))
         addresses = topology.addresses()
-        peers = [Peer(n.name, addresses[n.name], n.asn) for n in topology.nodes]
-        router = Peer("router", topology.router_address(), topology.router.asn) if topology.router else None
+        six = topology.addresses6()
+        peers = [Peer(n.name, addresses[n.name], n.asn, six.get(n.name)) for n in topology.nodes]
+        router = (
+            Peer("router", topology.router_address(), topology.router.asn, six.get("router"))
+            if topology.router
+            else None
+        )
         clusters = {n.name: n.cluster for n in topology.nodes if n.cluster}
         lab.fabric.clusters = clusters
         try:
@@ -155,6 +163,8 @@ class Lab:
                 echo(f"cluster {cluster or 'main'}: Kubernetes pods in {cidrs}, the first family primary")
             if router:
                 lab._router(router, peers, topology, echo)
+            elif topology.underlay6 is not None:
+                lab.fabric.add_ipv6(topology.addresses6(), topology.underlay6.prefixlen)
             for node, address in addresses.items():
                 step = "agent"
                 try:
@@ -204,13 +214,19 @@ class Lab:
         outside = str(topology.outside.address) if topology.outside else None
         try:
             self.fabric.build_router(router.address, topology.underlay.prefixlen, outside)
-            self.fabric.start_router(config(router.address, router.asn, peers))
+            if topology.underlay6 is not None:
+                self.fabric.add_ipv6(topology.addresses6(), topology.underlay6.prefixlen)
+            self.fabric.start_router(config(router.address, router.asn, peers, router.address6))
         except Exception as exc:
             raise LabError(f"router: {exc}") from None
         netns = self.fabric.router_netns
-        echo(f"router {router.address}: BIRD 2, AS {router.asn}, a session with each node (netns {netns})")
+        both = f" and {router.address6}" if router.address6 else ""
+        echo(
+            f"router {router.address}{both}: BIRD 2, AS {router.asn}, sessions with each node (netns {netns})"
+        )
         if outside:
-            echo(f"outside client {outside}, behind the router (netns {self.fabric.outside_netns})")
+            six = f" and {OUTSIDE6_CLIENT}" if router.address6 else ""
+            echo(f"outside client {outside}{six}, behind the router (netns {self.fabric.outside_netns})")
 
     def pods(self) -> list[Pod]:
         """The Pods of the ledger, with their sandbox's state as the kubelets reported it."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from isthmus.bgp.bird import running
 from isthmus.lab.router import Bird
-from isthmus.lab.topology import OUTSIDE, Speaker
+from isthmus.lab.topology import OUTSIDE, OUTSIDE6, OUTSIDE6_CLIENT, Speaker
 from isthmus.store import Credentials, LedgerError, open_store
 from isthmus.store.etcd_member import MemberTLS, member_argv
 from isthmus.store.location import STORE_FILE
@@ -142,6 +142,37 @@ class Fabric:
             ip("-n", self.router_netns, "addr", "add", str(OUTSIDE), "dev", "outside")
         self.router, self.outside = address, outside
         self.save()
+
+    def add_ipv6(self, addresses: dict[str, str], prefixlen: int) -> None:
+        """IPv6 on the underlay: each node (by name) and the router (`router`) at its address, the nodes'
+        IPv6 default route via the router's; the outside client, when there is one, on OUTSIDE6 behind it.
+        Addresses skip duplicate address detection (every one is planned)."""
+        router = addresses.get("router")
+        for node in self.nodes:
+            ip(
+                "-n",
+                self.node_netns(node),
+                "addr",
+                "add",
+                f"{addresses[node]}/{prefixlen}",
+                "dev",
+                "eth0",
+                "nodad",
+            )
+            if router:
+                ip("-n", self.node_netns(node), "-6", "route", "add", "default", "via", router)
+        if router is None:
+            return
+        ip("-n", self.router_netns, "addr", "add", f"{router}/{prefixlen}", "dev", "eth0", "nodad")
+        sysctl = ("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv6.fib_multipath_hash_policy=1")
+        done = netns_exec(self.router_netns, *sysctl)
+        if done.returncode != 0:
+            raise RuntimeError(f"router: {' '.join(sysctl)}: {done.stderr.strip()}")
+        if self.outside:
+            ip("-n", self.router_netns, "addr", "add", str(OUTSIDE6), "dev", "outside", "nodad")
+            client = f"{OUTSIDE6_CLIENT}/{OUTSIDE6.network.prefixlen}"
+            ip("-n", self.outside_netns, "addr", "add", client, "dev", "eth0", "nodad")
+            ip("-n", self.outside_netns, "-6", "route", "add", "default", "via", str(OUTSIDE6.ip))
 
     def _switch_port(self, netns: str, port: str, address: str, gateway: str | None = None) -> None:
         """A new namespace `netns` on the switch's `port`, at `address` (CIDR)."""

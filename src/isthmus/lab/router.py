@@ -15,16 +15,37 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Peer:
-    name: str  # the node, also the BIRD protocol's name
+    name: str  # the node, also the BIRD protocol's name (its IPv6 session's: NAME-v6)
     address: str
     asn: int
+    address6: str | None = None  # on an IPv6 underlay: a second session, for IPv6 routes
 
 
-def config(address: str, asn: int, peers: list[Peer]) -> str:
-    """BIRD 2's configuration of a router at `address` in AS `asn`, peering with `peers`; it logs to
-    stderr."""
+def config(address: str, asn: int, peers: list[Peer], address6: str | None = None) -> str:
+    """BIRD 2's configuration of a router at `address` (and `address6` on an IPv6 underlay) in AS `asn`,
+    peering with `peers` (over IPv6 too, for IPv6 routes); it logs to stderr."""
     sessions = "".join(
         f"protocol bgp '{p.name}' from nodes {{ neighbor {p.address} as {p.asn}; }}\n" for p in peers
+    )
+    sessions += "".join(
+        f"protocol bgp '{p.name}-v6' from nodes6 {{ neighbor {p.address6} as {p.asn}; }}\n"
+        for p in peers
+        if address6 and p.address6
+    )
+    timers = (
+        "connect delay time 1; connect retry time 2; error wait time 1, 5; hold time 9; keepalive time 3;"
+    )
+    six = (
+        f"""protocol kernel {{ ipv6 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}
+template bgp nodes6 {{
+  local {address6} as {asn};
+  graceful restart off;
+  {timers}
+  ipv6 {{ import all; export none; }};
+}}
+"""
+        if address6
+        else ""
     )
     return f"""router id {address};
 log stderr all;
@@ -34,10 +55,10 @@ protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge
 template bgp nodes {{
   local {address} as {asn};
   graceful restart off;
-  connect delay time 1; connect retry time 2; error wait time 1, 5; hold time 9; keepalive time 3;
+  {timers}
   ipv4 {{ import all; export none; }};
 }}
-{sessions}"""
+{six}{sessions}"""
 
 
 class Bird:

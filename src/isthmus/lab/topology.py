@@ -23,6 +23,8 @@ from isthmus.model.network import ASN
 
 DEFAULT = Path(__file__).resolve().parents[3] / "examples" / "lab" / "three-nodes.yaml"
 OUTSIDE = ipaddress.IPv4Interface("198.51.100.1/24")  # the router's side of the outside client's link
+OUTSIDE6 = ipaddress.IPv6Interface("2001:db8:100::1/64")  # the same link's IPv6, with an IPv6 underlay
+OUTSIDE6_CLIENT = ipaddress.IPv6Address("2001:db8:100::10")
 PUBLIC = (OUTSIDE.network, ipaddress.IPv4Network("203.0.113.0/24"))  # the lab's "internet"
 RESERVED = ("underlay", "router", "outside")  # namespaces of the lab that are not nodes
 
@@ -87,6 +89,11 @@ class LabOutside(Model):
 class Topology(Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,11}$", description="prefix of the lab's netns")]
     underlay: ipaddress.IPv4Network = ipaddress.IPv4Network("192.168.77.0/24")
+    underlay6: ipaddress.IPv6Network | None = Field(
+        None,
+        description="IPv6 on the underlay too: each node, the router and the outside client get an address "
+        "of it (the host number of their IPv4 one), and the BGP sessions with the router run over both",
+    )
     nodes: list[LabNode] = Field(min_length=1)
     router: LabRouter | None = None
     outside: LabOutside | None = None
@@ -110,6 +117,18 @@ class Topology(Model):
             raise ValueError(
                 f"{value} must be a private subnet of at least 16 addresses, apart from the lab's public "
                 f"{' and '.join(map(str, PUBLIC))}"
+            )
+        return value
+
+    @field_validator("underlay6")
+    @classmethod
+    def _local(cls, value: ipaddress.IPv6Network | None) -> ipaddress.IPv6Network | None:
+        if value is not None and (
+            not value.is_private or value.prefixlen > 120 or value.overlaps(OUTSIDE6.network)
+        ):
+            raise ValueError(
+                f"{value} must be a private IPv6 subnet (fd00::/8) of at least 256 addresses, apart from the "
+                f"outside link {OUTSIDE6.network}"
             )
         return value
 
@@ -180,6 +199,15 @@ class Topology(Model):
     def router_address(self) -> str:
         """The router's underlay address, the nodes' default gateway: the underlay's first host."""
         return str(next(self.underlay.hosts()))
+
+    def addresses6(self) -> dict[str, str]:
+        """With `underlay6`, each node's and the router's (`router`) IPv6 underlay address: the host number
+        of its IPv4 one; without it, none."""
+        if self.underlay6 is None:
+            return {}
+        base = int(self.underlay.network_address)
+        four = {**self.addresses(), **({"router": self.router_address()} if self.router else {})}
+        return {n: str(self.underlay6[int(ipaddress.IPv4Address(a)) - base]) for n, a in four.items()}
 
     def addresses(self) -> dict[str, str]:
         """Each node's underlay address: its own, or the next free one from .10."""
