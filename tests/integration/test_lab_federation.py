@@ -20,7 +20,7 @@ import yaml
 from isthmus.lab.fabric import Fabric
 from isthmus.store import Ledger, open_ledger
 from isthmus.store.election import controllers
-from tests.integration.labs import ask, lab, running, until
+from tests.integration.labs import ask, isthmus, lab, running, until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("bird"),
@@ -189,3 +189,32 @@ def until_value(what: Callable[[], str | None], seconds: float) -> str:
         assert time.monotonic() < deadline, "nothing within the time"
         time.sleep(0.1)
     return got
+
+
+def test_two_clusters_federate_an_ipv6_network(work: Path, tmp_path: Path) -> None:
+    """IPv6 endpoints travel as VPNv6 routes (next hop: the node's IPv4 address embedded in 64:ff9b::/96)
+    and are reached node to node over VXLAN, with the IPv4 underlay."""
+    sides = {
+        "main": _side("web6", "front6", "10.63.0.0/24", "client", "a1", {"exportTargets": ["64600:6"]}),
+        "os": _side("db6", "back6", "10.64.0.0/24", "pg-6", "b1", {"importTargets": ["64600:6"]}),
+    }
+    for cluster, docs in sides.items():
+        tenant = docs[0]["metadata"]["name"]
+        network = docs[1]["metadata"]["name"]
+        six = f"fd00:{63 if cluster == 'main' else 64}::"
+        docs.insert(3, {**docs[2], "metadata": {"name": f"{network}-v6", "namespace": tenant}})
+        docs[3]["spec"] = {"network": network, "cidr": f"{six}/64"}
+        docs[4]["spec"]["addresses"].append(f"{six}10")
+        docs[1]["spec"] = {"importTargets": ["64600:6"], "exportTargets": ["64600:6"]}
+        (tmp_path / f"{cluster}.yaml").write_text(yaml.safe_dump_all(docs))
+        lab(
+            work,
+            "apply",
+            *(["--cluster", cluster] if cluster != "main" else []),
+            "-f",
+            str(tmp_path / f"{cluster}.yaml"),
+        )
+    until(lambda: ask(work, "web6/client", "fd00:64::10", 5432), "db6/pg-6", 30)
+    assert ask(work, "db6/pg-6", "fd00:63::10", 22) == "web6/client"
+    learned = isthmus(work, "get", "importedroutes", "-o", "json").output
+    assert "fd00:64::10/128" in learned and "10.64.0.10/32" in learned

@@ -1,20 +1,27 @@
-"""The NetworkPolicy acceptance test in IPv6: the upstream model (x, y, z / a, b, c) over 3 nodes of an
-IPv6-only lab and of a dual-stack lab, where real IPv6 connections (`lab probe --family 6`) equal the trace
-(`isthmus matrix --family 6`) cell for cell under the policy sets of the IPv4 test (ipBlock with except
-in /128 and /64). The model's Services prefer dual stack, so each answers on each family it has."""
+"""IPv6 with real packets. The NetworkPolicy acceptance test: the upstream model (x, y, z / a, b, c) over 3
+nodes of an IPv6-only lab and of a dual-stack lab, where real IPv6 connections (`lab probe --family 6`) equal
+the trace (`isthmus matrix --family 6`) cell for cell under the policy sets of the IPv4 test (ipBlock with
+except among them). The model's Services prefer dual stack. In the dual-stack lab (an IPv6 underlay beside
+the IPv4 one, the router and an outside client of both families): Services of each ipFamilyPolicy answer
+on each family they have, a LoadBalancer's IPv6 address is on the router with one next hop per node
+hosting a backend and answers from outside, and pods reach the outside in IPv6, source NATed."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.labs import lab, lab_exec, running
+from tests.integration.labs import ask, isthmus, lab, lab_exec, running, until
 from tests.integration.test_lab import CHOSEN, NODES, agree, write
 from tests.integration.test_lab import model as model4
 from tests.unit.test_netpol_matrix import CASES, Case
@@ -32,7 +39,16 @@ DUAL = {
     "serviceCidrs": ["10.254.0.0/16", "fd00:10:254::/112"],
     "externalPools": ["203.0.113.0/24", "2001:db8:113::/64"],
 }
-LABS = {"ipv6-only": SIX, "dual-stack": DUAL}
+LABS: dict[str, dict[str, Any]] = {
+    "ipv6-only": {"kube": SIX},
+    "dual-stack": {
+        "kube": DUAL,
+        "underlay6": "fd00:77::/64",
+        "router": {"asn": 64500},
+        "outside": {"address": "198.51.100.10"},
+    },
+}
+OUTSIDE6 = "2001:db8:100::10"
 SIX_ONLY = CHOSEN[:10]  # the IPv6-only lab runs ten of the sets, ipBlock with except among them
 
 
@@ -51,7 +67,7 @@ def model(
 @pytest.fixture(scope="module", params=list(LABS))
 def work(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp(request.param)
-    topology = {"name": "six", "nodes": [{"name": n} for n in NODES], "kube": LABS[request.param]}
+    topology = {"name": "six", "nodes": [{"name": n} for n in NODES], **LABS[request.param]}
     with running(base, topology, "--timeout", "60") as (work, up):
         assert "Kubernetes pods in" in up.output and "fd00:10:32::/56" in up.output
         lab(work, "apply", "-f", write(base / "model.yaml", model()), "--timeout", "60")
@@ -79,3 +95,99 @@ def test_ipv6_probe_agrees_with_matrix(work: Path, case: Case, tmp_path: Path) -
 
 def test_the_ten_sets_include_ip_blocks_with_except() -> None:
     assert len(SIX_ONLY) == 10 and {"egress-cidr", "egress-cidr-except"} <= set(SIX_ONLY)
+
+
+def _dual(work: Path) -> None:
+    if "dual-stack" not in str(work):
+        pytest.skip("the dual-stack lab's")
+
+
+def _web(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "web", "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "web", "ports": [{"containerPort": 80}]}],
+        },
+    }
+
+
+def _service(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}], **spec},
+    }
+
+
+@pytest.fixture(scope="module")
+def web(work: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Namespace web: pods on node-1 and node-2, Services of each ipFamilyPolicy, a LoadBalancer."""
+    _dual(work)
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}},
+        _web("web-1", "node-1"),
+        _web("web-2", "node-2"),
+        _service("single"),
+        _service("single6", ipFamilies=["IPv6"]),
+        _service("prefer", ipFamilyPolicy="PreferDualStack"),
+        _service("require", ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv6", "IPv4"]),
+        _service("lb", type="LoadBalancer", ipFamilyPolicy="PreferDualStack"),
+    ]
+    path = write(tmp_path_factory.mktemp("web") / "web.yaml", docs)
+    lab(work, "apply", "-f", path, "--timeout", "60")
+    services = json.loads(isthmus(work, "get", "services", "-n", "web", "-o", "json").output)
+    yield {s["metadata"]["name"]: s for s in services["items"]}
+    lab(work, "delete", "-f", path)
+
+
+@pytest.mark.parametrize(
+    ("name", "families"),
+    [("single", [4]), ("single6", [6]), ("prefer", [4, 6]), ("require", [6, 4]), ("lb", [4, 6])],
+)
+def test_services_of_each_ip_family_policy_answer_on_each_family_they_have(
+    work: Path, web: dict[str, Any], name: str, families: list[int]
+) -> None:
+    spec = web[name]["spec"]
+    assert [ipaddress.ip_address(ip).version for ip in spec["clusterIPs"]] == families
+    assert spec["ipFamilies"] == [f"IPv{f}" for f in families]
+    for address in spec["clusterIPs"]:
+        assert ask(work, "x/a", address, 80) in ("web/web-1", "web/web-2"), address
+
+
+def test_a_load_balancer_ipv6_address_has_a_next_hop_per_backend_node_and_answers_from_outside(
+    work: Path, web: dict[str, Any]
+) -> None:
+    ingress = [i["ip"] for i in web["lb"]["status"]["loadBalancer"]["ingress"]]
+    six = next(a for a in ingress if ":" in a)
+    assert ipaddress.ip_address(six) in ipaddress.ip_network("2001:db8:113::/64")
+    status = json.loads(lab(work, "status", "-o", "json").output)
+    addresses = {n: ipaddress.ip_address(a["address"]) for n, a in status["nodes"].items()}
+    hosting = {
+        str(ipaddress.ip_network("fd00:77::/64")[int(addresses[n]) & 0xFF]) for n in ("node-1", "node-2")
+    }
+
+    def hops() -> set[str]:
+        kernel = lab(work, "router", "routes", f"{six}/128").output.split("Kernel routes", 1)[1]
+        return set(re.findall(r"via (fd00:77::[0-9a-f]+)", kernel))
+
+    until(hops, hosting, 30)
+    answers = {ask(work, "outside", six, 80) for _ in range(12)}
+    assert answers <= {"web/web-1", "web/web-2"} and answers, answers
+
+
+def test_pods_reach_the_outside_in_ipv6_through_source_nat(work: Path, web: dict[str, Any]) -> None:
+    """The outside client has no route to pod addresses: its answer comes back only to the node address
+    the flow was source NATed to."""
+    outside = json.loads((work / "fabric.json").read_text())["prefix"] + "outside"
+    argv = ["ip", "netns", "exec", outside, sys.executable, "-m", "isthmus.lab.server", "outside", "9000/TCP"]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: ask(work, "web/web-1", OUTSIDE6, 9000), "outside")
+        assert ask(work, "web/web-2", OUTSIDE6, 9000) == "outside"  # from node-2 too
+    finally:
+        server.terminate()
+        server.wait(5)

@@ -58,7 +58,7 @@ def test_endpoints_of_exporting_networks_are_announced_from_their_nodes(tmp_path
         {
             "kind": "Endpoint",
             "metadata": _meta("pg", "x"),
-            "spec": {"network": "db", "node": "a1", "addresses": ["10.50.0.5"]},
+            "spec": {"network": "db", "node": "a1", "addresses": ["10.50.0.5", "fd00:50::5"]},
         },
         {
             "kind": "Endpoint",
@@ -75,12 +75,17 @@ def test_endpoints_of_exporting_networks_are_announced_from_their_nodes(tmp_path
     assert routes == {
         VpnRoute(
             "64512:4096",
-            ipaddress.ip_network("10.50.0.5/32"),
+            ipaddress.ip_network(prefix),
             ipaddress.ip_address("10.9.0.11"),
             ("64512:7",),
         )
+        for prefix in ("10.50.0.5/32", "fd00:50::5/128")
     }
     settings = Settings(ipaddress.ip_address("10.9.0.1"), 64512, (BgpPeer(address="10.9.0.2", asn=64513),))
-    text = render(settings, routes, tmp_path / "bird.log")
+    text = render(settings, routes, tmp_path / "bird.log", "eth0")
     assert "route 64512:4096 10.50.0.5/32 via 10.9.0.11 { bgp_ext_community.add((rt, 64512, 7)); };" in text
+    assert (  # VPNv6 over the IPv4 underlay: the node's address embedded in 64:ff9b::/96
+        "route 64512:4096 fd00:50::5/128 via 64:ff9b::a09:b%eth0 onlink "
+        "{ bgp_ext_community.add((rt, 64512, 7)); };" in text
+    )
     assert "next hop keep" in text and "neighbor 10.9.0.2 as 64513;" in text

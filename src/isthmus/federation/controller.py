@@ -13,11 +13,13 @@ import re
 import threading
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from isthmus import intent
 from isthmus.bgp.bird import Bird
 from isthmus.bgp.config import Settings
 from isthmus.bgp.control import BgpError
-from isthmus.federation.vpn import VpnRoute, exported, parse_routes, render
+from isthmus.federation.vpn import TABLE, Address, VpnRoute, exported, parse_routes, render
 from isthmus.model import ImportedRoute, Object, lookup_kind
 from isthmus.store import Compacted, Ledger, Unavailable, Watch, objects
 from isthmus.store.election import Deposed, Election
@@ -27,6 +29,14 @@ LEARNED = "isthmus.io/federation"  # the annotation of the ImportedRoutes the co
 _KINDS = [lookup_kind(k) for k in ("VirtualNetwork", "Endpoint", "Node")]
 _PREFIXES = tuple(objects.kind_prefix(k) for k in _KINDS)
 _IMPORTED = lookup_kind("ImportedRoute")
+
+
+def device_of(address: Address) -> str:
+    """The interface that holds `address` (the speaker's, on the underlay)."""
+    with IPRoute() as ipr:
+        for found in ipr.get_addr(address=str(address)):
+            return str(ipr.get_links(found["index"])[0].get_attr("IFLA_IFNAME"))
+    raise BgpError(f"no interface of this host holds the speaker's address {address}")
 
 
 def route_name(route: VpnRoute) -> str:
@@ -61,6 +71,7 @@ class Federation:
         self.imported: dict[str, ImportedRoute] | None = None  # what the ledger holds, once written
         self.watch: Watch | None = None  # changes of the kinds the exports come from
         self.peer = ",".join(str(p.address) for p in settings.peers)
+        self.device = device_of(settings.address)
 
     def run(self, stop: threading.Event, every: float = 0.2) -> None:
         """Pass after pass until `stop`; then BIRD stops, withdrawing the cluster's routes. A BIRD that
@@ -71,7 +82,7 @@ class Federation:
             while not stop.is_set():
                 try:
                     if not started:
-                        self.bird.start(render(self.settings, (), self.bird.log))
+                        self.bird.start(render(self.settings, (), self.bird.log, self.device))
                         self.exports, started = None, True
                     self.step()
                 except BgpError as exc:
@@ -105,13 +116,17 @@ class Federation:
             found: list[Object] = [o for info in _KINDS for o in objects.list_objects(self.ledger, info)[0]]
             exports = exported(found, self.settings.asn)
             if exports != self.exports:
-                self.bird.load(render(self.settings, exports, self.bird.log))
+                self.bird.load(render(self.settings, exports, self.bird.log, self.device))
                 self.exports = exports
                 log.info("federation: announcing %d routes", len(exports))
         if not self.election.leading:
             self.imported = None
             return
-        learned = parse_routes(self.bird.command("show route table vpntab where source = RTS_BGP all"))
+        learned = [
+            r
+            for table in TABLE.values()
+            for r in parse_routes(self.bird.command(f"show route table {table} where source = RTS_BGP all"))
+        ]
         wanted = {route_name(r): imported(r, self.peer) for r in learned}
         if wanted != self.imported:
             self._import(wanted)

@@ -1,9 +1,11 @@
-"""VPNv4 routes between clusters, as the federation speaker exchanges them. Pure functions.
+"""VPNv4 and VPNv6 routes between clusters, as the federation speaker exchanges them. Pure functions.
 
-A cluster exports each endpoint address of a network with export targets as a VPNv4 route: route
-distinguisher ASN:VNI (the network's VNI, which the importer's VXLAN needs), the /32, the endpoint's node as
-next hop (kept end to end: traffic goes node to node) and the targets as route-target communities. The
-BIRD configuration holds them as static routes of a vpn4 table and exchanges that table with the peers.
+A cluster exports each endpoint address of a network with export targets as a VPN route: route
+distinguisher ASN:VNI (the network's VNI, which the importer's VXLAN needs), the /32 or /128, the endpoint's
+node as next hop (kept end to end: traffic goes node to node) and the targets as route-target communities.
+The BIRD configuration holds them as static routes of a vpn4 and a vpn6 table and exchanges both with the
+peers. The underlay is IPv4: a VPNv6 route's next hop, which BGP carries as IPv6, is the node's IPv4
+address embedded in 64:ff9b::/96 (RFC 6052), resolved through a route BIRD alone holds for that prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from isthmus.model import Endpoint, Node, Object, VirtualNetwork, split_ref
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-STATIC = "exports"
+STATIC = {4: "exports", 6: "exports6"}
+TABLE = {4: "vpntab", 6: "vpntab6"}
+EMBEDDED = ipaddress.IPv6Network("64:ff9b::/96")
 _ROUTE = re.compile(r"^(\S+:\S+) (\S+/\d+)\s")
 _RT = re.compile(r"\(rt, ([^,]+), (\d+)\)")
 
@@ -37,7 +41,7 @@ class VpnRoute:
 
 
 def exported(objects: Iterable[Object], asn: int) -> set[VpnRoute]:
-    """The routes of the endpoints (IPv4, on a node) of networks with export targets."""
+    """The routes of the endpoints (on a node with an IPv4 address) of networks with export targets."""
     networks: dict[str, tuple[int, tuple[str, ...]]] = {}
     nodes: dict[str, Address] = {}
     endpoints: list[Endpoint] = []
@@ -57,9 +61,17 @@ def exported(objects: Iterable[Object], asn: int) -> set[VpnRoute]:
             continue
         vni, targets = network
         for address in endpoint.spec.addresses:
-            if address.version == 4:
-                found.add(VpnRoute(f"{asn}:{vni}", ipaddress.ip_network(address), node, targets))
+            found.add(VpnRoute(f"{asn}:{vni}", ipaddress.ip_network(address), node, targets))
     return found
+
+
+def embed(node: Address) -> ipaddress.IPv6Address:
+    """A node's IPv4 address as a VPNv6 next hop."""
+    return EMBEDDED[int(node)]
+
+
+def _unembed(hop: Address) -> Address:
+    return ipaddress.IPv4Address(int(hop) - int(EMBEDDED.network_address)) if hop in EMBEDDED else hop
 
 
 def _community(target: str) -> str:
@@ -67,30 +79,38 @@ def _community(target: str) -> str:
     return f"bgp_ext_community.add((rt, {high}, {low}));"
 
 
-def render(settings: Settings, routes: Iterable[VpnRoute], log: Path) -> str:
-    """BIRD's configuration: `routes` as static routes of the vpn4 table, offered to every peer with their
-    next hop kept; what the peers offer is learned into the same table."""
+def render(settings: Settings, routes: Iterable[VpnRoute], log: Path, device: str) -> str:
+    """BIRD's configuration: `routes` as static routes of the vpn4 and vpn6 tables, offered to every peer
+    with their next hop kept; what the peers offer is learned into the same tables. `device` is the
+    speaker's interface on the underlay (where an embedded next hop is said to be)."""
     if '"' in str(log):
         raise ValueError(f"log path {log} contains a double quote")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", device):
+        raise ValueError(f"interface {device!r}: BIRD names a next hop's interface by a plain word")
     lines = [
-        "# Rendered by isthmus (isthmus.federation): the cluster's VPNv4 speaker. Rewritten on every change.",
+        "# Rendered by isthmus (isthmus.federation): the cluster's VPN speaker. Rewritten on every change.",
         f"router id {settings.router_id};",
         f'log "{log}" 1000000 "{log}.1" all;',
         'timeformat protocol "%s.%3f";',
         "vpn4 table vpntab;",
+        "vpn6 table vpntab6;",
         "",
         "protocol device { }",
         "",
-        f"protocol static {STATIC} {{",
-        "  vpn4 { table vpntab; };",
+        "protocol static embedded { ipv6; route 64:ff9b::/96 blackhole; }  # resolves embedded next hops",
     ]
-    for route in sorted(routes):
-        communities = " ".join(_community(t) for t in route.targets)
-        lines.append(
-            f"  route {route.distinguisher} {route.prefix} via {route.next_hop} {{ {communities} }};"
-        )
+    for version in (4, 6):
+        lines += [
+            "",
+            f"protocol static {STATIC[version]} {{",
+            f"  vpn{version} {{ table {TABLE[version]}; }};",
+        ]
+        for route in sorted(r for r in routes if r.prefix.version == version):
+            communities = " ".join(_community(t) for t in route.targets)
+            hop = str(route.next_hop) if version == 4 else f"{embed(route.next_hop)}%{device} onlink"
+            lines.append(f"  route {route.distinguisher} {route.prefix} via {hop} {{ {communities} }};")
+        lines.append("}")
     lines += [
-        "}",
         "",
         "template bgp federation {",
         f"  local as {settings.asn};",
@@ -99,7 +119,9 @@ def render(settings: Settings, routes: Iterable[VpnRoute], log: Path) -> str:
         "  connect delay time 1;",
         "  connect retry time 5;",
         "  graceful restart off;",
-        f'  vpn4 mpls {{ table vpntab; import all; export where proto = "{STATIC}"; next hop keep; }};',
+        f'  vpn4 mpls {{ table vpntab; import all; export where proto = "{STATIC[4]}"; next hop keep; }};',
+        f'  vpn6 mpls {{ table vpntab6; import all; export where proto = "{STATIC[6]}"; next hop keep; '
+        "gateway recursive; igp table master6; };",
         "}",
     ]
     for peer in sorted(settings.peers, key=lambda p: int(p.address)):
@@ -113,7 +135,8 @@ def render(settings: Settings, routes: Iterable[VpnRoute], log: Path) -> str:
 
 
 def parse_routes(text: str) -> list[VpnRoute]:
-    """The routes of `show route table vpntab all` (the best path of each)."""
+    """The routes of `show route table vpntab all` or `vpntab6` (the best path of each), with embedded
+    next hops as the IPv4 addresses they embed."""
     found: list[VpnRoute] = []
     current: tuple[str, Prefix] | None = None
     hop: Address | None = None
@@ -129,7 +152,7 @@ def parse_routes(text: str) -> list[VpnRoute]:
             done()
             current, hop, targets = (header[1], ipaddress.ip_network(header[2])), None, ()
         elif line.strip().startswith("BGP.next_hop:") and hop is None:
-            hop = ipaddress.ip_address(line.split(":", 1)[1].split()[0])
+            hop = _unembed(ipaddress.ip_address(line.split(":", 1)[1].split()[0]))
         elif line.strip().startswith("BGP.ext_community:") and not targets:
             targets = tuple(f"{a}:{b}" for a, b in _RT.findall(line))
     done()

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     server {{
         listen 80;
+        listen [::]:80;
         location / {{
             proxy_pass http://{upstream};
             proxy_connect_timeout 2s;
@@ -91,7 +93,10 @@ def leonardo(name: str, port: int = 8000) -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+    class DualStack(ThreadingHTTPServer):
+        address_family = socket.AF_INET6  # and IPv4, as mapped addresses (IPV6_V6ONLY is off)
+
+    DualStack(("::", port), Handler).serve_forever()
 
 
 def postgresql(name: str, address: str, directory: str) -> None:

@@ -352,15 +352,20 @@ class Lab:
             raise LabError(f"router: {exc}") from None
 
     def routes(self, prefix: str | None = None) -> tuple[str, str]:
-        """The router's BGP routes (`birdc show route all`) and its kernel's (`ip route`), of `prefix`
-        only when given."""
+        """The router's BGP routes (`birdc show route all`) and its kernel's (`ip route` of each family),
+        of `prefix` only when given."""
         self._has_router()
         try:
-            only = [str(ipaddress.ip_network(prefix, strict=False))] if prefix else []
+            network = ipaddress.ip_network(prefix, strict=False) if prefix else None
+            only = [str(network)] if network else []
             bgp = self.fabric.bird.ask("show", "route", *only, "all")
         except (ValueError, RuntimeError) as exc:
             raise LabError(f"router: {exc}") from None
-        return bgp, ip("-n", self.fabric.router_netns, "route", "show", *only).stdout
+        families = [network.version] if network else [4, 6]
+        kernel = (
+            ip("-n", self.fabric.router_netns, f"-{v}", "route", "show", *only).stdout for v in families
+        )
+        return bgp, "".join(kernel)
 
     def _has_router(self) -> None:
         if not self.fabric.router:
