@@ -3,6 +3,7 @@ openstacksdk), authenticated by Keystone tokens as they do it, against `isthmus 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
@@ -252,3 +253,64 @@ def test_the_api_serves_https_with_a_certificate(tmp_path: Path) -> None:
         assert [n["Name"] for n in secure.json("admin", "network", "list")] == ["over-tls"]
         with pytest.raises(httpx2.TransportError):
             httpx2.get(secure.url.replace("https://", "http://") + "/healthz")
+
+
+def test_ipv6_subnets_ports_floating_ips_and_router_interfaces(cloud: Cloud) -> None:
+    """A network with an IPv4 and a stateful-DHCPv6 subnet gives a port an address of each; an IPv6
+    floating IP comes from the public network's IPv6 subnet (`--subnet`); a router joins IPv6 subnets; the
+    IPv6 modes are refused on an IPv4 subnet and when they disagree, and nothing is stored."""
+    cloud.cli(
+        "admin",
+        *("subnet", "create", "public-v6", "--network", "public", "--ip-version", "6"),
+        *("--subnet-range", "2001:db8:113::/64"),
+    )
+    cloud.cli("leonardo", "network", "create", "dual")
+    cloud.cli(
+        "leonardo", "subnet", "create", "dual-v4", "--network", "dual", "--subnet-range", "10.31.0.0/24"
+    )
+    stateful = cloud.json(
+        "leonardo",
+        *("subnet", "create", "dual-v6", "--network", "dual", "--ip-version", "6", "--ipv6-address-mode"),
+        *("dhcpv6-stateful", "--ipv6-ra-mode", "dhcpv6-stateful", "--subnet-range", "fd00:31::/64"),
+    )
+    assert stateful["ipv6_address_mode"] == "dhcpv6-stateful" and stateful["gateway_ip"] == "fd00:31::1"
+    port = cloud.json("leonardo", "port", "create", "vm", "--network", "dual")
+    fixed = [f["ip_address"] for f in port["fixed_ips"]]
+    assert fixed == ["10.31.0.2", "fd00:31::2"], fixed  # stateful: from the pool, after the gateway
+    public = cloud.json("admin", "network", "show", "public")["id"]
+    public6 = cloud.json("admin", "subnet", "show", "public-v6")["id"]
+    made = cloud.sdk("leonardo").network.create_ip(  # the client looks the admin's subnet up: not visible
+        floating_network_id=public, subnet_id=public6, port_id=port["id"]
+    )
+    assert ipaddress.ip_address(made.floating_ip_address) in ipaddress.ip_network("2001:db8:113::/64")
+    given = cloud.json(
+        "leonardo", "floating", "ip", "create", "public", "--floating-ip-address", "2001:db8:113::50"
+    )
+    assert given["floating_ip_address"] == "2001:db8:113::50"
+    cloud.cli("leonardo", "network", "create", "other6")
+    cloud.cli(
+        "leonardo",
+        *("subnet", "create", "other6-v6", "--network", "other6", "--ip-version", "6"),
+        *("--subnet-range", "fd00:32::/64"),
+    )
+    cloud.cli("leonardo", "router", "create", "edge6")
+    for subnet in ("dual-v6", "other6-v6"):
+        cloud.cli("leonardo", "router", "add", "subnet", "edge6", subnet)
+    router = cloud.json("leonardo", "router", "show", "edge6")["id"]
+    policy = cloud.isthmus("GET", f"/namespaces/leonardo/policies/{router}")
+    joined = {(r["source"]["network"], r["destination"]["network"]) for r in policy["spec"]["rules"]}
+    dual, other = (cloud.json("leonardo", "network", "show", n)["id"] for n in ("dual", "other6"))
+    assert joined == {(dual, other), (other, dual)}  # routed each way
+    for bad, message in (
+        (["--subnet-range", "10.33.0.0/24", "--ipv6-address-mode", "slaac"], "are for IPv6 subnets"),
+        (
+            [
+                *("--ip-version", "6", "--subnet-range", "fd00:33::/64"),
+                *("--ipv6-address-mode", "slaac", "--ipv6-ra-mode", "dhcpv6-stateful"),
+            ],
+            "when both are set, they are the same",
+        ),
+    ):
+        refused = cloud.cli("leonardo", "subnet", "create", "bad", "--network", "dual", *bad, ok=False)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+    assert "bad" not in cloud.cli("leonardo", "subnet", "list").stdout

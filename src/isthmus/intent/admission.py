@@ -305,9 +305,9 @@ def _addresses(
 
 
 def _families(txn: Txn, network: VirtualNetwork) -> list[int]:
-    """The network's address families, its pools' first, in their order."""
+    """The network's address families: its pools', in their order, then its subnets' (IPv4 first)."""
     pools = [_pool(txn, p).spec.cidr.version for p in network.spec.pools()]
-    return list(dict.fromkeys([*pools, *(s.spec.cidr.version for s in subnets_of(txn, network))]))
+    return list(dict.fromkeys([*pools, *sorted(s.spec.cidr.version for s in subnets_of(txn, network))]))
 
 
 def _address(

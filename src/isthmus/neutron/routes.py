@@ -288,15 +288,26 @@ def _to_port(request: Request, who: Scope, body: dict[str, Any], old: Any) -> Ob
 def _to_floating_ip(request: Request, who: Scope, body: dict[str, Any], old: Any) -> Object:
     ledger = _ledger(request)
     project = old.metadata.namespace if old else _project(who, body)
-    pool = old.spec.pool if old else ""
+    pool, family = (old.spec.pool if old else ""), None
     if old is None:
         network = _one(ledger, "VirtualNetwork", who, str(body.get("floating_network_id") or ""), "Network")
         if not network.spec.external:
             raise NeutronError(400, "BadRequest", f"network {network.metadata.name} is not external")
         pool = f"{network.metadata.namespace}/{network.metadata.name}"
+        if body.get("subnet_id"):  # the family of the address: that subnet's
+            subnet = objects.list_one(
+                ledger, _INFO["Subnet"], network.metadata.namespace, str(body["subnet_id"])
+            )
+            if not isinstance(subnet, Subnet) or subnet.spec.network != network.metadata.name:
+                raise NeutronError(
+                    400,
+                    "BadRequest",
+                    f"subnet {body['subnet_id']} is not a subnet of network {network.metadata.name}",
+                )
+            family = subnet.spec.cidr.version
     if body.get("port_id"):
         _one(ledger, "Endpoint", Scope(project, who.admin), str(body["port_id"]), "Port")
-    return shapes.to_floating_ip(body, project, pool, old)
+    return shapes.to_floating_ip(body, project, pool, old, family)
 
 
 def _to_group(request: Request, who: Scope, body: dict[str, Any], old: Any) -> Object:

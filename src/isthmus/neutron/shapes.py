@@ -288,12 +288,16 @@ def floating_ip(obj: FloatingIP, fixed: str | None) -> dict[str, Any]:
     }
 
 
-def to_floating_ip(body: dict[str, Any], project: str, pool: str, old: FloatingIP | None) -> FloatingIP:
-    """`pool`: NAMESPACE/NAME of the external network."""
+def to_floating_ip(
+    body: dict[str, Any], project: str, pool: str, old: FloatingIP | None, family: int | None = None
+) -> FloatingIP:
+    """`pool`: NAMESPACE/NAME of the external network; `family`: the address's, when a subnet says it."""
     ident = old.metadata.name if old else new_id()
     spec: dict[str, Any] = old.spec.model_dump(by_alias=True, exclude_none=True) if old else {"pool": pool}
     if old is None and body.get("floating_ip_address"):
         spec["address"] = body["floating_ip_address"]
+    elif old is None and family is not None:
+        spec["ipFamilies"] = [f"IPv{family}"]
     if "port_id" in body:
         spec["endpoints"] = [body["port_id"]] if body["port_id"] else []
     made = _object("FloatingIP", _meta(ident, project, _merged(old, body)), spec)
