@@ -115,12 +115,13 @@ def _lab(docs: list[dict[str, Any]]) -> Iterator[Fabric]:
     with tempfile.TemporaryDirectory(prefix="isd-") as tmp:
         fabric = Fabric(f"isd{secrets.token_hex(3)}-", Path(tmp) / "state", Path(tmp) / "lab")
         try:
+            _apply(fabric.state, [_node(n, a) for n, a in NODES.items()])
             ledger = open_ledger(fabric.state)
             try:
                 Reconciler(ledger, KubeConfig()).configure(DUAL)
             finally:
                 ledger.close()
-            _apply(fabric.state, [_node(n, a) for n, a in NODES.items()] + docs)
+            _apply(fabric.state, docs)
             fabric.build(NODES)
             for node in NODES:
                 fabric.start_agent(node)
@@ -288,11 +289,11 @@ def _connect(conn: socket.socket, address: str, port: int) -> float:
         "program_many_s": "s",
     },
     ratios={
-        f"{m}{six}_many_vs_few": (f"many{six}_{m}_us", f"few{six}_{m}_us")
+        f"{m}_many_vs_few{six}": (f"many{six}_{m}_us", f"few{six}_{m}_us")
         for six in ("", "6")
         for m in ("median", "p99")
     },
-    goals=tuple(Goal(f"{m}{six}_many_vs_few", "<=", 1.1) for six in ("", "6") for m in ("median", "p99")),
+    goals=tuple(Goal(f"{m}_many_vs_few{six}", "<=", 1.1) for six in ("", "6") for m in ("median", "p99")),
 )
 def service_latency() -> Figures:
     """TCP connect latency from a pod on node-1 to a service VIP whose backend is a pod on node-2, in two
