@@ -23,7 +23,15 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not HAS_CLIENTS,
     reason="needs root, nftables and python-openstackclient (scripts/bootstrap dev)",
 )
-TOPOLOGY = {"name": "hyb", "nodes": [{"name": "node-1"}, {"name": "node-2"}]}
+TOPOLOGY = {
+    "name": "hyb",
+    "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+    "kube": {  # dual stack: the shared pod network, and so its VMs, have an address of each family
+        "podCidrs": ["10.32.0.0/12", "fd00:10:32::/56"],
+        "serviceCidrs": ["10.254.0.0/16", "fd00:10:254::/112"],
+        "externalPools": ["203.0.113.0/24", "2001:db8:113::/64"],
+    },
+}
 WEB = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -215,3 +223,23 @@ def test_an_ipv6_slaac_subnet_gives_a_vm_its_eui64_address_reached_as_its_securi
         ok=False,
     )
     assert bad.returncode == 1 and "EUI-64, which needs a /64 prefix" in bad.stderr
+
+
+def test_a_pod_reaches_a_vm_over_ipv6_only_once_an_ipv6_rule_allows_it(
+    hybrid: tuple[Path, Cloud, dict[str, Any]],
+) -> None:
+    work, cloud, _ = hybrid
+    cloud.cli("leonardo", "security", "group", "create", "db6")
+    port = cloud.vm("leonardo", "pg-6", "pods", "node-2", "--security-group", "db6")
+    addresses = {ipaddress.ip_address(f["ip_address"]).version: f["ip_address"] for f in port["fixed_ips"]}
+    assert sorted(addresses) == [4, 6]
+    vm = f"leonardo/{port['id']}"
+    until(lambda: ask(work, vm, addresses[6], 22), vm)  # up (itself, over IPv6)
+    assert ask(work, "leonardo/web", addresses[6], 5432) == "failed: TimeoutError"  # db6 lets nothing in
+    cloud.cli(
+        "leonardo",
+        *("security", "group", "rule", "create", "db6", "--ethertype", "IPv6", "--protocol", "tcp"),
+        *("--dst-port", "5432"),
+    )
+    until(lambda: ask(work, "leonardo/web", addresses[6], 5432), vm)  # pod -> VM over IPv6, across nodes
+    assert ask(work, "leonardo/web", addresses[4], 5432) == "failed: TimeoutError"  # IPv4: no rule

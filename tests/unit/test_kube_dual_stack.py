@@ -242,3 +242,32 @@ def test_trace_and_matrix_follow_the_family_asked(ledger: Ledger) -> None:
         assert f"default/client {client.addresses[address.version == 6]}" in walked.hops[0].detail
     six = matrix(tracer, 80, "TCP", "services", ("default",), family=6)
     assert six["destinations"] == ["default/web"] and six["allowed"]["default/client"]["default/web"]
+
+
+def _namespace(families: str) -> dict[str, Any]:
+    annotations = {"isthmus.io/isolation": "namespace", "isthmus.io/ip-families": families}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "annotations": annotations},
+    }
+
+
+def test_a_namespace_annotation_chooses_the_families_of_its_own_networks(ledger: Ledger) -> None:
+    Reconciler(ledger, KubeConfig()).configure(DUAL)
+    reconcile(ledger, KubeConfig(), kube(NODE, _namespace("IPv6"), pod("web")))
+    status = stored(ledger, "Pod", "web").body["status"]
+    assert families([p["ip"] for p in status["podIPs"]]) == [6]
+
+
+@pytest.mark.parametrize(
+    ("config", "value"), [(DUAL, "IPv7"), (DUAL, "IPv6,IPv6"), (SIX, "IPv4"), (DUAL, " ")]
+)
+def test_a_namespace_asking_for_families_the_cluster_has_not_is_refused(
+    ledger: Ledger, config: KubeConfig, value: str
+) -> None:
+    Reconciler(ledger, KubeConfig()).configure(config)
+    before = snapshot(ledger)
+    with pytest.raises(TranslationError, match=r"annotation isthmus\.io/ip-families is"):
+        reconcile(ledger, KubeConfig(), kube(NODE, _namespace(value), pod("web")))
+    assert snapshot(ledger) == before

@@ -26,13 +26,18 @@ def _cloud(rules: list[dict[str, Any]]) -> Tracer:
         {
             "kind": "SecurityGroup",
             "metadata": _meta("web", "t"),
-            "spec": {"rules": [{"direction": "egress"}]},
+            "spec": {"rules": [{"direction": "egress"}, {"direction": "egress", "ethertype": "IPv6"}]},
         },
         *[
             {
                 "kind": "Endpoint",
                 "metadata": _meta(name, "t", labels),
-                "spec": {"kind": "vm", "network": "net", "node": "n1", "addresses": [f"10.0.0.{i + 2}"]},
+                "spec": {
+                    "kind": "vm",
+                    "network": "net",
+                    "node": "n1",
+                    "addresses": [f"10.0.0.{i + 2}", f"fd00::{i + 2}"],
+                },
             }
             for i, (name, labels) in enumerate(groups.items())
         ],
@@ -40,8 +45,10 @@ def _cloud(rules: list[dict[str, Any]]) -> Tracer:
     return Tracer(Compiler(parse_object({"apiVersion": "isthmus.io/v1", **d}) for d in docs))
 
 
-def _verdict(tracer: Tracer, source: str, destination: str, port: int, protocol: str = "TCP") -> str:
-    target = tracer.endpoint("t", destination).address
+def _verdict(
+    tracer: Tracer, source: str, destination: str, port: int, protocol: str = "TCP", family: int = 4
+) -> str:
+    target = tracer.endpoint("t", destination, family).address
     return tracer.trace(tracer.endpoint("t", source), target, protocol, port).verdict
 
 
@@ -79,3 +86,29 @@ def test_icmp_rules_and_rules_of_any_protocol_let_icmp_through() -> None:
         if k[0] == "chain" and str(k[1]).startswith("in_")
     ]
     assert any(line.endswith("accept") and "l4proto" not in line for c in chains for line in c.splitlines())
+
+
+def test_a_rule_keeps_to_its_ethertype_with_a_remote_group_too() -> None:
+    """Dual-stack VMs: an IPv6 rule naming a group lets its members in over IPv6 only; an IPv6 rule with
+    no remote, any IPv6 address; the kernel's sets follow (IPv6 members only)."""
+    ethertype = {"ethertype": "IPv6", "protocol": "TCP", "portRangeMin": 5432, "portRangeMax": 5432}
+    tracer = _cloud(
+        [
+            {"direction": "ingress", "remoteGroup": "web", **ethertype},
+            {
+                "direction": "ingress",
+                "protocol": "TCP",
+                "portRangeMin": 22,
+                "portRangeMax": 22,
+                "ethertype": "IPv6",
+            },
+        ]
+    )
+    assert _verdict(tracer, "app", "db", 5432, family=6) == "allow"
+    assert _verdict(tracer, "app", "db", 5432, family=4) == "deny"
+    assert _verdict(tracer, "other", "db", 5432, family=6) == "deny"
+    assert _verdict(tracer, "other", "db", 22, family=6) == "allow"
+    assert _verdict(tracer, "other", "db", 22, family=4) == "deny"
+    made = plan(tracer.compiler.node_state("n1"))
+    members = {str(k[2]) for k in made if k[0] == "element" and str(k[1]).startswith("peer_")}
+    assert "fd00::3" in members and "10.0.0.3" not in members  # app's addresses: only the IPv6 one

@@ -33,8 +33,8 @@ def peer(given: NetworkPolicyPeer, namespace: str) -> Peer:
         return Peer(cidrs=(given.ip_block.cidr,), excepts=tuple(given.ip_block.except_))
     pods = selector(given.pod_selector) if given.pod_selector is not None else None
     if given.namespace_selector is not None:
-        return Peer(namespaces=selector(given.namespace_selector), pods=pods)
-    return Peer(namespace=namespace, pods=pods or Selector())
+        return Peer(namespaces=selector(given.namespace_selector), pods=pods, family=given.family)
+    return Peer(namespace=namespace, pods=pods or Selector(), family=given.family)
 
 
 def _allows(

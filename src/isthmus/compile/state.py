@@ -120,15 +120,19 @@ def _meets(labels: dict[str, str], key: str, operator: str, values: tuple[str, .
 class Peer:
     """What a rule's peer matches. With `cidrs`: addresses inside one of them and in no `excepts`.
     Otherwise endpoints: in `namespace`, or in namespaces matching `namespaces`; with labels matching
-    `pods` (any, when None). With neither field set (and no cidrs): everything."""
+    `pods` (any, when None). With neither field set (and no cidrs): everything. With `family` (a security
+    group's remote group of one ethertype), only addresses of that family."""
 
     cidrs: tuple[Prefix, ...] = ()
     excepts: tuple[Prefix, ...] = ()
     namespace: str | None = None
     namespaces: Selector | None = None
     pods: Selector | None = None
+    family: int | None = None
 
     def matches(self, address: Address, identity: Identity | None) -> bool:
+        if self.family is not None and address.version != self.family:
+            return False
         if self.cidrs:
             return any(address in c for c in self.cidrs) and not any(address in e for e in self.excepts)
         if self.namespace is None and self.namespaces is None and self.pods is None:

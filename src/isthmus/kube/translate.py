@@ -38,6 +38,7 @@ EGRESS_IP = "isthmus.io/egress-ip"
 NETWORK_MODE = "isthmus.io/network-mode"
 NODE_ACCESS = "isthmus.io/node-access"  # "false": the namespace's own networks do not reach the nodes
 ROUTE_TARGETS = "isthmus.io/route-targets"  # NETWORK=RT[,RT...][;NETWORK=...]: imported and exported
+IP_FAMILIES = "isthmus.io/ip-families"  # IPv4, IPv6 or both (comma): of the namespace's own networks
 DECLARED_NETWORK = "isthmus.io/declared-network"  # on an Endpoint whose pod now declares another network
 KUBERNETES = "kubernetes"
 MODES: tuple[Isolation, ...] = ("cluster", "namespace", "collection")
@@ -126,10 +127,26 @@ def family_name(base: str, family: int) -> str:
     return base if family == 4 else f"{base}-v6"
 
 
-def pod_pools(config: KubeConfig) -> dict[str, Any]:
-    """The SubnetPools pod networks grow by, the primary family's first (one as `subnetPool`)."""
-    pools = [family_name("kube-pods", f) for f in config.families()]
+def pod_pools(config: KubeConfig, families: list[int] | None = None) -> dict[str, Any]:
+    """The SubnetPools pod networks grow by (of `families`, else the cluster's), the primary family's
+    first (one as `subnetPool`)."""
+    pools = [family_name("kube-pods", f) for f in config.families() if families is None or f in families]
     return {"subnetPools": pools} if len(pools) > 1 else {"subnetPool": pools[0]}
+
+
+def namespace_families(namespace: str, value: str | None, config: KubeConfig) -> list[int] | None:
+    """The families the annotation isthmus.io/ip-families gives the namespace's own networks (None: the
+    cluster's)."""
+    if value is None:
+        return None
+    given = [f.strip() for f in value.split(",") if f.strip()]
+    cluster = [f"IPv{f}" for f in config.families()]
+    if not given or len(set(given)) != len(given) or any(f not in cluster for f in given):
+        raise TranslationError(
+            f"Namespace {namespace}: annotation {IP_FAMILIES} is {value!r}; give families of this cluster "
+            f"({', '.join(cluster)}), comma-separated, each once"
+        )
+    return [int(f[-1]) for f in given]
 
 
 def node(kube_node: KubeObject) -> Node:
@@ -512,6 +529,9 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
             f"Namespace {namespace}: annotation {NETWORK_MODE} is {routing!r}; overlay or routed, for the "
             f"namespace's own networks (annotation {ISOLATION}: namespace or collection)"
         )
+    families = namespace_families(
+        namespace, declared.metadata.annotations.get(IP_FAMILIES) if declared else None, config
+    )
     access = declared.metadata.annotations.get(NODE_ACCESS, "true") if declared else "true"
     if access not in ("true", "false") or (access == "false" and mode == "cluster"):
         raise TranslationError(
@@ -529,7 +549,7 @@ def namespace_part(view: KubeView, namespace: str, config: KubeConfig) -> list[R
                 {
                     "metadata": _meta(n, namespace),
                     "spec": {
-                        **pod_pools(config),
+                        **pod_pools(config, families),
                         "egress": True,
                         "mode": routing,
                         "nodeAccess": access == "true",

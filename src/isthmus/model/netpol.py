@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from isthmus.model.meta import Model, Port
 from isthmus.model.selector import LabelSelector
@@ -48,6 +48,19 @@ class NetworkPolicyPeer(Model):
     pod_selector: LabelSelector | None = None
     namespace_selector: LabelSelector | None = None
     ip_block: IPBlock | None = None
+    _family: int | None = PrivateAttr(
+        None
+    )  # a security group's remote group of one ethertype; not in the API
+
+    def only(self, family: int) -> NetworkPolicyPeer:
+        """This peer, matching addresses of `family` only (security groups' ethertype)."""
+        copy = self.model_copy()
+        copy._family = family
+        return copy
+
+    @property
+    def family(self) -> int | None:
+        return self._family
 
     @model_validator(mode="after")
     def _one_kind(self) -> NetworkPolicyPeer:

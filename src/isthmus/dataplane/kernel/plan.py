@@ -275,7 +275,10 @@ def _exclude(network: Prefix, excluded: Prefix) -> Iterable[Prefix]:
 
 
 def _families(peer: Peer) -> tuple[int, ...]:
-    """The address families a peer has addresses of: a CIDR peer those of its CIDRs, any other both."""
+    """The address families a peer has addresses of: its one family, or a CIDR peer those of its CIDRs, any
+    other both."""
+    if peer.family is not None:
+        return (peer.family,)
     return tuple(sorted({c.version for c in peer.cidrs})) if peer.cidrs else (4, 6)
 
 
