@@ -216,8 +216,8 @@ def throughput() -> Figures:
     """Single-stream TCP (iperf3, 2 s after 1 s omitted) from a pod on node-1 to a pod on node-2 over
     VXLAN in IPv4 and in IPv6 (vxlan6: the same pods, their IPv6 addresses), to a pod on node-1 through the
     node's routing (routed veths, nftables, conntrack), and over a bare veth pair between two namespaces:
-    three rounds of the four, interleaved so that the machine's other load touches each alike; each figure
-    is its median over the rounds."""
+    three rounds of the four, interleaved (in turned order) so that the machine's other load touches each
+    alike; each figure is its median over the rounds."""
     if not shutil.which("iperf3"):
         raise RuntimeError("iperf3 is missing: scripts/bootstrap installs it")
     docs = [NAMESPACE_DOC, _pod("client", "node-1"), _pod("local", "node-1"), _pod("remote", "node-2")]
@@ -247,7 +247,10 @@ def throughput() -> Figures:
                 _spawn(fabric, f"iperf3/{name}", server, "iperf3", "-s")
         for _, server, _ in paths.values():
             _wait(f"iperf3 in {server}", functools.partial(_listening, server, 5201), 10)
-        rounds = [{n: _gbps(c, address) for n, (c, _, address) in paths.items()} for _ in range(ROUNDS)]
+        rounds = [  # the order turns round by round, so that no path always follows the same one
+            {n: _gbps(*paths[n][::2]) for n in (list(paths) if i % 2 else list(paths)[::-1])}
+            for i in range(ROUNDS)
+        ]
         return {f"{name}_gbps": statistics.median(r[name] for r in rounds) for name in paths}
 
 
