@@ -136,6 +136,7 @@ def web(work: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         _service("prefer", ipFamilyPolicy="PreferDualStack"),
         _service("require", ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv6", "IPv4"]),
         _service("lb", type="LoadBalancer", ipFamilyPolicy="PreferDualStack"),
+        _service("empty", selector={"app": "none"}, ipFamilyPolicy="PreferDualStack"),
     ]
     path = write(tmp_path_factory.mktemp("web") / "web.yaml", docs)
     lab(work, "apply", "-f", path, "--timeout", "60")
@@ -191,3 +192,12 @@ def test_pods_reach_the_outside_in_ipv6_through_source_nat(work: Path, web: dict
     finally:
         server.terminate()
         server.wait(5)
+
+
+def test_ipv6_refuses_a_service_without_endpoints_and_hairpins_a_pod_to_itself(
+    work: Path, web: dict[str, Any]
+) -> None:
+    empty = next(ip for ip in web["empty"]["spec"]["clusterIPs"] if ":" in ip)
+    assert ask(work, "x/a", empty, 80) == "failed: ConnectionRefusedError"  # a TCP reset, at once
+    prefer = next(ip for ip in web["prefer"]["spec"]["clusterIPs"] if ":" in ip)
+    until(lambda: ask(work, "web/web-1", prefer, 80), "web/web-1")  # DNAT back to itself, source NATed

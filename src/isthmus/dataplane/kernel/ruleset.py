@@ -82,10 +82,9 @@ ct zone set iifname map @zones
 iifname "{VETH_PREFIX}*" {_LEAVING} meta mark set {_MARK} . ip saddr map @egress_marks""",
     ("chain", "out_raw"): """type filter hook output priority raw; policy accept;
 ct zone set oifname map @zones""",
-    ("chain", "pre_mangle"): f"""type filter hook prerouting priority mangle; policy accept;
-ct state new ct direction original ct mark set {_MARK}
-ct direction reply meta mark set ct mark""",
     ("chain", "pre_route"): f"""type filter hook prerouting priority filter; policy accept;
+ct state new ct direction original ct mark set {_MARK}
+ct direction reply meta mark set ct mark
 {_POD} ct direction original ip daddr @nodes meta mark set meta mark or {TO_NODE:#x}
 {_OUTSIDE} ct direction original ct status dnat meta mark set ip daddr map @backend_marks
 {_OUTSIDE} ct state new ct status dnat ct mark set {_MARK}""",
