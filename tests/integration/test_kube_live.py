@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from isthmus.kube.config import KubeConfig
-from isthmus.kube.sync import reconcile
+from isthmus.kube.sync import Reconciler, reconcile
 from isthmus.model import load_manifests, lookup_kind, parse_manifests
 from isthmus.store import Ledger, MemoryLedger, objects, open_ledger
 from isthmus.store.election import controllers
@@ -311,3 +311,64 @@ def test_a_paused_leader_steps_down_and_writes_nothing(
         term = ledger.get("/controllers/kube/leader")
         assert term is not None and b'"b"' in term.value and term.mod_revision <= revision
         assert second.terminate() == 0
+
+
+def test_a_dual_stack_cluster_as_the_api_server_allocates_it(
+    cluster: Cluster, state: Path, managers: list[Manager]
+) -> None:
+    """The API server runs dual stack (kube-testenv: IPv4 primary): the Services' ClusterIPs and families
+    are its own, Isthmus's VIPs follow them, and the pods' podIPs it is given are of both families."""
+    ledger = open_ledger(state)
+    try:
+        dual = KubeConfig.model_validate(
+            {
+                "podCidrs": ["10.32.0.0/12", "fd00:10:32::/56"],
+                "serviceCidrs": ["10.254.0.0/16", "fd00:10:254::/112"],
+                "externalPools": ["203.0.113.0/24", "2001:db8:113::/64"],
+            }
+        )
+        Reconciler(ledger, KubeConfig()).configure(dual)
+    finally:
+        ledger.close()
+    cluster.namespace("dual")
+    manager = Manager(state, cluster.kubeconfig)
+    managers.append(manager)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "web"}]},
+    }
+    services = {
+        policy: {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": policy.lower()},
+            "spec": {"ipFamilyPolicy": policy, "selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }
+        for policy in ("SingleStack", "PreferDualStack", "RequireDualStack")
+    }
+    path = state.parent / "dual.yaml"
+    path.write_text(yaml.safe_dump_all([pod, *services.values()]))
+    cluster.create("dual", path)
+
+    def pod_ips() -> list[str]:
+        shown = cluster.core.read_namespaced_pod("web", "dual").status
+        assert shown.pod_ips and len(shown.pod_ips) == 2
+        return [p.ip for p in shown.pod_ips]
+
+    ips = eventually(pod_ips, what="the pod's IPs of both families")
+    assert [":" in ip for ip in ips] == [False, True]
+    endpoint = {e.metadata.name: e for e in listed(state, "Endpoint", "dual")}["web"]
+    assert [str(a) for a in endpoint.spec.addresses] == ips
+
+    def vips() -> dict[str, list[str]]:
+        found = {v.metadata.name: [str(a) for a in v.spec.vips] for v in listed(state, "ServiceVIP", "dual")}
+        assert len(found) == 3
+        return found
+
+    made = eventually(vips, what="3 VIPs")
+    for name in services:
+        given = cluster.core.read_namespaced_service(name.lower(), "dual").spec
+        assert made[name.lower()] == given.cluster_ips, name  # the API server's, in its order
+        assert len(given.cluster_ips) == (1 if name == "SingleStack" else 2)

@@ -321,6 +321,12 @@ class Lab:
         ]
         problems += [f"pod {p.ref} on {p.node}: {p.problem}" for p in pods if p.problem]
         problems += [f"pod {p.ref} on {p.node}: no sandbox after {timeout:.0f} s" for p in waiting]
+        for node in sorted(
+            {p.node for p in waiting if p.node in self.fabric.nodes}
+        ):  # why: its kubelet's log
+            log = self.fabric.log("kubelet", node)
+            tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else ["(no log)"]
+            problems.append(f"kubelet of {node}, last lines of {log}:\n    " + "\n    ".join(tail))
         problems += [f"sandbox {n}: its pod is gone, yet it is still there" for n in left]
         problems += [f"machine {n}: no sandbox after {timeout:.0f} s" for n in booting]
         return problems

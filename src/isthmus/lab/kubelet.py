@@ -32,6 +32,7 @@ PODS, ENDPOINTS, VIPS = lookup_kind("Pod"), lookup_kind("Endpoint"), lookup_kind
 VM_PORTS = ["22/TCP", "80/TCP", "5432/TCP"]  # what a lab machine that declares no port serves
 RUN = "lab.isthmus.io/run"  # on a VM's Endpoint: the lab app it runs (postgresql), else the name server
 RETRY = 2.0  # seconds between attempts for a pod whose sandbox failed
+RESYNC = 10.0  # seconds between full syncs while the watch is quiet, as a kubelet relists
 
 PodKey = tuple[str, str]
 
@@ -175,7 +176,8 @@ class Kubelet:
         temporary.replace(self.saved)
 
     def run(self, stop: threading.Event) -> None:
-        """Follow the ledger's Pods and Endpoints until `stop` is set; pods that failed are tried again."""
+        """Follow the ledger's Pods and Endpoints until `stop` is set; pods that failed are tried again, and
+        everything is synced again every RESYNC seconds. An error ends one pass, never the kubelet."""
         mine = (objects.kind_prefix(PODS), objects.kind_prefix(ENDPOINTS))
         revision = None
         while not stop.is_set():
@@ -183,17 +185,22 @@ class Kubelet:
                 if revision is None:
                     revision = self.sync()
                 watch = self.ledger.watch(objects.OBJECTS, revision)
+                synced = time.monotonic()
                 try:
                     while not stop.is_set():
                         changed = any(e.key.startswith(mine) for e in watch.poll(timeout=0.5))
-                        if changed or self.failed:
-                            revision = self.sync()
+                        if changed or self.failed or time.monotonic() - synced > RESYNC:
+                            revision, synced = self.sync(), time.monotonic()
                 finally:
                     watch.close()  # an etcd watch's stream and thread would outlive an error
             except Compacted:
                 revision = None
             except LedgerError as exc:  # the store away, or a status write lost: sync again later
                 log.warning("%s; retrying", exc)
+                revision = None
+                stop.wait(1.0)
+            except Exception:  # a status write refused or outrun (kube.sync.Moved): the next pass retries
+                log.exception("sync failed; retrying")
                 revision = None
                 stop.wait(1.0)
 
