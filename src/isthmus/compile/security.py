@@ -12,9 +12,9 @@ from typing import Any
 
 from isthmus.model.netpol import NetworkPolicySpec
 from isthmus.model.security import SecurityGroup, SecurityGroupRule, member_label
+from isthmus.model.service import FAMILY
 
 ANY = {"IPv4": "0.0.0.0/0", "IPv6": "::/0"}
-FAMILY = {"IPv4": 4, "IPv6": 6}
 
 
 def _peer(rule: SecurityGroupRule) -> dict[str, Any]:
