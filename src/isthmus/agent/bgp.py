@@ -31,7 +31,8 @@ class Announcer:
             if node is None or bgp is None:
                 self.stop(withdraw=True)
                 return
-            settings = Settings(node.spec.address, bgp.asn, tuple(bgp.peers))
+            four = [a for a in node.spec.addresses if a.version == 4]  # the router id's, when it has one
+            settings = Settings((four or node.spec.addresses)[0], bgp.asn, tuple(bgp.peers))
             if self.speaker is None:
                 self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self.speaker = Speaker(self.directory, settings)

@@ -85,7 +85,7 @@ COLUMNS: dict[str, list[Column]] = {
         ),
     ],
     "EgressIP": [
-        ("ADDRESS", lambda o: str(o.spec.address), False),
+        ("ADDRESS", lambda o: _join(o.spec.addresses), False),
         ("POOL", lambda o: o.spec.pool, False),
         ("NODE", lambda o: o.spec.node or "<by hash>", False),
     ],

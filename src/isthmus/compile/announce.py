@@ -16,7 +16,7 @@ def announced(state: NodeState) -> set[str]:
     found: set[str] = set()
     for key, entry in state.shared.items():
         if isinstance(entry, EgressEntry) and entry.node == state.node and "egressIPs" in kinds:
-            found.add(f"{entry.address}/{entry.address.max_prefixlen}")
+            found |= {f"{a}/{a.max_prefixlen}" for a in entry.addresses}
         if isinstance(entry, BlockEntry) and entry.node == state.node and "routedBlocks" in kinds:
             found.add(str(entry.prefix))
         if key[0] != "service" or not isinstance(entry, ServiceEntry):

@@ -396,7 +396,7 @@ class Compiler:
                 (
                     SHARED,
                     ("node", obj.metadata.name),
-                    NodeEntry(obj.metadata.name, obj.spec.address, announce),
+                    NodeEntry(obj.metadata.name, tuple(obj.spec.addresses), announce),
                 )
             ]
         if isinstance(obj, VirtualNetwork):
@@ -609,7 +609,8 @@ class Compiler:
         owner = self._owner(egress)
         if egress.spec.address is None or owner is None:
             return []
-        entry = EgressEntry(ref(egress.metadata.namespace, egress.metadata.name), egress.spec.address, owner)
+        name = ref(egress.metadata.namespace, egress.metadata.name)
+        entry = EgressEntry(name, tuple(egress.spec.addresses), owner)
         return [(SHARED, ("egressip", egress.metadata.namespace or ""), entry)]
 
     def _owner(self, egress: EgressIP) -> str | None:

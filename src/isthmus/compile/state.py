@@ -43,8 +43,13 @@ GUARDED = {("UDP", 4789): "VXLAN", ("TCP", 179): "BGP"}
 @dataclass(frozen=True, slots=True)
 class NodeEntry:
     name: str
-    address: Address
+    addresses: tuple[Address, ...]  # one of each family the underlay has, the first its VXLAN endpoint
     announce: tuple[str, ...] = ()  # what its BGP speaker announces: floatingIPs, serviceVIPs, ...
+
+    @property
+    def address(self) -> Address:
+        """Its VXLAN tunnel endpoint."""
+        return self.addresses[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +192,16 @@ class EgressEntry:
     `node` announces it."""
 
     egress: str  # NAMESPACE/NAME of the EgressIP
-    address: Address
+    addresses: tuple[Address, ...]  # one of each family
     node: str
+
+    @property
+    def address(self) -> Address:
+        return self.addresses[0]
+
+    def of(self, version: int) -> Address | None:
+        """The source address of flows of family `version`."""
+        return next((a for a in self.addresses if a.version == version), None)
 
 
 @dataclass(frozen=True, slots=True)

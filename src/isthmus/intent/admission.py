@@ -149,14 +149,11 @@ def _key_ident(key: str) -> str:
 
 def _node(txn: Txn, node: Node, old: Object | None) -> Node:
     for other in objects.scan(txn, _INFO[Node]):
-        if (
-            isinstance(other, Node)
-            and other.metadata.name != node.metadata.name
-            and other.spec.address == node.spec.address
-        ):
-            raise Invalid(
-                f"node {node.metadata.name}: address {node.spec.address} belongs to {other.metadata.name}"
-            )
+        if isinstance(other, Node) and other.metadata.name != node.metadata.name:
+            shared = [a for a in node.spec.addresses if a in other.spec.addresses]
+            if shared:
+                name, owner = node.metadata.name, other.metadata.name
+                raise Invalid(f"node {name}: address {shared[0]} belongs to {owner}")
     return node
 
 
@@ -452,6 +449,9 @@ def _service(txn: Txn, service: ServiceVIP, old: Object | None) -> ServiceVIP:
     return service.model_copy(update={"spec": service.spec.model_copy(update=spec)})
 
 
+_Public = TypeVar("_Public", FloatingIP, EgressIP)
+
+
 def _public(
     txn: Txn, obj: FloatingIP | EgressIP, wanted: list[IPAddress], held: list[IPAddress], families: list[int]
 ) -> list[IPAddress]:
@@ -463,8 +463,9 @@ def _public(
     return _addresses(txn, obj, pool, wanted, held, families or _families(txn, pool)[:1])
 
 
-def _floating(txn: Txn, fip: FloatingIP, old: Object | None) -> FloatingIP:
-    held = list(old.spec.addresses) if isinstance(old, FloatingIP) else []
+def _floating(txn: Txn, fip: _Public, old: Object | None) -> _Public:
+    """A floating (or egress) IP's addresses: of the families asked for, else the pool's first."""
+    held = list(old.spec.addresses) if isinstance(old, type(fip)) else []
     addresses = _public(txn, fip, list(fip.spec.addresses), held, fip.spec.families())
     update = {
         "address": addresses[0],
@@ -482,9 +483,7 @@ def _egress(txn: Txn, egress: EgressIP, old: Object | None) -> EgressIP:
                 f"{ident(egress)}: tenant {egress.metadata.namespace} already egresses as "
                 f"{other.spec.address} ({ident(other)})"
             )
-    held = [old.spec.address] if isinstance(old, EgressIP) and old.spec.address else []
-    address = _public(txn, egress, [egress.spec.address] if egress.spec.address else [], held, [])[0]
-    return egress.model_copy(update={"spec": egress.spec.model_copy(update={"address": address})})
+    return _floating(txn, egress, old)
 
 
 _ADMIT: dict[type, Callable[[Txn, object, Object | None], Object]] = {

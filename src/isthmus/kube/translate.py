@@ -150,13 +150,20 @@ def namespace_families(namespace: str, value: str | None, config: KubeConfig) ->
 
 
 def node(kube_node: KubeObject) -> Node:
-    """A Kubernetes Node as an Isthmus Node, at its InternalIP (else its first address)."""
+    """A Kubernetes Node as an Isthmus Node, at its InternalIPs (else its addresses), the first of each
+    family: the first of all is its tunnel endpoint."""
     addresses = [a for a in (kube_node.body.get("status") or {}).get("addresses") or [] if a.get("address")]
     internal = [a for a in addresses if a.get("type") == "InternalIP"] or addresses
     if not internal:
         raise TranslationError(f"Node {kube_node.metadata.name}: status.addresses has no address")
     meta = _meta(kube_node.metadata.name, None, kube_node.metadata.labels, kube_node.metadata.uid or "")
-    return Node.model_validate({"metadata": meta, "spec": {"address": internal[0]["address"]}})
+    try:
+        ips = [ipaddress.ip_address(a["address"]) for a in internal]
+    except ValueError as exc:
+        raise TranslationError(f"Node {kube_node.metadata.name}: status.addresses: {exc}") from None
+    first = [ip for i, ip in enumerate(ips) if ip.version not in {o.version for o in ips[:i]}]
+    spec = {"address": str(first[0]), "addresses": [str(ip) for ip in first]}
+    return Node.model_validate({"metadata": meta, "spec": spec})
 
 
 def isolation(view: KubeView, namespace: str, config: KubeConfig) -> Isolation:
@@ -481,23 +488,21 @@ def part(view: KubeView, unit: Key, config: KubeConfig) -> list[Resource]:
 
 
 def egress_ip(view: KubeView, namespace: str, config: KubeConfig) -> list[EgressIP]:
-    """The namespace's egress address (annotation isthmus.io/egress-ip), from the public pool."""
+    """The namespace's egress addresses (annotation isthmus.io/egress-ip: one, or one of each family
+    separated by a comma), from the public pool."""
     declared = view.get("Namespace", None, namespace)
-    address = declared.metadata.annotations.get(EGRESS_IP) if declared else None
-    if address is None:
+    value = declared.metadata.annotations.get(EGRESS_IP) if declared else None
+    if value is None:
         return []
+    addresses = [a.strip() for a in value.split(",")]
     try:
-        return [
-            EgressIP.model_validate(
-                {
-                    "metadata": _meta("egress", namespace),
-                    "spec": {"pool": f"{config.system}/public", "address": address},
-                }
-            )
-        ]
-    except ValidationError:
+        spec = {"pool": f"{config.system}/public", "addresses": addresses}
+        return [EgressIP.model_validate({"metadata": _meta("egress", namespace), "spec": spec})]
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise TranslationError(
-            f"Namespace {namespace}: annotation {EGRESS_IP} is {address!r}, not an IP address"
+            f"Namespace {namespace}: annotation {EGRESS_IP} is {value!r}, not an IP address (or one of each "
+            f"family, comma-separated): {reason}"
         ) from None
 
 

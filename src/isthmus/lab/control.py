@@ -91,15 +91,19 @@ def _member_status(fabric: Fabric, cluster: str, member: str) -> dict[str, str]:
     return {"health": "healthy", "leader": "yes" if leads else "no", "revision": status["header"]["revision"]}
 
 
-def _spec(node: Peer, router: Peer | None) -> dict[str, Any]:
-    """A ledger Node's spec: its underlay address and, with a router, its BGP speaker peering with it."""
+def _spec(node: Peer, router: Peer | None, tunnel: int) -> dict[str, Any]:
+    """A ledger Node's spec: its underlay addresses (that of the `tunnel` family first) and, with a router,
+    its BGP speaker peering with it."""
+    addresses = [a for a in (node.address, node.address6) if a][:: -1 if tunnel == 6 else 1]
+    spec: dict[str, Any] = {"address": addresses[0], "addresses": addresses}
     if router is None:
-        return {"address": node.address}
+        return spec
     peers = [
         {"address": a, "asn": router.asn} for a in (router.address, router.address6) if a and node.address6
     ]
-    bgp = {"asn": node.asn, "peers": peers or [{"address": router.address, "asn": router.asn}]}
-    return {"address": node.address, "bgp": bgp}
+    return spec | {
+        "bgp": {"asn": node.asn, "peers": peers or [{"address": router.address, "asn": router.asn}]}
+    }
 
 
 class Lab:
@@ -152,7 +156,9 @@ class Lab:
                 echo(f"cluster {cluster or 'main'}: etcd {shown} (TLS and roles; {state} leads to it)")
             for cluster in {"", *clusters.values()}:
                 nodes = [
-                    Node.model_validate({"metadata": {"name": p.name}, "spec": _spec(p, router)})
+                    Node.model_validate(
+                        {"metadata": {"name": p.name}, "spec": _spec(p, router, topology.tunnel)}
+                    )
                     for p in peers
                     if clusters.get(p.name, "") == cluster
                 ]

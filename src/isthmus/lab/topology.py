@@ -94,6 +94,11 @@ class Topology(Model):
         description="IPv6 on the underlay too: each node, the router and the outside client get an address "
         "of it (the host number of their IPv4 one), and the BGP sessions with the router run over both",
     )
+    tunnel: Literal[4, 6] = Field(
+        4,
+        description="the underlay family VXLAN runs over (6 needs underlay6): each node's tunnel endpoint "
+        "is its address of that family, its first",
+    )
     nodes: list[LabNode] = Field(min_length=1)
     router: LabRouter | None = None
     outside: LabOutside | None = None
@@ -148,6 +153,10 @@ class Topology(Model):
                 raise ValueError(f"node {node.name}: asn {node.asn} is the router's; the sessions are eBGP")
         if self.outside and not self.router:
             raise ValueError("outside: the outside client needs a router to reach the lab through")
+        if self.tunnel == 6 and self.underlay6 is None:
+            raise ValueError("tunnel: VXLAN over IPv6 needs an IPv6 underlay (underlay6)")
+        if self.tunnel == 6 and self.clusters:
+            raise ValueError("tunnel: federation carries IPv4 next hops; clusters need tunnel 4")
         clusters = {c.name: c.asn for c in self.clusters}
         if len(clusters) != len(self.clusters) or "main" in clusters:
             raise ValueError(

@@ -84,6 +84,21 @@ class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+def first_of(model: Model, singular: str, plural: str) -> None:
+    """Keep a field and its plural (one address of each family) as Kubernetes does: the singular is the
+    plural's first."""
+    one, many = getattr(model, singular), getattr(model, plural)
+    versions = [a.version for a in many]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"{plural}: one address of each family, got {', '.join(map(str, many))}")
+    if many and one is not None and one != many[0]:
+        raise ValueError(f"{singular} {one} is not the first of {plural} ({', '.join(map(str, many))})")
+    if one is not None and not many:
+        object.__setattr__(model, plural, [one])
+    elif many and one is None:
+        object.__setattr__(model, singular, many[0])
+
+
 class ObjectMeta(Model):
     name: Name
     namespace: Name | None = None

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from isthmus.model.meta import Cidr, IPAddress, Model, Name, Ref, RefTo, Resource, ref_to
+from isthmus.model.meta import Cidr, IPAddress, Model, Name, Ref, RefTo, Resource, first_of, ref_to
 
 VNI_MAX = 2**24 - 1
 VNI = Annotated[int, Field(ge=1, le=VNI_MAX)]
@@ -89,7 +89,18 @@ class NodeBgp(Model):
 
 class NodeSpec(Model):
     address: IPAddress = Field(description="underlay address, also the VXLAN tunnel endpoint")
+    addresses: list[IPAddress] = Field(
+        [],
+        max_length=2,
+        description="a dual-stack underlay: one address of each family, the first `address`; pods reach "
+        "the node, and flows it source NATs leave, at the address of their family",
+    )
     bgp: NodeBgp | None = None
+
+    @model_validator(mode="after")
+    def _first(self) -> NodeSpec:
+        first_of(self, "address", "addresses")
+        return self
 
 
 class Node(Resource):

@@ -6,7 +6,19 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from isthmus.model.meta import IPAddress, Model, Name, Port, Protocol, Ref, RefTo, Resource, ref_to, split_ref
+from isthmus.model.meta import (
+    IPAddress,
+    Model,
+    Name,
+    Port,
+    Protocol,
+    Ref,
+    RefTo,
+    Resource,
+    first_of,
+    ref_to,
+    split_ref,
+)
 
 
 class ServicePort(Model):
@@ -31,12 +43,6 @@ Family = Literal["IPv4", "IPv6"]
 FAMILY: dict[Family, int] = {"IPv4": 4, "IPv6": 6}
 
 
-def _one_per_family(addresses: list[IPAddress], what: str) -> None:
-    versions = [a.version for a in addresses]
-    if len(set(versions)) != len(versions):
-        raise ValueError(f"{what}: one address of each family, got {', '.join(map(str, addresses))}")
-
-
 class Backend(Model):
     """A backend is an endpoint (its addresses, node and network filled in from it) or plain addresses.
     `address` is the first of `addresses` (one of each family)."""
@@ -53,20 +59,8 @@ class Backend(Model):
     def _names_something(self) -> Backend:
         if self.address is None and not self.addresses and self.endpoint is None:
             raise ValueError("a backend needs an address or an endpoint")
-        _first_of(self, "address", "addresses")
+        first_of(self, "address", "addresses")
         return self
-
-
-def _first_of(model: Model, singular: str, plural: str) -> None:
-    """Keep a field and its plural as Kubernetes does: the singular is the plural's first."""
-    one, many = getattr(model, singular), getattr(model, plural)
-    _one_per_family(many, plural)
-    if many and one is not None and one != many[0]:
-        raise ValueError(f"{singular} {one} is not the first of {plural} ({', '.join(map(str, many))})")
-    if one is not None and not many:
-        object.__setattr__(model, plural, [one])
-    elif many and one is None:
-        object.__setattr__(model, singular, many[0])
 
 
 class _DualStack(Model):
@@ -82,7 +76,7 @@ class _DualStack(Model):
 
     @model_validator(mode="after")
     def _families(self) -> _DualStack:
-        _first_of(self, *self.FIELDS)
+        first_of(self, *self.FIELDS)
         if len(set(self.ip_families)) != len(self.ip_families):
             raise ValueError(f"ipFamilies repeat a family: {', '.join(self.ip_families)}")
         given = getattr(self, self.FIELDS[1])
@@ -177,9 +171,13 @@ class FloatingIP(Resource):
         return [ref_to("VirtualNetwork", self.spec.pool, ns), *endpoints, *service]
 
 
-class EgressIPSpec(Model):
+class EgressIPSpec(_DualStack):
+    FIELDS = ("address", "addresses")
     pool: Ref = Field(description="an external virtual network, usually NAMESPACE/NAME of the admin's pool")
-    address: IPAddress | None = Field(None, description="allocated when absent")
+    address: IPAddress | None = Field(None, description="allocated when absent; the first of addresses")
+    addresses: list[IPAddress] = Field(
+        [], max_length=2, description="dual stack: one of each family, each the source of flows of its family"
+    )
     node: Name | None = Field(
         None, description="the node that owns it; else one of the nodes announcing egressIPs, by hash"
     )

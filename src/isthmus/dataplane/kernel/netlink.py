@@ -70,7 +70,11 @@ def read(ipr: Any) -> Plan:
         if name.startswith(VXLAN_PREFIX):
             data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA")) or {}
             vni = data.get("IFLA_VXLAN_ID") if hasattr(data, "get") else None
-            local = data.get("IFLA_VXLAN_LOCAL") if hasattr(data, "get") else None
+            local = (
+                (data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6"))
+                if hasattr(data, "get")
+                else None
+            )
             found[("vxlan", name)] = Vxlan(vni or 0, local or "", link.get("address"))
             for neigh in ipr.neigh("dump", ifindex=link["index"]):
                 dst = neigh.get("dst")  # a peer's IPv6 next hop (link-local) goes with its VTEP entry
@@ -90,7 +94,7 @@ def read(ipr: Any) -> Plan:
                 device = names.get(route.get("oif"), "")
                 if not device.startswith((VETH_PREFIX, VXLAN_PREFIX)):
                     device = ""  # the underlay: the plan leaves it to the kernel
-                gateway = route.get("gateway") or ""
+                gateway = route.get("gateway") or (route.get("via") or {}).get("addr") or ""
                 found[("route", table, prefix)] = Route("via" if gateway else "dev", device, gateway)
             elif kind:
                 found[("route", table, prefix)] = Route(kind)  # type: ignore[arg-type]
@@ -125,16 +129,17 @@ def put(ipr: Any, key: Key, value: object, old: object, devices: dict[str, int])
     if kind == "vxlan" and isinstance(value, Vxlan):
         if old is not None:
             remove(ipr, key, old)
+        version = ipaddress.ip_address(value.local).version
         ipr.link(
             "add",
             ifname=key[1],
             kind="vxlan",
             vxlan_id=value.vni,
-            vxlan_local=value.local,
             vxlan_port=VXLAN_PORT,
             vxlan_learning=0,
             address=value.mac,
-            mtu=VXLAN_MTU,
+            mtu=VXLAN_MTU[version],
+            **{"vxlan_local" if version == 4 else "vxlan_local6": value.local},
         )
         ipr.link("set", index=_index(ipr, str(key[1])), state="up")
     elif kind == "peer":
@@ -191,7 +196,9 @@ def _route(ipr: Any, key: Key, route: Route, devices: dict[str, int]) -> dict[st
     if index is None:
         raise LookupError(f"route {prefix} in table {key[1]}: device {route.device} does not exist yet")
     spec["oif"] = devices[route.device] = index
-    if route.gateway:
+    if route.gateway and ipaddress.ip_address(route.gateway).version != prefix.version:
+        spec |= {"via": {"family": 10, "addr": route.gateway}, "flags": ONLINK}  # IPv4 over an IPv6 underlay
+    elif route.gateway:
         spec |= {"gateway": route.gateway, "flags": ONLINK}
     return spec
 
@@ -244,11 +251,11 @@ def attach(ipr: Any, host: str, veth: Veth, sandbox: str, ifname: str) -> dict[s
     try:
         if _index(ipr, host) is not None:
             ipr.link("del", index=_index(ipr, host))  # left by an attachment its runtime never deleted
-        peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "mtu": VXLAN_MTU}
+        peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "mtu": veth.mtu}
         if veth.mac:
             peer["address"] = veth.mac
         try:
-            ipr.link("add", ifname=host, kind="veth", mtu=VXLAN_MTU, peer=peer)
+            ipr.link("add", ifname=host, kind="veth", mtu=veth.mtu, peer=peer)
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 raise AttachError(f"interface {ifname} already exists in {sandbox}") from None

@@ -105,7 +105,7 @@ from isthmus.model.network import eui64
 Plan = dict[Key, object]
 LINK_LOCAL = ipaddress.IPv6Network("fe80::/64")
 VXLAN_PORT = 4789
-VXLAN_MTU = 1450
+VXLAN_MTU = {4: 1450, 6: 1430}  # a 1500-byte underlay less VXLAN headers over IPv4 (50 B), IPv6 (70 B)
 RULE_PRIORITY = 1000
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -131,6 +131,7 @@ class Veth:
     network: str
     addresses: tuple[str, ...]
     mac: str
+    mtu: int = VXLAN_MTU[4]  # that of the node's VXLAN devices
 
 
 def veth_name(endpoint: str) -> str:
@@ -154,9 +155,10 @@ def link_local(mac: str) -> str:
 
 
 def next_hop(prefix: Prefix, node: Address) -> str:
-    """The gateway of a route to `prefix` over VXLAN to the node at `node`: its address, or for IPv6 the
-    link-local address of its VXLAN MAC."""
-    return str(node) if prefix.version == 4 else link_local(node_mac(node))
+    """The gateway of a route to `prefix` over VXLAN to the node whose tunnel endpoint is `node`: that
+    address for IPv4 over IPv4, else the link-local address of its VXLAN MAC (an IPv4 route over an IPv6
+    underlay goes `via inet6` to it)."""
+    return str(node) if prefix.version == node.version == 4 else link_local(node_mac(node))
 
 
 def _hash(text: str) -> str:
@@ -204,8 +206,19 @@ class _Builder:
         return self.planner.nodes
 
     def address(self, node: str | None) -> Address | None:
+        """The node's tunnel endpoint."""
         self.reads.add(("node", node or ""))
         return self.planner.nodes.get(node or "")
+
+    def hosts(self) -> dict[str, tuple[Address, ...]]:
+        """Every node's underlay addresses, one of each family it has."""
+        self.reads.add(("nodes",))
+        return self.planner.hosts
+
+    def host(self, node: str | None, version: int) -> Address | None:
+        """The node's underlay address of family `version`."""
+        self.reads.add(("node", node or ""))
+        return next((a for a in self.planner.hosts.get(node or "", ()) if a.version == version), None)
 
     def network(self, ref: str) -> NetworkEntry | None:
         self.reads.add(("network", ref))
@@ -440,6 +453,7 @@ class Planner:
         # the context, from scratch: the state as seen, and what contributions read of it
         self.entries: Entries = {**state.shared, **state.own}
         self.nodes = {e.name: e.address for e in self.entries.values() if isinstance(e, NodeEntry)}
+        self.hosts = {e.name: e.addresses for e in self.entries.values() if isinstance(e, NodeEntry)}
         self.networks = {e.ref: e for e in self.entries.values() if isinstance(e, NetworkEntry)}
         self.leaks = Counter(leak for e in self.entries.values() if (leak := _leak(e)))
         self.zone = zones(self.networks, self.leaks)
@@ -493,6 +507,7 @@ class Planner:
         kind = key[0]
         if kind == "node":
             _keep(self.nodes, str(key[1]), new.address if isinstance(new, NodeEntry) else None)
+            _keep(self.hosts, str(key[1]), new.addresses if isinstance(new, NodeEntry) else None)
             return {("nodes",)}
         if kind == "network":
             _keep(self.networks, str(key[1]), new if isinstance(new, NetworkEntry) else None)
@@ -710,7 +725,9 @@ def _base(builder: _Builder) -> None:
     ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
     rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
     to_nodes = builder.chain("to_nodes", TO_NODES)
-    me = builder.address(builder.planner.node)
+    mine = {
+        f"snat {_ip(a.version)} to NODE": f"to {a}" for a in builder.hosts().get(builder.planner.node, ())
+    }
     for base, declared in BASE.items():
         if base[0] == "chain":
             body = (
@@ -718,17 +735,25 @@ def _base(builder: _Builder) -> None:
                 .replace("jump rules", f"jump {rules}")
                 .replace("jump to_nodes", f"jump {to_nodes}")
             )
-            mine = f"snat {_ip(me.version)} to NODE" if me is not None else None
-            lines = (ln for ln in body.split("\n") if not ln.endswith("NODE") or ln.endswith(str(mine)))
-            builder.chain(str(base[1]), "\n".join(lines).replace("to NODE", f"to {me}"))
+            lines = (_node_snat(line, mine) for line in body.split("\n"))
+            builder.chain(str(base[1]), "\n".join(line for line in lines if line is not None))
         else:
             builder.plan[base] = declared
-    for address in builder.nodes().values():
-        builder.element(named("nodes", address), str(address))
+    for addresses in builder.hosts().values():
+        for address in addresses:
+            builder.element(named("nodes", address), str(address))
     builder.plan[("rule", "underlay")] = RULE_PRIORITY - 1
     builder.plan[("rule", "nodes")] = RULE_PRIORITY - 2
     builder.element("internal", GATEWAY)  # hairpinned flows come back to it: they stay in their zone
     builder.element("internal6", GATEWAY6)
+
+
+def _node_snat(line: str, mine: dict[str, str]) -> str | None:
+    """A line that source NATs to the node's address of its family: with that address; None without it."""
+    for snat, to in mine.items():
+        if line.endswith(snat):
+            return line.replace("to NODE", to)
+    return None if line.endswith("NODE") else line
 
 
 def _network(builder: _Builder, network: NetworkEntry) -> None:
@@ -743,10 +768,13 @@ def _network(builder: _Builder, network: NetworkEntry) -> None:
     reach = network.nodes
     nodes = {n: a for n, a in every.items() if reach is None or n in reach or n == me}
     routed = network.mode == "routed"
-    for name, address in nodes.items():
+    hosts = builder.hosts()
+    for name, tunnel in nodes.items():
         if name != me and me in nodes:
-            key = ("route", network.table, f"{address}/{address.max_prefixlen}")
-            builder.plan[key] = Route("throw") if routed else Route("via", device, str(address))
+            for address in hosts.get(name, ()):
+                host = ipaddress.ip_network(address)
+                route = Route("throw") if routed else Route("via", device, next_hop(host, tunnel))
+                builder.plan[("route", network.table, str(host))] = route
     if routed:
         return
     if me in nodes:
@@ -772,7 +800,9 @@ def _endpoint(builder: _Builder, endpoint: str) -> None:
         return
     name, first = veth_name(endpoint), attached[0]
     addresses = tuple(str(e.address) for e in attached)
-    builder.plan[("veth", name)] = Veth(endpoint, first.network, addresses, first.mac)
+    me = builder.address(builder.planner.node)
+    mtu = VXLAN_MTU[me.version if me is not None else 4]
+    builder.plan[("veth", name)] = Veth(endpoint, first.network, addresses, first.mac, mtu)
     network = builder.network(first.network)
     if network is not None:
         builder.element("networks", f'"{name}"', str(network.table))
@@ -853,24 +883,28 @@ def _egress_member(builder: _Builder, key: Key, identity: Identity) -> None:
     network = builder.network(str(key[1]))
     address = str(key[2])
     version = ipaddress.ip_address(address).version
-    if egress is None or network is None or egress.address.version != version:
+    source = egress.of(version) if egress is not None else None
+    if egress is None or network is None or source is None:
         return
     element = f"{network.table} . {address}"
     if egress.node == builder.planner.node:
-        builder.element(named("egress_snat", address), element, str(egress.address))
+        builder.element(named("egress_snat", address), element, str(source))
         return
     routed = network.mode == "routed"
-    if routed and version == 6:
-        return  # the underlay is IPv4: no IPv6 route to the owner through it
     builder.reads.add(("local", network.ref, address))
-    owner, slot = builder.address(egress.node), builder.slot(egress.node)
+    tunnel, slot = builder.address(egress.node), builder.slot(egress.node)
+    owner = builder.host(egress.node, version) if routed else tunnel  # routed: through the underlay
     if ("local", network.ref, address) not in builder.planner.entries or owner is None or slot is None:
         return
     table = network.table | slot << SLOT_SHIFT
     builder.element(named("egress_marks", address), element, str(table))
-    device = "" if routed else vxlan_name(network.vni)  # "": through the underlay
     default = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
-    builder.plan[("route", table, str(default))] = Route("via", device, next_hop(default, owner))
+    route = (
+        Route("via", "", str(owner))
+        if routed
+        else Route("via", vxlan_name(network.vni), next_hop(default, owner))
+    )
+    builder.plan[("route", table, str(default))] = route
     builder.plan[("rule", table)] = RULE_PRIORITY + 1
 
 
@@ -891,7 +925,8 @@ def _block(builder: _Builder, block: BlockEntry) -> None:
 def _egress_address(builder: _Builder, egress: EgressEntry) -> None:
     """The owner refuses new flows to the egress address: only replies come to it."""
     if egress.node == builder.planner.node:
-        builder.element(named("egress_addresses", egress.address), str(egress.address))
+        for address in egress.addresses:
+            builder.element(named("egress_addresses", address), str(address))
 
 
 def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceEntry:
@@ -908,10 +943,15 @@ def _outside(builder: _Builder, address: str, service: ServiceEntry) -> ServiceE
     network = _network_of(builder, targets[0]) if targets else None
     if network is not None:
         builder.element(named("outside_marks", address), address, str(network.table))
+    _backend_marks(builder, targets)
+    return replace(service, targets=targets)
+
+
+def _backend_marks(builder: _Builder, targets: Iterable[Target]) -> None:
+    """Flows from the uplink DNATed to these targets take their network's mark (its table routes them)."""
     for target in targets:
         if (own := _network_of(builder, target)) is not None:
             builder.element(named("backend_marks", target.address), str(target.address), str(own.table))
-    return replace(service, targets=targets)
 
 
 def _network_of(builder: _Builder, target: Target) -> NetworkEntry | None:
@@ -949,13 +989,18 @@ def _service_elements(builder: _Builder, key: Key, service: ServiceEntry) -> Non
             builder.element(named("refused", address), address)
         else:
             builder.element(named("services", address), element, f"goto {chain}")
-            if {t.address for t in service.targets} <= set(builder.nodes().values()):
+            if {t.address for t in service.targets} <= {a for h in builder.hosts().values() for a in h}:
                 builder.element(named("host_services", address), element)  # a node is the peer: zone 0
         return
     protocol, port = str(key[1]), int(key[2])
-    chain = _service(builder, service, protocol, port, 4)  # node ports: on the node's IPv4 underlay
     element = f"{protocol.lower()} . {port}"
-    if chain is None:
-        builder.element("nodeport_rejected", element)
-    else:
-        builder.element("nodeports", element, f"goto {chain}")
+    here = tuple(t for t in service.targets if t.node == builder.planner.node)
+    service = replace(service, targets=here if service.local_only else service.targets)
+    for version in (4, 6):  # at the node's addresses of each family the service has targets of
+        suffix = "" if version == 4 else "6"
+        chain = _service(builder, service, protocol, port, version)
+        if chain is not None:
+            builder.element(f"nodeports{suffix}", element, f"goto {chain}")
+            _backend_marks(builder, (t for t in service.targets if t.address.version == version))
+        elif version == service.vip.version:
+            builder.element(f"nodeport_rejected{suffix}", element)

@@ -3,7 +3,8 @@ each address family. Pure text, for the planner.
 
 A rule written for IPv4 has an IPv6 twin (`six`): `ip6` for `ip`, the `6` set of each set of addresses,
 ICMPv6 for ICMP, the IPv6 gateway for the IPv4 one. Rules without an address run for both families.
-Pods reach their node over IPv6 for neighbour discovery and path MTU only (the underlay is IPv4)."""
+Pods reach their node over IPv6 for neighbour discovery and path MTU, and at its IPv6 address when the
+underlay has one."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 _NEIGHBOURS = "packet-too-big, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 
 _MARK = f"meta mark and {MARK_MASK:#x}"
-_SERVICES = """ip daddr . meta l4proto . th dport vmap @services
-fib daddr type local meta l4proto . th dport vmap @nodeports
+_NODEPORT = "meta nfproto ipv4 meta l4proto . th dport"
+_SERVICES = f"""ip daddr . meta l4proto . th dport vmap @services
+fib daddr type local {_NODEPORT} vmap @nodeports
 dnat ip to ip daddr map @floating"""
 _REFUSE = """meta l4proto tcp ip daddr . meta l4proto . th dport @rejected reject with tcp reset
 ip daddr . meta l4proto . th dport @rejected reject
 ip daddr @refused reject with icmp host-unreachable"""
-_REFUSE_NODEPORT = """meta l4proto tcp meta l4proto . th dport @nodeport_rejected reject with tcp reset
-meta l4proto . th dport @nodeport_rejected reject"""
+_REFUSE_NODEPORT = f"""meta l4proto tcp {_NODEPORT} @nodeport_rejected reject with tcp reset
+{_NODEPORT} @nodeport_rejected reject"""
 _OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
 _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
 _LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ip daddr != @nodes"  # outside
@@ -124,7 +126,8 @@ iifname vmap @egress
 }
 
 
-FAMILY_SETS = frozenset(
+_PORTS = frozenset({"nodeports", "nodeport_rejected"})  # of one family (`nfproto`), though holding no address
+FAMILY_SETS = _PORTS | frozenset(
     name for (kind, name), typed in _BASE4.items() if kind == "set" and re.search(r"ipv4_addr|\bip ", typed)
 )
 
@@ -133,7 +136,10 @@ def six(text: str) -> str:
     """The IPv6 twin of IPv4 rule text (itself when it names no address)."""
     text = re.sub(r"\bip (?=saddr|daddr|to\b)", "ip6 ", text)
     text = re.sub(r"@(\w+)", lambda m: f"@{m[1]}6" if m[1] in FAMILY_SETS else m[0], text)
-    return text.replace("icmp host-unreachable", "icmpv6 addr-unreachable").replace(GATEWAY, GATEWAY6)
+    text = text.replace("nfproto ipv4", "nfproto ipv6").replace(
+        "icmp host-unreachable", "icmpv6 addr-unreachable"
+    )
+    return text.replace(GATEWAY, GATEWAY6)
 
 
 def both(body: str) -> str:

@@ -362,14 +362,15 @@ class Tracer:
         egress address and through its uplink."""
         where = f"{route.prefix} egress in {table}"
         egress = self._egress(source)
-        if egress is None or egress.node == node:
+        mine = egress.of(source.address.version) if egress is not None else None
+        if egress is None or mine is None or egress.node == node:
             return [Hop(node, "route", f"{destination}: leaves the cluster through {node}'s uplink", where)]
         network = source.network or ""
         vni, vtep = self.shared.get(("network", network)), self.shared.get(("node", egress.node))
         how = "the underlay" if isinstance(vni, NetworkEntry) and vni.mode == "routed" else "VXLAN"
         steer = (
             f"{destination}: {how} to {egress.node} ({vtep.address if isinstance(vtep, NodeEntry) else '?'}),"
-            f" owner of {egress.address}"
+            f" owner of {mine}"
         )
         return [
             Hop(node, "route", steer, f"{where}; EgressIP {egress.egress}"),
@@ -380,13 +381,17 @@ class Tracer:
         """Source NAT to the egress address or the node's; the `reply` (UDP) returns through connection
         tracking."""
         egress = self._egress(source)
-        if egress is not None:
+        version = source.address.version
+        if egress is not None and (mine := egress.of(version)) is not None:
             owned = f"EgressIP {egress.egress}"
-            hops = [Hop(node, "snat", f"source {source.address} -> {egress.address}", owned)]
-            address: Address | str = egress.address
+            hops = [Hop(node, "snat", f"source {source.address} -> {mine}", owned)]
+            address: Address | str = mine
         else:
             uplink = self.shared.get(("node", node))
-            address = uplink.address if isinstance(uplink, NodeEntry) else "?"
+            of = (
+                [a for a in uplink.addresses if a.version == version] if isinstance(uplink, NodeEntry) else []
+            )
+            address = of[0] if of else "?"
             hops = [Hop(node, "snat", f"source {source.address} -> {address} (masquerade)", rule)]
         if reply:
             back = f"destination rewritten back to {source.address}"
