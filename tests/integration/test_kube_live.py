@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.dynamic import DynamicClient
 
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler, reconcile
@@ -372,3 +373,42 @@ def test_a_dual_stack_cluster_as_the_api_server_allocates_it(
         given = cluster.core.read_namespaced_service(name.lower(), "dual").spec
         assert made[name.lower()] == given.cluster_ips, name  # the API server's, in its order
         assert len(given.cluster_ips) == (1 if name == "SingleStack" else 2)
+    slices = DynamicClient(cluster.api).resources.get(
+        api_version="discovery.k8s.io/v1beta1", kind="EndpointSlice"
+    )
+
+    def families() -> set[str]:  # the endpointslice controller's, one slice per family of the service
+        found = slices.get(namespace="dual", label_selector="kubernetes.io/service-name=preferdualstack")
+        return {s.addressType for s in found.items if s.endpoints}
+
+    eventually(lambda: families() == {"IPv4", "IPv6"}, what="EndpointSlices of both families")
+    outside = {  # no selector: its backends are only in the EndpointSlice made for it
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "outside"},
+        "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]},
+    }
+    cluster.core.create_namespaced_service("dual", outside)
+    slices.create(
+        namespace="dual",
+        body={
+            "apiVersion": "discovery.k8s.io/v1beta1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "outside-v6", "labels": {"kubernetes.io/service-name": "outside"}},
+            "addressType": "IPv6",
+            "endpoints": [
+                {"addresses": ["2001:db8:99::5"]},
+                {"addresses": ["2001:db8:99::6"], "conditions": {"ready": False}},
+            ],
+            "ports": [{"port": 80}],
+        },
+    )
+
+    def backends() -> list[tuple[str, bool]]:
+        vip = {v.metadata.name: v for v in listed(state, "ServiceVIP", "dual")}["outside"]
+        return [(str(b.address), b.ready) for b in vip.spec.backends]
+
+    assert eventually(backends, what="the sliced backends") == [
+        ("2001:db8:99::5", True),
+        ("2001:db8:99::6", False),
+    ]

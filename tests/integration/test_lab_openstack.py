@@ -18,6 +18,7 @@ import yaml
 from isthmus.model.network import eui64
 from tests.integration.clouds import HAS_CLIENTS, Cloud, serving
 from tests.integration.labs import ask, isthmus, lab, lab_exec, running, until
+from tests.integration.test_lab import write
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not HAS_CLIENTS,
@@ -243,3 +244,54 @@ def test_a_pod_reaches_a_vm_over_ipv6_only_once_an_ipv6_rule_allows_it(
     )
     until(lambda: ask(work, "leonardo/web", addresses[6], 5432), vm)  # pod -> VM over IPv6, across nodes
     assert ask(work, "leonardo/web", addresses[4], 5432) == "failed: TimeoutError"  # IPv4: no rule
+
+
+def test_a_pod_reaches_a_vm_on_a_neutron_ipv6_subnet_once_a_policy_joins_them_and_a_rule_allows_it(
+    hybrid: tuple[Path, Cloud, dict[str, Any]], tmp_path: Path
+) -> None:
+    """As the seeds join their tiers: tenant `shop` makes network db with the `openstack` client, an IPv4
+    and a SLAAC IPv6 subnet, and a VM on it; an Isthmus Policy of the tenant joins db to the network of
+    the Kubernetes namespace shop's pods labelled `name: app` (collection isolation). The pod reaches the
+    VM's EUI-64 address over IPv6 only once an IPv6 rule of the VM's group allows it too."""
+    work, cloud, _ = hybrid
+    cloud.tokens["shop"] = cloud.tenant("shop")
+    network = cloud.json("shop", "network", "create", "db")
+    cloud.cli("shop", "subnet", "create", "db-v4", "--network", "db", "--subnet-range", "10.47.0.0/24")
+    cloud.cli(
+        "shop",
+        *("subnet", "create", "db-v6", "--network", "db", "--ip-version", "6"),
+        *("--ipv6-address-mode", "slaac", "--ipv6-ra-mode", "slaac", "--subnet-range", "2001:db8:48::/64"),
+    )
+    cloud.cli("shop", "security", "group", "create", "pg")
+    server = cloud.vm("shop", "pg", "db", "node-2", "--security-group", "pg")
+    six = next(f["ip_address"] for f in server["fixed_ips"] if ":" in f["ip_address"])
+    assert ipaddress.ip_address(six) == eui64(
+        ipaddress.IPv6Network("2001:db8:48::/64"), server["mac_address"]
+    )
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "annotations": {"isthmus.io/isolation": "collection"}},
+    }
+    app = {**WEB, "metadata": {"name": "app", "namespace": "shop", "labels": {"name": "app"}}}
+    lab(work, "apply", "-f", write(tmp_path / "shop.yaml", [namespace, app]), "--timeout", "60")
+    vm = f"shop/{server['id']}"
+    until(lambda: ask(work, vm, six, 22), vm)  # up (itself, over IPv6)
+    assert ask(work, "shop/app", six, 5432).startswith("failed")  # no route: the networks are apart
+    rule = {"action": "allow", "source": {"network": "app"}, "destination": {"network": network["id"]}}
+    join = {
+        "apiVersion": "isthmus.io/v1",
+        "kind": "Policy",
+        "metadata": {"name": "app-db"},
+        "spec": {"rules": [rule]},
+    }
+    cloud.isthmus("POST", "/namespaces/shop/policies", join)
+    until(
+        lambda: ask(work, "shop/app", six, 5432), "failed: TimeoutError"
+    )  # routed; group pg lets nothing in
+    cloud.cli(
+        "shop",
+        *("security", "group", "rule", "create", "pg", "--ethertype", "IPv6", "--protocol", "tcp"),
+        *("--dst-port", "5432"),
+    )
+    until(lambda: ask(work, "shop/app", six, 5432), vm)  # pod -> VM over IPv6, node-1 to node-2

@@ -18,7 +18,7 @@ from isthmus.dataplane.trace.matrix import matrix
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler, cluster_config, reconcile
 from isthmus.kube.translate import TranslationError
-from isthmus.model import FloatingIP, ServiceVIP
+from isthmus.model import FloatingIP, ServiceVIP, lookup_kind
 from isthmus.store import Ledger, objects
 from tests.unit.test_kube import kube, listed, snapshot
 
@@ -72,8 +72,6 @@ def stored(ledger: Ledger, kind: str, name: str) -> Any:
 
 
 def _target(kind: str, name: str) -> Any:
-    from isthmus.model import lookup_kind
-
     return lookup_kind(kind), "default", name
 
 
@@ -271,3 +269,53 @@ def test_a_namespace_asking_for_families_the_cluster_has_not_is_refused(
     with pytest.raises(TranslationError, match=r"annotation isthmus\.io/ip-families is"):
         reconcile(ledger, KubeConfig(), kube(NODE, _namespace(value), pod("web")))
     assert snapshot(ledger) == before
+
+
+def endpoint_slice(name: str, family: str, *endpoints: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": family,
+        "endpoints": list(endpoints),
+        "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+    }
+
+
+def test_endpoint_slices_of_each_family_give_a_service_its_backends(ledger: Ledger) -> None:
+    """A pod listed in the slices of both families is one backend with both its addresses; plain addresses
+    are backends of their family, ready unless a slice says otherwise; FQDN slices give none, and the
+    Endpoints object is not read while the service has slices."""
+    configured(ledger, DUAL)
+    web = stored(ledger, "Pod", "web").body["status"]["podIPs"]
+    ref = {"kind": "Pod", "namespace": "default", "name": "web"}
+    docs = [
+        service("db", selector=None, ipFamilyPolicy="RequireDualStack"),
+        endpoint_slice(
+            "db-4", "IPv4", {"addresses": [web[0]["ip"]], "targetRef": ref}, {"addresses": ["198.51.100.5"]}
+        ),
+        endpoint_slice(
+            "db-6",
+            "IPv6",
+            {"addresses": [web[1]["ip"]], "targetRef": ref},
+            {"addresses": ["2001:db8:99::5"], "conditions": {"ready": False}},
+        ),
+        endpoint_slice("db-name", "FQDN", {"addresses": ["db.example.org"]}),
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "db", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "198.51.100.9"}], "ports": [{"port": 80}]}],
+        },
+    ]
+    reconcile(ledger, KubeConfig(), kube(*docs))
+    vip = stored(ledger, "ServiceVIP", "db")
+    shown = sorted(([str(a) for a in b.addresses], b.endpoint, b.ready) for b in vip.spec.backends)
+    assert shown == [
+        ([web[0]["ip"], web[1]["ip"]], "web", True),
+        (["198.51.100.5"], None, True),
+        (["2001:db8:99::5"], None, False),
+    ]
+    reconcile(ledger, KubeConfig(), removed=[(lookup_kind("EndpointSlice"), "default", "db-6")])
+    vip = stored(ledger, "ServiceVIP", "db")
+    assert sorted(str(b.address) for b in vip.spec.backends if b.endpoint is None) == ["198.51.100.5"]

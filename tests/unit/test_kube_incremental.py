@@ -17,10 +17,11 @@ from isthmus.store import MemoryLedger, objects
 NAMESPACES = ("red", "blue")
 PODS = ("p0", "p1", "p2", "p3")
 SERVICES = ("s0", "s1")
+SLICES = ("e0", "e1")
 
 
 def _kube(kind: str, name: str, namespace: str | None, body: dict[str, Any], **meta: Any) -> KubeObject:
-    api = "v1"
+    api = "discovery.k8s.io/v1" if kind == "EndpointSlice" else "v1"
     metadata = {"name": name, **meta} | ({"namespace": namespace} if namespace else {})
     return KubeObject.model_validate({"apiVersion": api, "kind": kind, "metadata": metadata, **body})
 
@@ -89,17 +90,43 @@ listings = st.builds(
     st.lists(st.sampled_from(PODS), unique=True, max_size=3),
     st.booleans(),
 )
+endpoint_slices = st.builds(  # a slice may move from one service to another
+    lambda ns, name, service, family, ready: _kube(
+        "EndpointSlice",
+        name,
+        ns,
+        {
+            "addressType": family,
+            "endpoints": [
+                {
+                    "addresses": ["10.32.9.9"],
+                    "targetRef": {"kind": "Pod", "name": p},
+                    "conditions": {"ready": r},
+                }
+                for p, r in ready
+            ]
+            + [{"addresses": ["192.0.2.51" if family == "IPv4" else "2001:db8::51"]}],
+            "ports": [{"name": "web", "port": 80}],
+        },
+        labels={"kubernetes.io/service-name": service},
+    ),
+    st.sampled_from(NAMESPACES),
+    st.sampled_from(SLICES),
+    st.sampled_from(SERVICES),
+    st.sampled_from(("IPv4", "IPv6")),
+    st.lists(st.tuples(st.sampled_from(PODS), st.booleans()), unique_by=lambda t: t[0], max_size=3),
+)
 nodes = st.builds(
     lambda name: _kube(
         "Node", name, None, {"status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.7"}]}}
     ),
     st.sampled_from(("n2", "n3")),
 )
-puts = st.one_of(pods, services, namespaces, listings, nodes).map(lambda o: ("put", o))
+puts = st.one_of(pods, services, namespaces, listings, endpoint_slices, nodes).map(lambda o: ("put", o))
 deletes = st.tuples(
-    st.sampled_from(("Pod", "Service", "Namespace", "Endpoints", "Node")),
+    st.sampled_from(("Pod", "Service", "Namespace", "Endpoints", "EndpointSlice", "Node")),
     st.sampled_from(NAMESPACES),
-    st.sampled_from((*PODS, *SERVICES)),
+    st.sampled_from((*PODS, *SERVICES, *SLICES)),
 ).map(lambda t: ("delete", t))
 
 
@@ -117,7 +144,8 @@ def test_any_sequence_of_changes_matches_a_cold_translation(steps: list[tuple[st
         else:
             kind, namespace, name = what
             namespaced = kind not in ("Namespace", "Node")
-            target = (lookup_kind(f"{kind}.core"), namespace if namespaced else None, name)
+            group = "discovery.k8s.io" if kind == "EndpointSlice" else "core"
+            target = (lookup_kind(f"{kind}.{group}"), namespace if namespaced else None, name)
             change = {"removed": [target]}
         before = ledger.revision()
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.translate import INFRASTRUCTURE, check_network_policy, part, selects, units
-from isthmus.kube.view import Key, KubeView, holding, key, node_name
+from isthmus.kube.view import Key, KubeView, holding, key, node_name, service_of
 from isthmus.model import Endpoint, KindInfo, KubeObject, Resource, ServiceVIP
 from isthmus.store import objects
 
@@ -154,6 +154,8 @@ class Translator:
             touched.add(("Namespace", None, namespace))
         if kind == "Endpoints":
             touched.add(("Service", namespace, name))
+        if kind == "EndpointSlice":
+            touched |= {("Service", namespace, s) for o in (old, new) if o and (s := service_of(o))}
         if kind == "Node" or (kind == "Pod" and self.config.default_node in (_node(old), _node(new))):
             touched.add(INFRASTRUCTURE)
         if kind == "Pod":
@@ -161,8 +163,14 @@ class Translator:
         return touched
 
     def _services_of(self, namespace: str | None, name: str, pods: list[KubeObject]) -> set[Key]:
-        """Services whose backends may name the pod: by selector, or listed in their Endpoints."""
+        """Services whose backends may name the pod: by selector, or listed in their Endpoints or
+        EndpointSlices."""
         found = {key(s) for s in self.view.of("Service", namespace) if any(selects(s, p) for p in pods)}
+        for sliced in self.view.of("EndpointSlice", namespace):
+            service = service_of(sliced)
+            refs = (e.get("targetRef") or {} for e in sliced.body.get("endpoints") or [])
+            if service and any(r.get("kind") == "Pod" and r.get("name") == name for r in refs):
+                found.add(("Service", namespace, service))
         for listed in self.view.of("Endpoints", namespace):
             if any(
                 (a.get("targetRef") or {}).get("name") == name

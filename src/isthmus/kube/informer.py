@@ -50,19 +50,61 @@ def _lists(api: client.ApiClient) -> dict[str, Callable[..., Any]]:
         "Pod": core.list_pod_for_all_namespaces,
         "Service": core.list_service_for_all_namespaces,
         "Endpoints": core.list_endpoints_for_all_namespaces,
+        "EndpointSlice": _GroupList(api, "discovery.k8s.io", ("v1", "v1beta1"), "endpointslices"),
         "NetworkPolicy": networking.list_network_policy_for_all_namespaces,
     }
 
 
-KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "NetworkPolicy")
-_API_VERSIONS = {"NetworkPolicy": "networking.k8s.io/v1"}
+class _GroupList:
+    """The cluster-wide list (and watch) call of a resource at the first of `versions` the API server
+    serves, found on the first call. The client has an API class for the newest version only (no
+    discovery.k8s.io/v1beta1, which API servers before 1.21 serve), so the call is made plainly."""
+
+    def __init__(self, api: client.ApiClient, group: str, versions: tuple[str, ...], plural: str) -> None:
+        self.api, self.group, self.versions, self.plural = api, group, versions, plural
+        self.path = ""
+
+    def __call__(self, _preload_content: bool = False, **params: Any) -> Any:
+        if not self.path:
+            served = {
+                v.version
+                for g in client.ApisApi(self.api).get_api_versions().groups
+                if g.name == self.group
+                for v in g.versions
+            }
+            version = next((v for v in self.versions if v in served), None)
+            if version is None:
+                raise ApiException(
+                    status=404, reason=f"the API server serves no {self.group} {self.versions}"
+                )
+            self.path = f"/apis/{self.group}/{version}/{self.plural}"
+        query = [(_CAMEL.get(k, k), v) for k, v in params.items()]
+        request = self.api.param_serialize(
+            "GET",
+            self.path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request)
+        if not 200 <= response.status <= 299:
+            raise ApiException(status=response.status, reason=response.reason)
+        return response.response
+
+
+_CAMEL = {
+    "resource_version": "resourceVersion",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+}
+KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "EndpointSlice", "NetworkPolicy")
 
 
 def mirror(kind: str, raw: dict[str, Any]) -> KubeObject:
-    """The object as the ledger keeps it: managedFields dropped, apiVersion and kind filled in (list items
-    carry neither)."""
+    """The object as the ledger keeps it: managedFields dropped, apiVersion (the list's for list items,
+    which carry neither) and kind filled in."""
     metadata = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
-    body = {**raw, "apiVersion": _API_VERSIONS.get(kind, "v1"), "kind": kind, "metadata": metadata}
+    body = {**raw, "apiVersion": raw.get("apiVersion") or "v1", "kind": kind, "metadata": metadata}
     return KubeObject.model_validate(body)
 
 
@@ -116,7 +158,8 @@ class Informer:
         response = self.list(_preload_content=False)
         listing = json.loads(response.data)
         version = str(listing["metadata"]["resourceVersion"])
-        items = [mirror(self.kind, item) for item in listing.get("items") or []]
+        group = listing.get("apiVersion") or "v1"
+        items = [mirror(self.kind, {"apiVersion": group, **item}) for item in listing.get("items") or []]
         self.deliver(Listed(self.kind, items, version))
         log.info("%s: listed %d at resourceVersion %s", self.kind, len(items), version)
         return version

@@ -299,25 +299,58 @@ def _selected_backends(svc: KubeObject, selector: dict[str, str], view: KubeView
 
 
 def _listed_backends(svc: KubeObject, listed: KubeObject, view: KubeView) -> list[dict[str, Any]]:
-    """Backends from the service's Endpoints object (the live API's endpoints controller, or a user's).
-
-    A pod address names the pod's endpoint only while the pod is known, so no backend outlives its pod.
-    """
+    """Backends from the service's Endpoints object (the endpoints controller's, of the service's first
+    family, or a user's)."""
     backends = []
     for subset in listed.body.get("subsets") or []:
-        ports = {p["name"]: p["port"] for p in subset.get("ports") or [] if p.get("name") and p.get("port")}
+        ports = _named_ports(subset)
         for ready, field in ((True, "addresses"), (False, "notReadyAddresses")):
             for address in subset.get(field) or []:
-                ref = address.get("targetRef") or {}
-                if ref.get("kind") == "Pod":
-                    pod = view.get("Pod", ref.get("namespace", svc.metadata.namespace), ref.get("name", ""))
-                    if pod is None or pod.metadata.namespace != svc.metadata.namespace:
-                        continue
-                    if (backend := _backend(pod, ready, ports, address.get("ip"))) is not None:
-                        backends.append(backend)
-                elif address.get("ip"):
-                    backends.append({"address": address["ip"], "ready": ready, "ports": ports})
+                made = _listed(svc, view, address.get("targetRef"), address.get("ip"), ready, ports)
+                backends += [made] if made is not None else []
     return backends
+
+
+def _sliced_backends(svc: KubeObject, slices: list[KubeObject], view: KubeView) -> list[dict[str, Any]]:
+    """Backends from the service's EndpointSlices (the endpointslice controller's, one or more of each
+    family, or a user's): a pod once, with its addresses of both families; a plain address of its slice's
+    family. FQDN slices give none (nothing to DNAT to); an endpoint of unknown readiness is ready, as
+    the API defines it."""
+    backends: dict[str, dict[str, Any]] = {}
+    for found in slices:
+        if found.body.get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        ports = _named_ports(found.body)
+        for endpoint in found.body.get("endpoints") or []:
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            for ip in endpoint.get("addresses") or []:
+                made = _listed(svc, view, endpoint.get("targetRef"), ip, ready, ports)
+                if made is not None:
+                    backends.setdefault(made.get("endpoint") or made["address"], made)
+    return list(backends.values())
+
+
+def _named_ports(listing: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["port"] for p in listing.get("ports") or [] if p.get("name") and p.get("port")}
+
+
+def _listed(
+    svc: KubeObject,
+    view: KubeView,
+    ref: dict[str, Any] | None,
+    ip: str | None,
+    ready: bool,
+    ports: dict[str, int],
+) -> dict[str, Any] | None:
+    """A listed address as a backend: the pod it names while the pod is known in the service's namespace
+    (so no backend outlives its pod), else the plain address."""
+    ref = ref or {}
+    if ref.get("kind") == "Pod":
+        pod = view.get("Pod", ref.get("namespace", svc.metadata.namespace), ref.get("name", ""))
+        if pod is None or pod.metadata.namespace != svc.metadata.namespace:
+            return None
+        return _backend(pod, ready, ports, ip)
+    return {"address": ip, "ready": ready, "ports": ports} if ip else None
 
 
 _POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
@@ -369,7 +402,8 @@ def ip_families(svc: KubeObject, config: KubeConfig) -> list[str]:
 def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceVIP | None:
     """The VIP of a Service; None for headless and ExternalName services.
 
-    Backends come from the service's Endpoints object when there is one, else from its selector.
+    Backends come from the service's EndpointSlices when it has any, else from its Endpoints object when
+    there is one, else from its selector.
     """
     spec = svc.body.get("spec") or {}
     kind = spec.get("type", "ClusterIP")
@@ -378,7 +412,9 @@ def service_vip(svc: KubeObject, view: KubeView, config: KubeConfig) -> ServiceV
     selector = _field(svc, "spec.selector", spec.get("selector"), dict, {})
     publish = bool(spec.get("publishNotReadyAddresses"))
     listed = view.get("Endpoints", svc.metadata.namespace, svc.metadata.name)
-    if listed is not None:
+    if slices := view.slices_of(svc.metadata.namespace, svc.metadata.name):
+        backends = _sliced_backends(svc, slices, view)
+    elif listed is not None:
         backends = _listed_backends(svc, listed, view)
     else:
         backends = _selected_backends(svc, selector, view) if selector else []

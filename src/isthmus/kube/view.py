@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from isthmus.model import Endpoint, KubeObject, Object
 
 Key = tuple[str, str | None, str]  # kind, namespace, name
+SERVICE_NAME = "kubernetes.io/service-name"  # the label naming an EndpointSlice's Service
 
 
 def key(obj: KubeObject) -> Key:
@@ -18,6 +19,11 @@ def key(obj: KubeObject) -> Key:
 def node_name(pod: KubeObject) -> str | None:
     node = (pod.body.get("spec") or {}).get("nodeName")
     return node if isinstance(node, str) and node else None
+
+
+def service_of(endpoint_slice: KubeObject) -> str | None:
+    """The Service an EndpointSlice belongs to (its label kubernetes.io/service-name)."""
+    return endpoint_slice.metadata.labels.get(SERVICE_NAME) or None
 
 
 def host_network(pod: KubeObject) -> bool:
@@ -41,6 +47,7 @@ class KubeView:
     declared_nodes: set[str] = field(default_factory=set)
     pods_on: Counter[str | None] = field(default_factory=Counter)  # pods by spec.nodeName
     held: dict[str, str] = field(default_factory=dict)  # pod uid -> the network its Endpoint holds for life
+    slices: dict[tuple[str | None, str], set[str]] = field(default_factory=dict)  # Service -> EndpointSlices
 
     def add(self, obj: KubeObject) -> KubeObject | None:
         """Store `obj`; the object it replaces."""
@@ -63,6 +70,19 @@ class KubeView:
     def _count(self, obj: KubeObject | None, delta: int) -> None:
         if obj is not None and obj.kind == "Pod":
             self.pods_on[node_name(obj)] += delta
+        elif obj is not None and obj.kind == "EndpointSlice" and (service := service_of(obj)) is not None:
+            names = self.slices.setdefault((obj.metadata.namespace, service), set())
+            if delta > 0:
+                names.add(obj.metadata.name)
+            else:
+                names.discard(obj.metadata.name)
+            if not names:
+                del self.slices[(obj.metadata.namespace, service)]
+
+    def slices_of(self, namespace: str | None, service: str) -> list[KubeObject]:
+        """The EndpointSlices of a Service, in name order."""
+        names = sorted(self.slices.get((namespace, service), ()))
+        return [s for n in names if (s := self.get("EndpointSlice", namespace, n)) is not None]
 
     def get(self, kind: str, namespace: str | None, name: str) -> KubeObject | None:
         return self.objects.get(kind, {}).get(namespace, {}).get(name)
