@@ -147,9 +147,10 @@ def agree(
     tmp_path: Path,
     family: int = 4,
     model: Callable[..., list[dict[str, Any]]] = model,
+    compare: Callable[[Path, Probe, int], list[str]] | None = None,
 ) -> None:
     """Each step of `case` applied to the lab's model (made by `model`): real connections in `family`
-    (`lab probe`) equal the trace (`isthmus matrix`) cell for cell."""
+    (`lab probe`) equal the trace (`isthmus matrix`) cell for cell, or as `compare` says."""
     applied: list[dict[str, Any]] = []
     relabelled = False
     disagreements: list[str] = []
@@ -171,7 +172,8 @@ def agree(
                 namespace, name = split(target)
                 lab(work, "delete", "networkpolicy", name, "-n", namespace)
             for probe in step.probes:
-                disagreements += [f"step {index + 1}: {d}" for d in _compare(work, probe, family)]
+                found = (compare or _compare)(work, probe, family)
+                disagreements += [f"step {index + 1}: {d}" for d in found]
     finally:
         if applied:
             lab(work, "delete", "--ignore-not-found", "-f", write(tmp_path / "cleanup.yaml", applied))

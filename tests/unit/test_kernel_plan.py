@@ -324,5 +324,5 @@ def test_ipv6_gets_the_twin_of_every_ipv4_rule_service_and_set() -> None:
     six = [k for k, v in made.items() if k[0] == "set" and v == "ipv6_addr"]
     assert any(("element", k[1], "fd00::1") in made for k in six)
     chains = {str(k[1]).rpartition("_")[0]: str(v) for k, v in made.items() if k[0] == "chain"}
-    assert "ip6 daddr @refused6 reject with icmpv6 addr-unreachable" in chains["forward"]
+    assert "ip6 daddr @refused6 counter reject with icmpv6 addr-unreachable" in chains["forward"]
     assert "icmpv6 type { packet-too-big, nd-router-solicit" in chains["input"]

@@ -77,7 +77,7 @@ def test_icmp_rules_and_rules_of_any_protocol_let_icmp_through() -> None:
     tracer = _cloud([{"direction": "ingress", "protocol": "ICMP", "remoteGroup": "web"}])
     made = plan(tracer.compiler.node_state("n1"))
     chains = [str(v) for k, v in made.items() if k[0] == "chain" and str(k[1]).startswith("in_")]
-    assert any("meta l4proto icmp accept" in c for c in chains), chains
+    assert any("meta l4proto icmp counter accept" in c for c in chains), chains
     assert _verdict(tracer, "app", "db", 80) == "deny"  # ICMP only
     anything = _cloud([{"direction": "ingress", "remoteGroup": "web"}])
     chains = [

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -56,6 +57,7 @@ class Service:
             "GC": self.gc,
             "STATUS": self.status,
             "AGENT": self.report,
+            "FLOWS": self.flows,
         }
         try:
             command = commands.get(request.get("command", ""))
@@ -163,6 +165,12 @@ class Service:
         """Not CNI: the agent's status and metrics, for `isthmus lab status`."""
         return self.agent.status() | {"metrics": self.agent.metrics_text()}
 
+    def flows(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Not CNI: the node's flow records after sequence number `since`."""
+        if self.agent.recorder is None:
+            raise Refused(51, f"node {self.agent.node} keeps no flow records")
+        return self.agent.recorder.since(int(request.get("since", 0)))
+
     def status(self, request: dict[str, Any]) -> None:
         if not self.agent.driver.current:
             raise Refused(50, "the agent has not programmed its node yet")
@@ -194,3 +202,14 @@ def serve(service: Service, path: Path) -> Server:
         os.umask(old)
     threading.Thread(target=server.serve_forever, name="cni", daemon=True).start()
     return server
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request to an agent's socket (the CNI plugin's protocol); its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        conn.sendall(json.dumps(request).encode())
+        conn.shutdown(socket.SHUT_WR)
+        answer: dict[str, Any] = json.loads(b"".join(iter(lambda: conn.recv(65536), b"")))
+    return answer

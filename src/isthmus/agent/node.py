@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from isthmus.agent.bgp import Announcer
 from isthmus.agent.bgp import metrics as bgp_metrics
+from isthmus.agent.flows import Names, Recorder, names_of
 from isthmus.agent.slice import Slice, Unit, interest, prefixes
 from isthmus.compile import Compiler
 from isthmus.compile.announce import announced
@@ -80,6 +81,9 @@ class Agent:
         self.compiler = Compiler([])
         self.planner = Planner(self.compiler.node_state(node))
         self.listed = False
+        self._names: tuple[int, Names] | None = None
+        self.recorder: Recorder | None = None  # the node's flow records, when it keeps them
+        self.control = ""  # the socket the agent answers on (CNI, its status, its flow records)
         try:
             self._list()
         except Unavailable as exc:
@@ -221,6 +225,17 @@ class Agent:
                 text += bgp_metrics(self.node, self.announcer.report())
         return text
 
+    def names(self) -> Names:
+        """Who the node's slice says each address is, for flow records (made again when it changed)."""
+        with self.lock:
+            if self._names is None or self._names[0] != self.revision:
+                self._names = (self.revision, names_of(self.compiler.objects))
+            return self._names[1]
+
+    def words(self, prefix: str) -> str | None:
+        """The deciding rule a flow-record prefix stands for, as the plan made it."""
+        return self.planner.words.get(prefix)
+
     def endpoint(self, namespace: str, name: str) -> Veth | None:
         """The local endpoint's attachment, as this node's plan has it."""
         with self.lock:
@@ -237,12 +252,16 @@ class Agent:
                         {"reason": reason} if reason else {}
                     )
             store = {"store": self.store_problem} if self.store_problem else {}
-            return {
-                "node": self.node,
-                "revision": self.revision,
-                "endpoints": endpoints,
-                "problems": self.problems | store,
-            } | ({"bgp": self.announcer.report()} if self.announcer else {})
+            return (
+                {
+                    "node": self.node,
+                    "revision": self.revision,
+                    "endpoints": endpoints,
+                    "problems": self.problems | store,
+                }
+                | ({"bgp": self.announcer.report()} if self.announcer else {})
+                | ({"control": self.control} if self.control else {})
+            )
 
     def publish(self) -> None:
         """The node's status into the ledger (under STATUS, outside the objects), when it changed."""

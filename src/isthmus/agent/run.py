@@ -10,6 +10,7 @@ from pathlib import Path
 
 from isthmus.agent.bgp import Announcer
 from isthmus.agent.cni import Service, serve
+from isthmus.agent.flows import Recorder
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.store import Ledger
@@ -44,6 +45,13 @@ def _metrics(agent: Agent, listen: str) -> None:
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
+def _record(recorder: Recorder, stop: threading.Event) -> None:
+    try:
+        recorder.run(stop)
+    except OSError as exc:  # a kernel without NFLOG: the node forwards, and keeps no records
+        logging.getLogger("isthmus.agent").warning("no flow records: %s", exc)
+
+
 def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None) -> None:
     """Program the node and serve the plugin until SIGTERM or SIGINT; the kernel keeps its state."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -52,10 +60,13 @@ def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     announcer = Announcer(work / "bgp")
     agent = Agent(ledger, node, Driver(), announcer)
+    agent.control = str(socket)
     server = serve(Service(agent, work), socket)
     if metrics:
         _metrics(agent, metrics)
     stop = threading.Event()
+    agent.recorder = Recorder(node, agent.names, agent.words)
+    threading.Thread(target=_record, args=(agent.recorder, stop), name="flows", daemon=True).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     logging.getLogger("isthmus.agent").info("node %s programmed at revision %d", node, agent.revision)

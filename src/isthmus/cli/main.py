@@ -12,7 +12,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 from pydantic import ValidationError
@@ -28,7 +28,7 @@ from isthmus.cli.common import (
     show_grid,
 )
 from isthmus.cli.lab import lab
-from isthmus.cli.output import aligned, document, table
+from isthmus.cli.output import FLOW_HEADER, aligned, document, flow_row, table
 from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Source, Tracer
 from isthmus.dataplane.trace.matrix import matrix
@@ -43,6 +43,7 @@ from isthmus.model import (
 )
 from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
+from isthmus.observe.flows import VERDICTS, Filter, Observer
 from isthmus.store import Credentials, Ledger, objects
 from isthmus.store.election import Election, controllers, elected
 
@@ -284,6 +285,33 @@ def matrix_command(
     with errors():
         result = matrix(_tracer(ctx.ledger), port, protocol.upper(), to, namespaces, family)
     show_grid(result, output)
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing records as they come.")
+@click.option("-n", "--namespace", help="Records with an end in this namespace.")
+@click.option("--pod", help="Records with this pod (or VM, NAMESPACE/NAME or NAME) at an end.")
+@click.option("--service", help="Records DNATed for (or refused at) this service, NAMESPACE/NAME.")
+@click.option("--verdict", type=click.Choice(VERDICTS))
+@click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP", "ICMP"], case_sensitive=False))
+@click.option("--port", type=click.IntRange(0, 65535), help="At either end.")
+@click.option("--node", help="Records of this node.")
+@click.option("-o", "--output", type=click.Choice(["json"]), help="json: one record a line.")
+@pass_context
+def observe(ctx: Context, /, follow: bool, output: str | None, **given: Any) -> None:
+    """The flows the nodes' kernels saw, allowed or dropped, each naming the rule that decided (as
+    `isthmus trace` words it): the recent ones each agent keeps, then with -f the new ones as they come."""
+    chosen = Filter(**given)
+    with errors():
+        observer = Observer(ctx.ledger)
+        records = observer.follow() if follow else iter(observer.poll())
+        if output is None:
+            click.echo(FLOW_HEADER)
+        for record in records:
+            if chosen.matches(record):
+                click.echo(json.dumps(record) if output == "json" else flow_row(record))
+        for node, problem in sorted(observer.problems.items()):
+            click.echo(f"node {node}: {problem}", err=True)
 
 
 @cli.group()

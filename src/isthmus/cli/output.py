@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,3 +138,24 @@ def document(items: Sequence[Object], single: bool, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2)
     return yaml.safe_dump(data, sort_keys=False).rstrip()
+
+
+FLOW_HEADER = f"{'TIME':<15} {'NODE':<10} {'SOURCE':<30} {'DESTINATION':<30} {'PROTO':<5} {'VERDICT':<8} RULE"
+
+
+def flow_row(record: dict[str, Any]) -> str:
+    """A flow record as a line under FLOW_HEADER: an end is NAMESPACE/NAME:PORT, else ADDRESS:PORT; a
+    DNATed flow shows its service; the rule is empty when nothing isolates the flow."""
+
+    def end(e: dict[str, Any]) -> str:
+        who = f"{e['namespace']}/{e['name']}" if e.get("name") else e.get("address", "?")
+        return f"{who}:{e.get('port', 0)}"
+
+    when = time.strftime("%H:%M:%S", time.localtime(record["time"])) + f"{record['time'] % 1:.3f}"[1:]
+    destination = end(record["destination"]) + (
+        f" (svc {record['service']})" if record.get("service") else ""
+    )
+    return (
+        f"{when:<15} {record['node']:<10} {end(record['source']):<30} {destination:<30} "
+        f"{record['protocol']:<5} {record['verdict']:<8} {record['rule']}"
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from isthmus import intent
+from isthmus.agent.cni import ask
 from isthmus.compile.source import compiled
 from isthmus.dataplane.trace import Tracer
 from isthmus.dataplane.trace.matrix import destinations
@@ -34,17 +34,6 @@ Echo = Callable[[str], None]
 
 class LabError(Exception):
     pass
-
-
-def ask(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """One request to an agent's socket (the CNI plugin's protocol); its answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        conn.connect(str(path))
-        conn.sendall(json.dumps(request).encode())
-        conn.shutdown(socket.SHUT_WR)
-        answer: dict[str, Any] = json.loads(b"".join(iter(lambda: conn.recv(65536), b"")))
-    return answer
 
 
 @dataclass

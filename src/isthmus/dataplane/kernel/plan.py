@@ -91,6 +91,8 @@ from isthmus.compile.state import (
 )
 from isthmus.dataplane.kernel.ruleset import (
     BASE,
+    FLOW_GROUP,
+    FLOW_RATE,
     GATEWAY,
     GATEWAY6,
     SLOT_SHIFT,
@@ -99,6 +101,7 @@ from isthmus.dataplane.kernel.ruleset import (
     VETH_PREFIX,
     VXLAN_PREFIX,
     named,
+    recorded,
 )
 from isthmus.model.network import eui64
 
@@ -182,6 +185,13 @@ class _Builder:
         name = f"{prefix}_{_hash(body)}"
         self.plan[("chain", name)] = body
         return name
+
+    def flow(self, kind: str, words: str) -> str:
+        """The flow-record prefix of a deciding rule: `kind` (a: allowed, d: dropped, s: DNAT to a
+        service) and a hash of its words, which the planner keeps for the recorder."""
+        prefix = kind + _hash(words)[:12]
+        self.planner.words[prefix] = words
+        return prefix
 
     def element(self, name: str, element: str, value: str = "") -> None:
         self.plan[("element", name, element)] = value
@@ -334,9 +344,15 @@ def _ip(version: int) -> str:
 
 
 def _isolation(builder: _Builder, isolation: Isolation, direction: str, local: Identity | None) -> str:
+    """Each allowance, recorded as the rule allowing the flow, then the drop, recorded as the policies'."""
     verdict = "accept" if direction == "ingress" else "return"
-    rules = [r for a in isolation.allows for r in _allow(builder, a, direction, local, verdict)]
-    return "\n".join([*rules, f'counter drop comment "{", ".join(isolation.policies)}"'])
+    rules = [
+        recorded(line.removesuffix(verdict).strip(), builder.flow("a", allow.rule), verdict)
+        for allow in isolation.allows
+        for line in _allow(builder, allow, direction, local, verdict)
+    ]
+    policies = ", ".join(isolation.policies)
+    return "\n".join([*rules, recorded("", builder.flow("d", policies), f'drop comment "{policies}"')])
 
 
 def _dnat(protocol: str, targets: tuple[Target, ...], port: int) -> str:
@@ -361,8 +377,11 @@ def _service(builder: _Builder, service: ServiceEntry, protocol: str, port: int,
     if not targets:
         return None
     proto, ip = protocol.lower(), _ip(version)
+    record = (
+        f'{FLOW_RATE} log prefix "{builder.flow("s", f"ServiceVIP {service.service}")}" group {FLOW_GROUP}'
+    )
     if service.affinity is None:
-        return builder.chain("svc", _dnat(proto, targets, port))
+        return builder.chain("svc", f"{record}\n{_dnat(proto, targets, port)}")
     backends = []
     for target in targets:
         seen = "aff_" + _hash(f"{service.service} {protocol} {port} {target}")
@@ -372,12 +391,16 @@ def _service(builder: _Builder, service: ServiceEntry, protocol: str, port: int,
         backends.append((seen, builder.chain("backend", body)))
     sticky = [f"{ip} saddr @{seen} goto {chain}" for seen, chain in backends]
     pick = ", ".join(f"{i} : goto {chain}" for i, (_, chain) in enumerate(backends))
-    return builder.chain("svc", "\n".join([*sticky, f"numgen random mod {len(backends)} vmap {{ {pick} }}"]))
+    return builder.chain(
+        "svc", "\n".join([record, *sticky, f"numgen random mod {len(backends)} vmap {{ {pick} }}"])
+    )
 
 
-def _rule(builder: _Builder, rule: RuleEntry) -> str:
-    """An Isthmus rule, in each family both its peers have (a service's: the family of its VIPs)."""
-    verdict = "return" if rule.action == "allow" else f'counter drop comment "{rule.policy}"'
+def _rule(builder: _Builder, key: Key, rule: RuleEntry) -> str:
+    """An Isthmus rule, in each family both its peers have (a service's: the family of its VIPs), recorded
+    as `POLICY rules[INDEX]`."""
+    verdict = "return" if rule.action == "allow" else f'drop comment "{rule.policy}"'
+    prefix = builder.flow("a" if rule.action == "allow" else "d", f"{rule.policy} rules[{key[3]}]")
     ports = [_ports(rule.protocol, low, high) for low, high in rule.ports] or [
         f"meta l4proto {rule.protocol.lower()}" if rule.protocol != "any" else ""
     ]
@@ -395,7 +418,7 @@ def _rule(builder: _Builder, rule: RuleEntry) -> str:
             destination = ""
         else:
             destination = f"{ip} daddr @{builder.peer_set(rule.destination, version)} "
-        lines += [f"{source}{destination}{p} {verdict}".replace("  ", " ").strip() for p in ports]
+        lines += [recorded(f"{source}{destination}{p}".strip(), prefix, verdict) for p in ports]
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -447,6 +470,7 @@ class Planner:
         self.reads: dict[Key, set[Topic]] = {}  # contributor -> what it read
         self.readers: dict[Topic, set[Key]] = defaultdict(set)
         self.peers: dict[str, Match] = {}  # peer set -> what it matches
+        self.words: dict[str, str] = {}  # flow-record prefix -> the deciding rule, as trace words it
         self.members: dict[str, Counter[str]] = {}  # live peer set of endpoints -> element -> identities
         self.dirty: set[Key] = set()  # plan keys whose givers changed
         self.changed: set[Key] = set()  # plan keys changed since `update` last returned
@@ -722,8 +746,8 @@ def _base(builder: _Builder) -> None:
     """The base sets and chains, the chain of Isthmus rules (in key order) the forward chain jumps to,
     the node's own address (flows from the uplink DNATed to another node are source NATed to it; pods
     reach no node), and the underlay's `ip rule`."""
-    ordered = [entry for _, entry in sorted(builder.planner.rules.items())]
-    rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, e) for e in ordered))))
+    ordered = sorted(builder.planner.rules.items())
+    rules = builder.chain("rules", "\n".join(filter(None, (_rule(builder, k, e) for k, e in ordered))))
     to_nodes = builder.chain("to_nodes", TO_NODES)
     mine = {
         f"snat {_ip(a.version)} to NODE": f"to {a}" for a in builder.hosts().get(builder.planner.node, ())

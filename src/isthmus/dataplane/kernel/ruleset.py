@@ -19,16 +19,45 @@ MARK_MASK = 0x1FFFFFF  # the bits of a mark that name a table (1000 + a 24-bit V
 SLOT_SHIFT, SLOTS = 25, 31  # mark bits 25-29: the egress owner a packet is steered to (node-local number)
 TO_NODE = 0x80000000  # a mark bit: a pod's flow to another node's address, routed by the main table
 VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
+FLOW_GROUP = 100  # the NFLOG group of flow records
+RECORDED = 0x40000000  # a mark bit: the packet's flow is recorded on this node (by the rule that allowed it)
+FLOW_RATE = "limit rate 500/second burst 500 packets"  # per rule; beyond it, the twin rule counts
+_FIXED = {  # the flow-record prefixes of the base's rules, and what decided
+    "r": "no endpoints",
+    "e": "egress address",
+    "i": "invalid",
+    "v": "only via a service",
+    "g": "node infrastructure",
+    "n": "node access",
+    "h": "pods reach their node on its address only",
+    "o": "",  # allowed: nothing isolates it
+}
 _NEIGHBOURS = "packet-too-big, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
+
+
+def recorded(match: str, prefix: str, verdict: str) -> str:
+    """Rules matching `match` with `verdict`: the first records the packet (NFLOG, `prefix` naming the
+    deciding rule, at most FLOW_RATE; an allowed flow gets the RECORDED mark), the second, its twin,
+    counts what the limit left unrecorded. The verdict is the same either way."""
+    mark = f" meta mark set meta mark or {RECORDED:#x}" if prefix.startswith("a") else ""
+    logged = f'{match} {FLOW_RATE} log prefix "{prefix}" group {FLOW_GROUP}{mark} {verdict}'.strip()
+    return f"{logged}\n{match} counter {verdict}".replace("  ", " ").strip()
+
 
 _MARK = f"meta mark and {MARK_MASK:#x}"
 _NODEPORT = "meta nfproto ipv4 meta l4proto . th dport"
 _SERVICES = f"""ip daddr . meta l4proto . th dport vmap @services
 fib daddr type local {_NODEPORT} vmap @nodeports
 dnat ip to ip daddr map @floating"""
-_REFUSE = """meta l4proto tcp ip daddr . meta l4proto . th dport @rejected reject with tcp reset
-ip daddr . meta l4proto . th dport @rejected reject
-ip daddr @refused reject with icmp host-unreachable"""
+_REFUSE = "\n".join(
+    (
+        recorded(
+            "meta l4proto tcp ip daddr . meta l4proto . th dport @rejected", "r", "reject with tcp reset"
+        ),
+        recorded("ip daddr . meta l4proto . th dport @rejected", "r", "reject"),
+        recorded("ip daddr @refused", "r", "reject with icmp host-unreachable"),
+    )
+)
 _REFUSE_NODEPORT = f"""meta l4proto tcp {_NODEPORT} @nodeport_rejected reject with tcp reset
 {_NODEPORT} @nodeport_rejected reject"""
 _OUTSIDE = f'iifname != "{VETH_PREFIX}*" iifname != "{VXLAN_PREFIX}*"'  # from the uplink
@@ -36,9 +65,15 @@ _VIA = f"{_MARK} . ip daddr . ct original ip daddr != @via_allowed"
 _LEAVING = f"{_MARK} @egress_networks ip daddr != @internal ip daddr != @served ip daddr != @nodes"  # outside
 _GUARDED = ", ".join(f"{protocol.lower()} . {port}" for protocol, port in GUARDED)
 _POD = f'iifname "{VETH_PREFIX}*"'
-TO_NODES = (  # a pod's packet to a node's address: refused on its infrastructure ports, or without access
-    f'{_POD} meta l4proto . th dport {{ {_GUARDED} }} counter drop comment "node infrastructure"\n'
-    f'{_POD} {_MARK} != @node_access counter drop comment "no node access"'
+TO_NODES = (
+    "\n".join(  # a pod's packet to a node's address: refused on its infrastructure ports, or without access
+        (
+            recorded(
+                f"{_POD} meta l4proto . th dport {{ {_GUARDED} }}", "g", 'drop comment "node infrastructure"'
+            ),
+            recorded(f"{_POD} {_MARK} != @node_access", "n", 'drop comment "no node access"'),
+        )
+    )
 )
 _UPLINK = f'oifname != "{VETH_PREFIX}*" oifname != "{VXLAN_PREFIX}*"'  # routed out of the node
 _BASE4: dict[tuple[str, str], str] = {
@@ -104,19 +139,21 @@ ip saddr . ip daddr @hairpin snat ip to {GATEWAY}
 {_LEAVING} {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
 ct state established,related accept
-ct state invalid drop
-ip daddr @egress_addresses counter reject
+{recorded("ct state invalid", "i", "drop")}
+{recorded("ip daddr @egress_addresses", "e", "reject")}
 {_REFUSE}
-iifname "{VETH_PREFIX}*" {_MARK} . ip daddr @via_only {_VIA} counter drop comment "only via a service"
+{recorded(f"{_POD} {_MARK} . ip daddr @via_only {_VIA}", "v", 'drop comment "only via a service"')}
 {_POD} ip daddr @nodes jump to_nodes
 iifname "{VETH_PREFIX}*" jump rules
 iifname vmap @egress
-oifname vmap @ingress""",
+oifname vmap @ingress
+{_POD} ct state new meta mark and {RECORDED:#x} == 0 {FLOW_RATE} log prefix "o" group {FLOW_GROUP}
+{_OUTSIDE} oifname "{VETH_PREFIX}*" ct state new {FLOW_RATE} log prefix "o" group {FLOW_GROUP}""",
     ("chain", "input"): f"""type filter hook input priority filter; policy accept;
 {_REFUSE_NODEPORT}
 {_POD} ct state established,related accept
 {_POD} icmpv6 type {{ {_NEIGHBOURS} }} accept
-{_POD} ip daddr != @nodes counter drop comment "pods reach their node on its address only"
+{recorded(f"{_POD} ip daddr != @nodes", "h", 'drop comment "pods reach their node on its address only"')}
 {_POD} jump to_nodes
 {_POD} jump rules
 iifname vmap @egress

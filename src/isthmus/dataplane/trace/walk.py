@@ -45,15 +45,27 @@ class Hop:
     rule: str = ""
 
 
+DECIDING = ("ingress policy", "egress policy", "policy")  # the steps where a policy allows a packet
+
+
 @dataclass
 class Trace:
     verdict: Verdict
     hops: list[Hop]
     backends: list[dict[str, Any]] = field(default_factory=list)
 
+    def deciding(self) -> str:
+        """The rule that decided, as a flow record names it: a denied packet's last hop's; an allowed
+        one's last policy allowing it (ingress over egress over an Isthmus policy), "" when nothing
+        isolates it."""
+        if self.verdict == "deny":
+            return self.hops[-1].rule if self.hops else ""
+        return next((h.rule for h in reversed(self.hops) if h.step in DECIDING), "")
+
     def as_json(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
+            "rule": self.deciding(),
             "hops": [{"node": h.node, "step": h.step, "detail": h.detail, "rule": h.rule} for h in self.hops],
             "backends": self.backends,
         }

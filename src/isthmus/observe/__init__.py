@@ -1,0 +1,1 @@
+"""Reading what the network does, cluster-wide: the agents' flow records."""

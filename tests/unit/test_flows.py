@@ -1,0 +1,100 @@
+"""Flow records from logged packets: ends named from the node's state, a service's DNAT joined to the
+packet's verdict, a later rule on the same packet deciding, the ring bounded, filters."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from isthmus.agent.flows import Named, Names, Recorder, parse
+from isthmus.dataplane.kernel.nflog import Logged
+from isthmus.observe.flows import Filter
+
+NAMES = Names(
+    {"10.0.0.1": Named("x", "a", "pods"), "10.0.0.2": Named("y", "b", "pods")},
+    {"10.254.0.9": "y/web", "10.254.0.10": "y/empty"},
+)
+WORDS = {
+    "dabc": "y/deny-all",
+    "aabc": "y/allow-a ingress[0]",
+    "aegr": "x/out egress[0]",
+    "sweb": "ServiceVIP y/web",
+}
+
+
+def tcp(source: str, destination: str, sport: int, dport: int) -> bytes:
+    header = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0])
+    addresses = ipaddress.IPv4Address(source).packed + ipaddress.IPv4Address(destination).packed
+    return header + addresses + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes(16)
+
+
+def logged(prefix: str, payload: bytes) -> Logged:
+    return Logged(prefix, 4, 3, 4, 0, payload)
+
+
+def recorder(size: int = 100) -> Recorder:
+    return Recorder("node-1", lambda: NAMES, WORDS.get, size)
+
+
+def test_a_packet_is_parsed_in_both_families() -> None:
+    assert parse(tcp("10.0.0.1", "10.0.0.2", 40000, 80), 4) == parse(
+        tcp("10.0.0.1", "10.0.0.2", 40000, 80), 4
+    )
+    packet = parse(tcp("10.0.0.1", "10.0.0.2", 40000, 80), 4)
+    assert packet is not None and (packet.protocol, packet.sport, packet.dport) == ("TCP", 40000, 80)
+    six = bytes([0x60, 0, 0, 0, 0, 20, 17, 64]) + ipaddress.IPv6Address("fd00::1").packed
+    six += ipaddress.IPv6Address("fd00::2").packed + (53000).to_bytes(2, "big") + (53).to_bytes(2, "big")
+    assert parse(six, 6) is not None and parse(six, 6).protocol == "UDP"  # type: ignore[union-attr]
+    assert parse(b"\x45\x00", 4) is None  # too short: no record
+
+
+def test_a_drop_names_its_policy_and_its_ends() -> None:
+    flows = recorder()
+    flows.add(logged("dabc", tcp("10.0.0.1", "10.0.0.2", 40000, 81)), 100.0)
+    (record,) = flows.since(0)["records"]
+    assert (record["verdict"], record["rule"]) == ("dropped", "y/deny-all")
+    assert record["source"] == {"namespace": "x", "name": "a", "address": "10.0.0.1", "port": 40000}
+    assert record["destination"]["name"] == "b" and "service" not in record
+
+
+def test_a_later_rule_on_the_same_packet_decides_and_a_new_packet_is_a_new_record() -> None:
+    flows = recorder()
+    packet = tcp("10.0.0.1", "10.0.0.2", 40000, 80)
+    flows.add(logged("aegr", packet), 100.0)  # allowed out of x/a
+    flows.add(logged("dabc", packet), 100.001)  # then dropped into y/b, on the same node
+    assert [(r["verdict"], r["rule"]) for r in flows.since(0)["records"]] == [("dropped", "y/deny-all")]
+    flows.add(logged("aabc", packet), 101.5)  # the SYN again, a second later
+    assert len(flows.since(0)["records"]) == 2
+
+
+def test_a_service_dnat_joins_the_packets_verdict_and_a_refusal_names_the_service() -> None:
+    flows = recorder()
+    flows.add(logged("sweb", tcp("10.0.0.1", "10.254.0.9", 40000, 80)), 100.0)
+    flows.add(logged("o", tcp("10.0.0.1", "10.0.0.2", 40000, 8080)), 100.0)
+    flows.add(logged("r", tcp("10.0.0.1", "10.254.0.10", 40001, 80)), 100.1)
+    allowed, refused = flows.since(0)["records"]
+    assert (allowed["verdict"], allowed["rule"], allowed["service"]) == ("allowed", "", "y/web")
+    assert allowed["vip"] == {"address": "10.254.0.9", "port": 80}
+    assert (refused["verdict"], refused["rule"], refused["service"]) == (
+        "dropped",
+        "ServiceVIP y/empty",
+        "y/empty",
+    )
+
+
+def test_the_ring_keeps_the_newest_and_says_how_many_were_overwritten() -> None:
+    flows = recorder(size=3)
+    for port in range(5):
+        flows.add(logged("dabc", tcp("10.0.0.1", "10.0.0.2", 40000 + port, 80)), 100.0 + port)
+    read = flows.since(0)
+    assert [r["seq"] for r in read["records"]] == [3, 4, 5] and read["overwritten"] == 2
+    assert flows.since(4)["records"][0]["seq"] == 5 and flows.since(5)["records"] == []
+
+
+def test_filters_match_either_end() -> None:
+    flows = recorder()
+    flows.add(logged("dabc", tcp("10.0.0.1", "10.0.0.2", 40000, 81)), 100.0)
+    (record,) = flows.since(0)["records"]
+    assert Filter(pod="y/b").matches(record) and Filter(pod="a", namespace="x").matches(record)
+    assert Filter(namespace="x", verdict="dropped", protocol="tcp", port=81, node="node-1").matches(record)
+    assert not Filter(verdict="allowed").matches(record) and not Filter(pod="y/a").matches(record)
+    assert not Filter(namespace="z").matches(record) and not Filter(service="y/web").matches(record)
