@@ -39,11 +39,13 @@ from isthmus.model import (
     KindInfo,
     Object,
     ServiceVIP,
+    load_manifests,
     lookup_kind,
 )
 from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
 from isthmus.observe.flows import VERDICTS, Filter, Observer
+from isthmus.observe.impact import impact
 from isthmus.store import Credentials, Ledger, objects
 from isthmus.store.election import Election, controllers, elected
 
@@ -86,6 +88,20 @@ def cli(
     ctx.obj = Context(state, store, Credentials(store_ca, store_cert, store_key))
 
 
+_PROTOCOL = click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False)
+
+
+def _port(value: str) -> tuple[int, str]:
+    number, _, protocol = value.partition("/")
+    try:
+        port = int(number)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not PORT[/PROTOCOL]") from None
+    if not 1 <= port <= 65535 or (protocol or "TCP").upper() not in ("TCP", "UDP", "SCTP"):
+        raise click.BadParameter(f"{value!r}: a port 1-65535 and TCP, UDP or SCTP")
+    return port, (protocol or "TCP").upper()
+
+
 @cli.command()
 @click.option(
     "-f",
@@ -96,11 +112,43 @@ def cli(
     help="A file, a directory of manifests, or - for stdin; may repeat.",
 )
 @click.option("-n", "--namespace", default="default", show_default=True, help="For objects that name none.")
+@click.option(
+    "--dry-run",
+    type=click.Choice(["impact"]),
+    help="impact: store nothing; print the connections between pods the change would open and close.",
+)
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    callback=lambda _, __, values: tuple(_port(v) for v in values),
+    help="With --dry-run=impact: PORT[/PROTOCOL] to compare on (default: the ports the policies name).",
+)
+@click.option("-o", "--output", type=click.Choice(["json"]), help="With --dry-run=impact.")
 @pass_context
-def apply(ctx: Context, paths: tuple[str, ...], namespace: str) -> None:
+def apply(
+    ctx: Context,
+    paths: tuple[str, ...],
+    namespace: str,
+    dry_run: str | None,
+    ports: tuple[tuple[int, str], ...],
+    output: str | None,
+) -> None:
     """Create or replace objects from manifests, all of them or none."""
     with errors():
-        apply_manifests(ctx.ledger, paths, namespace)
+        if dry_run is None:
+            apply_manifests(ctx.ledger, paths, namespace)
+            return
+        found = impact(ctx.ledger, load_manifests(paths, namespace), ports)
+    if output == "json":
+        cells = {k: [vars(c) for c in getattr(found, k)] for k in ("opens", "closes")}
+        click.echo(json.dumps({"ports": [f"{p}/{proto}" for p, proto in found.ports], **cells}, indent=2))
+        return
+    shown = ", ".join(f"{p}/{proto}" for p, proto in found.ports) or "no port"
+    click.echo(f"on {shown}: {len(found.closes)} connections close, {len(found.opens)} open (nothing stored)")
+    for verb, changed in (("close", found.closes), ("open ", found.opens)):
+        for cell in changed:
+            click.echo(f"{verb}  {cell}")
 
 
 @cli.command()
@@ -234,9 +282,6 @@ def _destination(tracer: Tracer, given: str, namespace: str) -> ipaddress.IPv4Ad
             raise click.ClickException(f"service {ns or namespace}/{name} not found, or it has no ClusterIP")
         return vip.spec.vip
     return _source(tracer, given, namespace).address
-
-
-_PROTOCOL = click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False)
 
 
 @cli.command("trace")
