@@ -107,6 +107,10 @@ def test_a_dropped_connection_names_its_policy_within_a_second_and_an_allowed_on
         node = _nodes(work)["x/a"]  # the ingress rule allowed it there (y/b's node: nothing isolating it)
         allowed, _ = _until_recorded(observer, Filter(pod="x/a", port=81, verdict="allowed", node=node), 1.0)
         assert allowed["rule"] == "x/a-81-only ingress[0]", allowed
+        metrics = json.loads(lab(work, "status", "-o", "json").output)["nodes"][node]["agent"]["metrics"]
+        counted = f'isthmus_flows_total{{node="{node}",rule="x/a-81-only",verdict="dropped"}}'
+        assert any(line.startswith(counted) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())
+        assert f'isthmus_agent_reconcile_seconds_bucket{{le="0.1",node="{node}"}}' in metrics
         assert allowed["source"] | {"port": 0} == {
             "namespace": "y",
             "name": "b",

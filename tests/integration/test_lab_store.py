@@ -112,12 +112,12 @@ def _store_problems(work: Path) -> dict[str, str]:
     return {n: v["agent"].get("problems", {}).get("store", "") for n, v in nodes.items()}
 
 
-def _store_up(work: Path) -> dict[str, str]:
+def _store_up(work: Path) -> dict[str, float]:
     """Each agent's metric isthmus_agent_store_up."""
     found = {}
     for node, shown in _status(work)["nodes"].items():
         lines = shown["agent"]["metrics"].splitlines()
-        found[node] = next(x for x in lines if x.startswith("isthmus_agent_store_up")).split()[-1]
+        found[node] = float(next(x for x in lines if x.startswith("isthmus_agent_store_up")).split()[-1])
     return found
 
 
@@ -159,7 +159,7 @@ def test_quorum_lost_refuses_writes_and_keeps_forwarding(work: Path, tmp_path: P
     assert refused.exit_code == 1 and took < 10, (refused.output, took)
     assert "store etcd+unix://" in refused.output and "quorum" in refused.output, refused.output
     until(lambda: all(_store_problems(work).values()), True, 20)
-    assert _store_up(work) == dict.fromkeys(NODES, "0")
+    assert _store_up(work) == dict.fromkeys(NODES, 0)
     with pytest.raises(RuntimeError, match=r"'code': 11.*store"):
         fabric.cni("n1", "ADD", "ghost", "/run/netns/none", K8S_POD_NAMESPACE="default", K8S_POD_NAME="ghost")
     host = veth_name("default/detach-me")
@@ -172,7 +172,7 @@ def test_quorum_lost_refuses_writes_and_keeps_forwarding(work: Path, tmp_path: P
         fabric.start_member("", member)
     until(lambda: _members_healthy(work), ["healthy"] * 3, 30)
     until(lambda: any(_store_problems(work).values()), False, 20)
-    assert _store_up(work) == dict.fromkeys(NODES, "1")
+    assert _store_up(work) == dict.fromkeys(NODES, 1)
     assert "default/in-quorum-loss" not in _pods(work)
     assert (
         "not found"

@@ -72,19 +72,3 @@ class Announcer:
         if self.speaker is not None:
             self.speaker.stop(withdraw=withdraw)
             self.speaker = None
-
-
-def metrics(node: str, report: dict[str, object]) -> str:
-    """The report's sessions (1 when Established) and announced prefixes, in Prometheus' format."""
-    peers = report.get("peers")
-    announced = report.get("announced")
-    lines = ["# TYPE isthmus_bgp_session_established gauge"]
-    for peer in peers if isinstance(peers, list) else []:
-        up = 1 if peer["state"] == "Established" else 0
-        lines.append(f'isthmus_bgp_session_established{{node="{node}",peer="{peer["address"]}"}} {up}')
-    count = len(announced) if isinstance(announced, list) else 0
-    lines += [
-        "# TYPE isthmus_bgp_announced_prefixes gauge",
-        f'isthmus_bgp_announced_prefixes{{node="{node}"}} {count}',
-    ]
-    return "\n".join(lines) + "\n"

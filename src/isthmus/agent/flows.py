@@ -204,6 +204,11 @@ class Recorder:
     def _count(self, verdict: str, rule: str) -> None:
         self.counts[(verdict, rule)] = self.counts.get((verdict, rule), 0) + 1
 
+    def tally(self) -> tuple[dict[tuple[str, str], int], int]:
+        """The records made by verdict and rule, and the messages the kernel dropped unread."""
+        with self.lock:
+            return dict(self.counts), self.listener.lost if self.listener else 0
+
     def since(self, seq: int) -> dict[str, Any]:
         """The records after sequence number `seq`, the last number, and what the record lost."""
         with self.lock:

@@ -12,11 +12,10 @@ import random
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from isthmus.agent.bgp import Announcer
-from isthmus.agent.bgp import metrics as bgp_metrics
 from isthmus.agent.flows import Names, Recorder, names_of
+from isthmus.agent.metrics import AgentMetrics, BgpCollector
 from isthmus.agent.slice import Slice, Unit, interest, prefixes
 from isthmus.compile import Compiler
 from isthmus.compile.announce import announced
@@ -30,37 +29,6 @@ from isthmus.store.objects import OBJECTS, STATUS
 log = logging.getLogger("isthmus.agent")
 
 
-@dataclass
-class Metrics:
-    reconciles: int = 0
-    lists: int = 0
-    errors: int = 0
-    last_seconds: float = 0.0
-    last_kernel_seconds: float = 0.0
-    total_seconds: float = 0.0
-    objects: int = 0
-    store_up: int = 0
-    store_errors: int = 0
-
-    def text(self, node: str) -> str:
-        """Prometheus exposition format."""
-        label = f'{{node="{node}"}}'
-        return "".join(
-            f"# TYPE isthmus_agent_{name} {kind}\nisthmus_agent_{name}{label} {value}\n"
-            for name, kind, value in (
-                ("reconciles_total", "counter", self.reconciles),
-                ("lists_total", "counter", self.lists),
-                ("reconcile_errors_total", "counter", self.errors),
-                ("reconcile_seconds_total", "counter", round(self.total_seconds, 6)),
-                ("reconcile_last_seconds", "gauge", round(self.last_seconds, 6)),
-                ("reconcile_last_kernel_seconds", "gauge", round(self.last_kernel_seconds, 6)),
-                ("objects_programmed", "gauge", self.objects),
-                ("store_up", "gauge", self.store_up),
-                ("store_errors_total", "counter", self.store_errors),
-            )
-        )
-
-
 class Agent:
     """Holds the node's compiler and driver; every method takes the lock, so CNI requests and ledger
     changes are applied one at a time. While the store cannot be reached the kernel keeps what it holds:
@@ -71,7 +39,9 @@ class Agent:
     def __init__(self, ledger: Ledger, node: str, driver: Driver, announcer: Announcer | None = None) -> None:
         self.ledger, self.node, self.driver, self.announcer = ledger, node, driver, announcer
         self.lock = threading.RLock()
-        self.metrics = Metrics()
+        self.metrics = AgentMetrics(node)
+        if announcer is not None:
+            self.metrics.watch(BgpCollector(node, self._bgp_report))
         self.problems: dict[str, str] = {}
         self.store_problem: str | None = None
         self.published = b""
@@ -100,7 +70,7 @@ class Agent:
             started = time.perf_counter()
             self.positions, self.slice, self.compiler = {}, Slice(self.node), Compiler([])
             self._subscribe()
-            self.metrics.lists += 1
+            self.metrics.lists.inc()
             self.planner = Planner(self.compiler.node_state(self.node))
             self._program(None, started)
             self._announce()
@@ -142,14 +112,14 @@ class Agent:
         if self.store_problem is not None:
             log.info("store reachable again at revision %d", self.revision)
         self.store_problem = None
-        self.metrics.store_up = 1
+        self.metrics.store_up.set(1)
 
     def _unreachable(self, exc: Unavailable) -> None:
         if self.store_problem != str(exc):
             log.warning("%s; the kernel keeps its state, retrying", exc)
         self.store_problem = str(exc)
-        self.metrics.store_up = 0
-        self.metrics.store_errors += 1
+        self.metrics.store_up.set(0)
+        self.metrics.store_errors.inc()
 
     def reconcile(self) -> None:
         """Try again what the kernel could not hold yet (after a CNI ADD made a veth, and periodically)."""
@@ -211,19 +181,19 @@ class Agent:
             failed = self.driver.apply(self.planner.plan, keys)
         self.problems = {" ".join(map(str, k)): reason for k, reason in failed.items()}
         done = time.perf_counter()
-        self.metrics.reconciles += 1
-        self.metrics.errors += 1 if failed else 0
-        self.metrics.last_seconds, self.metrics.last_kernel_seconds = done - started, done - kernel
-        self.metrics.total_seconds += done - started
-        self.metrics.objects = len(self.driver.current)
+        self.metrics.reconciles.inc()
+        if failed:
+            self.metrics.errors.inc()
+        self.metrics.reconcile_seconds.observe(done - started)
+        self.metrics.kernel_seconds.observe(done - kernel)
+        self.metrics.objects.set(len(self.driver.current))
 
     def metrics_text(self) -> str:
-        """The agent's metrics, and its BGP speaker's when it has one."""
-        text = self.metrics.text(self.node)
-        if self.announcer is not None:
-            with self.lock:
-                text += bgp_metrics(self.node, self.announcer.report())
-        return text
+        return self.metrics.text()
+
+    def _bgp_report(self) -> dict[str, object] | None:
+        with self.lock:
+            return self.announcer.report() if self.announcer is not None else None
 
     def names(self) -> Names:
         """Who the node's slice says each address is, for flow records (made again when it changed)."""

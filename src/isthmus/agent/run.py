@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import http.server
 import logging
 import signal
 import threading
 from pathlib import Path
 
+from prometheus_client import start_http_server
+
 from isthmus.agent.bgp import Announcer
 from isthmus.agent.cni import Service, serve
 from isthmus.agent.flows import Recorder
+from isthmus.agent.metrics import FlowCollector
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel.driver import Driver
 from isthmus.store import Ledger
@@ -29,20 +31,7 @@ SYSCTLS = {
 
 def _metrics(agent: Agent, listen: str) -> None:
     host, _, port = listen.rpartition(":")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = agent.metrics_text().encode()
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.end_headers()
-            self.wfile.write(body if self.path == "/metrics" else b"")
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    start_http_server(int(port), host or "127.0.0.1", registry=agent.metrics.registry)
 
 
 def _record(recorder: Recorder, stop: threading.Event) -> None:
@@ -66,6 +55,7 @@ def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None
         _metrics(agent, metrics)
     stop = threading.Event()
     agent.recorder = Recorder(node, agent.names, agent.words)
+    agent.metrics.watch(FlowCollector(node, agent.recorder.tally))
     threading.Thread(target=_record, args=(agent.recorder, stop), name="flows", daemon=True).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
