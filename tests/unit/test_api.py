@@ -176,3 +176,51 @@ def test_openapi_documents_every_kind(client: TestClient) -> None:
     ):
         assert kind in doc["components"]["schemas"]
     assert f"{V1}/namespaces/{{namespace}}/subnets/{{name}}" in doc["paths"]
+
+
+RECORDS = [
+    {
+        "seq": 1,
+        "time": 1.0,
+        "node": "n1",
+        "source": {"namespace": "acme", "name": "web", "address": "10.0.0.1", "port": 40000},
+        "destination": {"namespace": "umbrella", "name": "db", "address": "10.0.0.2", "port": 5432},
+        "protocol": "TCP",
+        "verdict": "dropped",
+        "rule": "umbrella/deny-all",
+        "service": "umbrella/db",
+    },
+    {
+        "seq": 2,
+        "time": 2.0,
+        "node": "n1",
+        "source": {"namespace": "umbrella", "name": "app", "address": "10.0.0.3", "port": 40001},
+        "destination": {"namespace": "umbrella", "name": "db", "address": "10.0.0.2", "port": 5432},
+        "protocol": "TCP",
+        "verdict": "allowed",
+        "rule": "",
+    },
+]
+
+
+def test_flows_are_read_from_every_agent_and_a_tenant_sees_only_its_own(
+    client: TestClient, store: Ledger
+) -> None:
+    store.commit({}, [("/status/nodes/n1", b'{"control": "/run/n1.sock"}')])
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    def agent(path: Any, request: dict[str, Any]) -> dict[str, Any]:
+        asked.append((str(path), request))
+        return {"result": {"records": RECORDS, "seq": 2, "lost": 0, "overwritten": 0}}
+
+    client.app.state.ask_agent = agent  # type: ignore[attr-defined]
+    everything = client.get(f"{V1}/flows", headers=bearer(ADMIN)).json()
+    assert [r["seq"] for r in everything["items"]] == [1, 2] and everything["problems"] == {}
+    assert asked == [("/run/n1.sock", {"command": "FLOWS", "since": 0})]
+    dropped = client.get(f"{V1}/flows", params={"verdict": "dropped"}, headers=bearer(ADMIN)).json()
+    assert [r["seq"] for r in dropped["items"]] == [1]
+    acme = client.get(f"{V1}/flows", headers=bearer(admin_setup(client, "acme"))).json()
+    (seen,) = acme["items"]  # not umbrella's own flow
+    assert seen["destination"] == {"address": "10.0.0.2", "port": 5432} and "service" not in seen
+    assert seen["source"]["name"] == "web" and "problems" not in acme
+    assert client.get(f"{V1}/flows").status_code == 401

@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from isthmus import __version__
-from isthmus.api.routes import ApiError, kind_routes, token_routes
+from isthmus.agent.cni import ask
+from isthmus.api.routes import ApiError, flow_routes, kind_routes, token_routes
 from isthmus.intent import IntentError
 from isthmus.neutron.identity import Unauthorized, identity_routes
 from isthmus.neutron.routes import NeutronError, network_routes
@@ -32,6 +33,7 @@ def status(code: int, reason: str, message: str) -> JSONResponse:
 def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
     app = FastAPI(title="Isthmus", version=__version__, description="One SDN control plane: the intent API")
     app.state.ledger, app.state.admin_token = ledger, admin_token
+    app.state.ask_agent = ask  # how the flow records are asked of each node's agent
 
     @app.exception_handler(ApiError)
     def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -67,6 +69,7 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
 
     app.include_router(kind_routes())
     app.include_router(token_routes())
+    app.include_router(flow_routes())
     app.include_router(identity_routes())
     app.include_router(network_routes())
     return app

@@ -7,7 +7,7 @@ other tenants' objects do not exist for it (404).
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from isthmus import intent
 from isthmus.api.auth import Principal, authenticate, issue, revoke, tokens_of
 from isthmus.model import KINDS, KindInfo, Object, parse_object
 from isthmus.model.manifest import describe
+from isthmus.observe.flows import Filter, Observer
 from isthmus.store import Ledger, objects
 
 PREFIX = "/apis/isthmus.io/v1"
@@ -219,3 +220,47 @@ def token_routes() -> APIRouter:
         return {"id": token_id, "status": "revoked"}
 
     return router
+
+
+def flow_routes() -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["Flow"])
+
+    @router.get("/flows", name="list flow records")
+    def flows(
+        request: Request,
+        who: Caller,
+        namespace: str | None = None,
+        pod: str | None = None,
+        service: str | None = None,
+        verdict: Literal["allowed", "dropped"] | None = None,
+        protocol: Literal["TCP", "UDP", "SCTP", "ICMP"] | None = None,
+        port: int | None = None,
+        node: str | None = None,
+    ) -> dict[str, Any]:
+        """The flow records every node keeps, as `isthmus observe` reads them. A tenant sees the records
+        with an end in its own namespace, the other end only by its address."""
+        observer = Observer(_ledger(request), request.app.state.ask_agent)
+        chosen = Filter(namespace, pod, service, verdict, protocol, port, node)
+        items = [r for r in observer.poll() if chosen.matches(r)]
+        if not who.admin:
+            items = [_own(r, str(who.tenant)) for r in items if who.tenant in _namespaces(r)]
+        return {"kind": "FlowList", "items": items} | ({"problems": observer.problems} if who.admin else {})
+
+    return router
+
+
+def _namespaces(record: dict[str, Any]) -> set[str | None]:
+    return {record["source"].get("namespace"), record["destination"].get("namespace")}
+
+
+def _own(record: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """The record as a tenant sees it: another tenant's end by its address and port only, and a service
+    only its own."""
+    shown = dict(record)
+    for end in ("source", "destination"):
+        if record[end].get("namespace") != tenant:
+            shown[end] = {k: v for k, v in record[end].items() if k in ("address", "port")}
+    if not str(record.get("service", "")).startswith(f"{tenant}/"):
+        shown.pop("service", None)
+        shown.pop("vip", None)
+    return shown
