@@ -13,6 +13,7 @@ from bench import (  # noqa: F401  (register their benchmarks)
     dataplane,
     failover,
     federation,
+    flows,
     foundation,
     kube,
     neutron,

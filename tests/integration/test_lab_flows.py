@@ -111,6 +111,16 @@ def test_a_dropped_connection_names_its_policy_within_a_second_and_an_allowed_on
         counted = f'isthmus_flows_total{{node="{node}",rule="x/a-81-only",verdict="dropped"}}'
         assert any(line.startswith(counted) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())
         assert f'isthmus_agent_reconcile_seconds_bucket{{le="0.1",node="{node}"}}' in metrics
+        latency = {
+            line.split("{")[0]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("isthmus_agent_network_programming_seconds_")
+        }  # the policy's change, from the ledger taking it to this node programming it
+        assert latency["isthmus_agent_network_programming_seconds_count"] >= 1
+        assert (
+            latency["isthmus_agent_network_programming_seconds_sum"]
+            < 5 * latency["isthmus_agent_network_programming_seconds_count"]
+        )
         assert allowed["source"] | {"port": 0} == {
             "namespace": "y",
             "name": "b",

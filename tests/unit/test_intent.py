@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import time
 from typing import Any
 
 import pytest
@@ -62,6 +63,21 @@ def test_apply_allocates_and_reapply_is_unchanged(ledger: Ledger) -> None:
     revision = ledger.revision()
     assert [d.action for d in apply(ledger, *tenant_net(), endpoint("a"), endpoint("b"))] == ["unchanged"] * 5
     assert ledger.revision() == revision
+
+
+def test_the_ledger_stamps_when_it_took_each_change_and_ignores_a_given_time(ledger: Ledger) -> None:
+    before = time.time()
+    (made,) = [d.object for d in apply(ledger, *tenant_net(), endpoint("a"))][3:]
+    stamped = made.metadata.changed_at
+    assert stamped is not None and before <= stamped <= time.time()
+    forged = endpoint("a")
+    forged["metadata"]["changedAt"] = 1.0
+    (again,) = apply(ledger, *tenant_net(), forged)[3:]
+    assert again.action == "unchanged" and again.object.metadata.changed_at == stamped
+    moved = endpoint("a")
+    moved["metadata"]["labels"] = {"tier": "web"}
+    (changed,) = apply(ledger, *tenant_net(), moved)[3:]
+    assert changed.action == "configured" and (changed.object.metadata.changed_at or 0) >= stamped
 
 
 def test_a_change_is_redone_when_another_takes_what_it_read(ledger: Ledger) -> None:

@@ -15,6 +15,7 @@ DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "isthmus.json"
 def exported() -> str:
     metrics = AgentMetrics("node-1")
     metrics.reconcile_seconds.observe(0.02)
+    metrics.programming_seconds.observe(0.05)
     metrics.store_up.set(1)
     report = {"peers": [{"address": "192.0.2.1", "state": "Established"}], "announced": ["203.0.113.5/32"]}
     metrics.watch(BgpCollector("node-1", lambda: report))

@@ -46,6 +46,10 @@ class AgentMetrics:
         self.errors = counter("reconcile_errors", "Reconciles that left kernel objects pending")
         self.reconcile_seconds = histogram("reconcile_seconds", "Time from a change's arrival to programmed")
         self.kernel_seconds = histogram("kernel_seconds", "Time spent programming the kernel in a reconcile")
+        self.programming_seconds = histogram(
+            "network_programming_seconds",
+            "From the ledger taking a change of an object to this node having programmed it",
+        )
         self.objects = gauge("objects_programmed", "Kernel objects the agent holds programmed")
         self.store_up = gauge("store_up", "1 while the ledger's store answers")
         self.store_errors = counter("store_errors", "Failures to reach the ledger's store")

@@ -141,6 +141,10 @@ class Agent:
             keys = self.planner.update(self.compiler.node_state(self.node), delta)
             if keys:
                 self._program(keys, started)
+            programmed = time.time()
+            for changed in (o.metadata.changed_at for o in puts):
+                if changed is not None:
+                    self.metrics.programming_seconds.observe(max(0.0, programmed - changed))
             touched = [
                 *(k for e in delta.puts.values() for k in e),
                 *(k for d in delta.deletes.values() for k in d),

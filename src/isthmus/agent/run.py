@@ -41,7 +41,9 @@ def _record(recorder: Recorder, stop: threading.Event) -> None:
         logging.getLogger("isthmus.agent").warning("no flow records: %s", exc)
 
 
-def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None) -> None:
+def run(
+    ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None, records: bool = True
+) -> None:
     """Program the node and serve the plugin until SIGTERM or SIGINT; the kernel keeps its state."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name, value in SYSCTLS.items():
@@ -54,9 +56,10 @@ def run(ledger: Ledger, node: str, socket: Path, work: Path, metrics: str | None
     if metrics:
         _metrics(agent, metrics)
     stop = threading.Event()
-    agent.recorder = Recorder(node, agent.names, agent.words)
-    agent.metrics.watch(FlowCollector(node, agent.recorder.tally))
-    threading.Thread(target=_record, args=(agent.recorder, stop), name="flows", daemon=True).start()
+    if records:
+        agent.recorder = Recorder(node, agent.names, agent.words)
+        agent.metrics.watch(FlowCollector(node, agent.recorder.tally))
+        threading.Thread(target=_record, args=(agent.recorder, stop), name="flows", daemon=True).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     logging.getLogger("isthmus.agent").info("node %s programmed at revision %d", node, agent.revision)

@@ -497,13 +497,21 @@ def agent() -> None:
 @click.option("--socket", default="/run/isthmus/cni.sock", show_default=True, help="The CNI plugin's socket.")
 @click.option("--work", default="/var/lib/isthmus/agent", show_default=True, help="The agent's own files.")
 @click.option("--metrics", help="HOST:PORT to serve Prometheus metrics on.")
+@click.option(
+    "--flow-records/--no-flow-records",
+    default=True,
+    show_default=True,
+    help="Keep records of the flows the node's rules decide (NFLOG); off, the kernel drops them unread.",
+)
 @pass_context
-def agent_run(ctx: Context, node: str, socket: str, work: str, metrics: str | None) -> None:
+def agent_run(
+    ctx: Context, node: str, socket: str, work: str, metrics: str | None, flow_records: bool
+) -> None:
     """Program this node's network namespace and serve the CNI plugin until stopped."""
     from isthmus.agent.run import run
 
     with errors():
-        run(ctx.ledger, node, Path(socket), Path(work), metrics)
+        run(ctx.ledger, node, Path(socket), Path(work), metrics, flow_records)
 
 
 def _serving() -> threading.Event:

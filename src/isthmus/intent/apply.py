@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +26,12 @@ class Applied:
 
 def _with_version(obj: Object, revision: int | None) -> Object:
     return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"resource_version": revision})})
+
+
+def _stamped(obj: Object, at: float | None) -> Object:
+    """The object as the ledger keeps it: no version (the store's revision is), changed at `at`."""
+    update = {"resource_version": None, "changed_at": at}
+    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update=update)})
 
 
 def change(
@@ -94,8 +101,9 @@ def _put(txn: Txn, obj: Object, create_only: bool, check_version: bool) -> Appli
     if check_version and wanted is not None and (old is None or old.metadata.resource_version != wanted):
         raise Stale(f"{ident(obj)} has changed since version {wanted}; read it again")
     new = admit(txn, obj, old)
-    if old is not None and new == _with_version(old, None):
+    if old is not None and _stamped(new, None) == _stamped(old, None):
         return Applied(old, "unchanged")
+    new = _stamped(new, time.time())
     objects.put(txn, new, old)
     return Applied(new, "configured" if old else "created")
 

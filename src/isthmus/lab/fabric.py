@@ -327,8 +327,8 @@ class Fabric:
         self.save()
         return process
 
-    def start_agent(self, node: str) -> None:
-        """The node's agent, once its CNI socket answers."""
+    def start_agent(self, node: str, *options: str) -> None:
+        """The node's agent (with `options` of `isthmus agent run`), once its CNI socket answers."""
         (self.work / node).mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket(node).unlink()  # a dead agent's; the new one's shows it is up
@@ -341,6 +341,7 @@ class Fabric:
             str(self.socket(node)),
             "--work",
             str(self.work / node),
+            *options,
         ]
         process = self._start("agent", node, *argv)
         deadline = time.monotonic() + 30

@@ -1,7 +1,7 @@
 """Names, metadata and the base of every Isthmus kind.
 
 Invariants: every object has a DNS-1123 name; Isthmus objects of a namespaced kind live in a namespace that
-is their tenant; uid and resourceVersion are assigned by the ledger, never trusted from input.
+is their tenant; uid, resourceVersion and changedAt are assigned by the ledger, never trusted from input.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class ObjectMeta(Model):
     namespace: Name | None = None
     uid: str | None = None
     resource_version: int | None = None
+    changed_at: float | None = Field(
+        None, description="when the ledger took the object's last change (seconds since the epoch)"
+    )
     labels: Labels = {}
     annotations: dict[str, str] = {}
 

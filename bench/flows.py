@@ -1,0 +1,195 @@
+"""Flow records (issue 19) on a real two-node lab: what recording costs forwarding, and what a flood of
+dropped packets does to the agent. The same lab is measured with the agents recording and with them
+started `--no-flow-records` (the kernel's log statements then find no reader), in alternating rounds:
+single-stream TCP throughput across nodes and new TCP connections a second (each one recorded on both
+nodes). Then, recording, a UDP flood to a port the destination's NetworkPolicy drops (every packet a new
+flow: logged up to the rule's limit, the rest counted by its twin): the records a second the agent took,
+the messages the kernel dropped unread, the agent's memory before and after, and TCP throughput during the
+flood. Apart from the lab, the records a second one recorder turns logged packets into.
+Needs root, nftables and iperf3 (scripts/bootstrap)."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.dataplane import (
+    NAMESPACE,
+    NAMESPACE_DOC,
+    NODES,
+    _admitted,
+    _gbps,
+    _lab,
+    _listening,
+    _pod,
+    _spawn,
+    _wait,
+)
+from bench.harness import Figures, Goal, benchmark
+from isthmus.agent.cni import ask
+from isthmus.agent.flows import Named, Names, Recorder
+from isthmus.dataplane.kernel.nflog import Logged
+from isthmus.lab.fabric import Fabric, netns_exec
+from isthmus.model import Endpoint
+
+ROUNDS, CONNECTS, FLOOD_SECONDS, FLOOD_PPS, RECORDS = 2, 1000, 5, 100_000, 50_000
+POLICY = {  # the remote pod takes iperf3 and the connection target only: anything else is dropped
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "remote", "namespace": NAMESPACE},
+    "spec": {
+        "podSelector": {"matchLabels": {"pod": "remote"}},
+        "ingress": [{"ports": [{"port": 5201}, {"port": 8080}]}],
+    },
+}
+CONNECT = """
+import socket, sys, time
+started = time.monotonic()
+for _ in range(int(sys.argv[3])):
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()
+print(int(sys.argv[3]) / (time.monotonic() - started))
+"""
+FLOOD = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+target, rate, seconds = (sys.argv[1], 9), int(sys.argv[2]), float(sys.argv[3])
+sent, started, payload = 0, time.monotonic(), bytes(36)
+while (now := time.monotonic() - started) < seconds:
+    if sent < rate * now:
+        for _ in range(100):
+            sock.sendto(payload, target)
+        sent += 100
+    else:
+        time.sleep(0.0005)
+print(sent)
+"""  # UDP to port 9, which the policy drops: every datagram a new flow, up to `rate` a second
+LISTEN = """
+import socket
+server = socket.create_server(("0.0.0.0", 8080), backlog=512)
+while True:
+    server.accept()[0].close()
+"""
+
+
+def _restart(fabric: Fabric, record: bool) -> None:
+    """Both agents again, recording or not (the kernel keeps its state meanwhile)."""
+    for node in NODES:
+        fabric.stop(f"agent/{node}")
+        fabric.start_agent(node, "--flow-records" if record else "--no-flow-records")
+
+
+def _connects(client: str, address: str) -> float:
+    done = netns_exec(client, "python3", "-c", CONNECT, address, "8080", str(CONNECTS))
+    if done.returncode != 0:
+        raise RuntimeError(f"connections from {client}: {done.stderr.strip()}")
+    return float(done.stdout)
+
+
+def _flows(fabric: Fabric, node: str) -> dict[str, Any]:
+    answer = ask(fabric.socket(node), {"command": "FLOWS", "since": 1 << 62})
+    result: dict[str, Any] = answer["result"]
+    return result
+
+
+def _rss_mb(fabric: Fabric, node: str) -> float:
+    """The agent's resident memory (its process is the child of `ip netns exec`, which execs it)."""
+    status = Path(f"/proc/{fabric.processes[f'agent/{node}']}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def _recorder_rate() -> float:
+    """Logged packets turned into records a second by one recorder (no kernel: parsing, naming, ring)."""
+    names = Names({f"10.0.{i // 250}.{i % 250}": Named("ns", f"pod-{i}", "pods") for i in range(10_000)})
+    recorder = Recorder("node-1", lambda: names, {"dabc": "ns/deny"}.get)
+    header = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0])
+    packets = [
+        Logged(
+            "dabc",
+            4,
+            3,
+            4,
+            0,
+            header + bytes([10, 0, i // 250 % 40, i % 250, 10, 0, 1, 1]) + i.to_bytes(2, "big") + bytes(18),
+        )
+        for i in range(RECORDS)
+    ]
+    started = time.perf_counter()
+    for i, packet in enumerate(packets):
+        recorder.add(packet, 1000.0 + i)
+    return RECORDS / (time.perf_counter() - started)
+
+
+@benchmark(
+    "flow-records",
+    units={
+        "gbps_recording": "Gbit/s",
+        "gbps_not_recording": "Gbit/s",
+        "connects_recording": "conn/s",
+        "connects_not_recording": "conn/s",
+        "flood_pps": "packets/s",
+        "flood_records_per_s": "records/s",
+        "flood_lost": "messages",
+        "agent_mb_before_flood": "MB",
+        "agent_mb_after_flood": "MB",
+        "gbps_during_flood": "Gbit/s",
+        "recorder_records_per_s": "records/s",
+    },
+    ratios={
+        "throughput_recording_vs_not": ("gbps_recording", "gbps_not_recording"),
+        "connects_recording_vs_not": ("connects_recording", "connects_not_recording"),
+        "memory_after_vs_before_flood": ("agent_mb_after_flood", "agent_mb_before_flood"),
+    },
+    goals=(Goal("throughput_recording_vs_not", ">=", 0.95),),
+)
+def flow_records() -> Figures:
+    docs = [NAMESPACE_DOC, _pod("client", "node-1"), _pod("remote", "node-2"), POLICY]
+    with _lab(docs) as fabric:
+        client = fabric.pod("node-1", NAMESPACE, "client", [])
+        remote = fabric.pod("node-2", NAMESPACE, "remote", [])
+        address = str(_admitted(fabric, Endpoint, "remote").spec.addresses[0])
+        _spawn(fabric, "iperf3/remote", remote, "iperf3", "-s")
+        _spawn(fabric, "listen/remote", remote, "python3", "-c", LISTEN)
+        for port in (5201, 8080):
+            _wait(f"port {port} in {remote}", functools.partial(_listening, remote, port), 10)
+        figures: dict[str, list[float]] = {}
+        for i in range(2 * ROUNDS):
+            record = i % 2 == 0
+            _restart(fabric, record)
+            what = "recording" if record else "not_recording"
+            figures.setdefault(f"gbps_{what}", []).append(_gbps(client, address))
+            figures.setdefault(f"connects_{what}", []).append(_connects(client, address))
+        _restart(fabric, True)
+        before, mb_before = _flows(fabric, "node-2"), _rss_mb(fabric, "node-2")
+        flood = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                client,
+                "python3",
+                "-c",
+                FLOOD,
+                address,
+                str(FLOOD_PPS),
+                str(FLOOD_SECONDS),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        during = _gbps(client, address)
+        sent = int(flood.communicate(timeout=FLOOD_SECONDS + 30)[0])
+        after, mb_after = _flows(fabric, "node-2"), _rss_mb(fabric, "node-2")
+        return {name: statistics.median(values) for name, values in figures.items()} | {
+            "flood_pps": sent / FLOOD_SECONDS,
+            "flood_records_per_s": (after["seq"] - before["seq"]) / FLOOD_SECONDS,
+            "flood_lost": after["lost"] - before["lost"],
+            "agent_mb_before_flood": mb_before,
+            "agent_mb_after_flood": mb_after,
+            "gbps_during_flood": during,
+            "recorder_records_per_s": _recorder_rate(),
+        }
