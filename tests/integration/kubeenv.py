@@ -145,12 +145,16 @@ class NodeStandIn:
 class Manager:
     """`isthmus kube watch` as a process of its own."""
 
-    def __init__(self, state: Path, kubeconfig: Path, store: str | None = None, replica: str = "") -> None:
-        """On the ledger of `state`, or of `store` (a URL) as the replica `replica` of the election."""
+    def __init__(
+        self, state: Path, kubeconfig: Path, store: str | None = None, replica: str = "", metrics: str = ""
+    ) -> None:
+        """On the ledger of `state`, or of `store` (a URL) as the replica `replica` of the election;
+        serving its metrics on `metrics` (HOST:PORT) when given."""
         self.state = state
         self.log = (state.parent / f"{state.name}.log").open("ab")
         where = ["--store", store] if store else []
         named = ["--replica", replica] if replica else []
+        named += ["--metrics", metrics] if metrics else []
         self.process = subprocess.Popen(
             [
                 *(str(ISTHMUS), "--state", str(state), *where, "kube", "watch"),

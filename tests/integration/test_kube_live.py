@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +69,10 @@ def test_leonardo_manifests_make_networks_addresses_vips_policy_and_a_floating_i
     cluster: Cluster, state: Path, managers: list[Manager]
 ) -> None:
     cluster.namespace("leonardo", isolation="collection")
-    manager = Manager(state, cluster.kubeconfig)
+    with socket.socket() as probe:  # a free port for the manager's metrics
+        probe.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{probe.getsockname()[1]}"
+    manager = Manager(state, cluster.kubeconfig, metrics=metrics)
     managers.append(manager)
     cluster.create(
         "leonardo",
@@ -115,6 +120,10 @@ def test_leonardo_manifests_make_networks_addresses_vips_policy_and_a_floating_i
     (policy,) = listed(state, "Policy", "leonardo")
     assert policy.metadata.name == "uses-ftleonardo"
     assert policy.spec.rules[0].destination.service == "ftleonardo"
+    exposed = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+    counted = {line.split()[0]: float(line.split()[1]) for line in exposed.splitlines() if line[:1] != "#"}
+    assert counted['isthmus_kube_events_total{kind="Pod"}'] >= 6
+    assert counted["isthmus_kube_reconcile_seconds_count"] >= 1
     assert manager.terminate() == 0  # SIGTERM: a clean shutdown
     # the same manifests, offline, give the same networks, endpoints, VIPs, floating IP and policy
     offline = MemoryLedger()

@@ -224,3 +224,15 @@ def test_flows_are_read_from_every_agent_and_a_tenant_sees_only_its_own(
     assert seen["destination"] == {"address": "10.0.0.2", "port": 5432} and "service" not in seen
     assert seen["source"]["name"] == "web" and "problems" not in acme
     assert client.get(f"{V1}/flows").status_code == 401
+
+
+def test_request_metrics_go_to_the_admin_only_by_route_template(client: TestClient) -> None:
+    token = admin_setup(client, "acme")
+    assert client.get(f"{V1}/namespaces/acme/virtualnetworks/red", headers=bearer(token)).status_code == 200
+    assert client.get("/metrics", headers=bearer(token)).status_code == 403
+    assert client.get("/metrics").status_code == 401
+    shown = client.get("/metrics", headers=bearer(ADMIN))
+    assert shown.status_code == 200
+    route = f"{V1}/namespaces/{{namespace}}/virtualnetworks/{{name}}"
+    line = f'isthmus_api_request_seconds_count{{code="200",method="GET",route="{route}"}}'
+    assert line in shown.text and "acme" not in shown.text  # templates, never a tenant's names

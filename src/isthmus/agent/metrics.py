@@ -18,8 +18,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from isthmus.observe.metrics import SECONDS
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series: when the process started
-SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class AgentMetrics:

@@ -7,14 +7,13 @@ import signal
 import threading
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from isthmus.agent.bgp import Announcer
 from isthmus.agent.cni import Service, serve
 from isthmus.agent.flows import Recorder
 from isthmus.agent.metrics import FlowCollector
 from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel.driver import Driver
+from isthmus.observe import metrics as exposition
 from isthmus.store import Ledger
 
 SYSCTLS = {
@@ -27,11 +26,6 @@ SYSCTLS = {
     "net/ipv6/fwmark_reflect": "1",
     "net/ipv6/fib_multipath_hash_policy": "1",
 }
-
-
-def _metrics(agent: Agent, listen: str) -> None:
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), host or "127.0.0.1", registry=agent.metrics.registry)
 
 
 def _record(recorder: Recorder, stop: threading.Event) -> None:
@@ -54,7 +48,7 @@ def run(
     agent.control = str(socket)
     server = serve(Service(agent, work), socket)
     if metrics:
-        _metrics(agent, metrics)
+        exposition.serve(agent.metrics.registry, metrics)
     stop = threading.Event()
     if records:
         agent.recorder = Recorder(node, agent.names, agent.words)

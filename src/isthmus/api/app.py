@@ -4,18 +4,22 @@ version discovery."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import generate_latest
 
 from isthmus import __version__
 from isthmus.agent.cni import ask
-from isthmus.api.routes import ApiError, flow_routes, kind_routes, token_routes
+from isthmus.api.routes import ApiError, Caller, flow_routes, kind_routes, token_routes
 from isthmus.intent import IntentError
 from isthmus.neutron.identity import Unauthorized, identity_routes
 from isthmus.neutron.routes import NeutronError, network_routes
+from isthmus.observe.metrics import ApiMetrics
 from isthmus.store import Conflict, Ledger
 
 
@@ -66,6 +70,26 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "revision": ledger.revision()}
+
+    measured = ApiMetrics()
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")  # a route's template: no names or ids as labels
+        measured.requests.labels(request.method, template, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics(request: Request, who: Caller) -> str:
+        """The API's Prometheus metrics, to the admin only (route templates, never a tenant's names)."""
+        if not who.admin:
+            raise ApiError(403, "Forbidden", "only the admin reads the metrics")
+        return generate_latest(measured.registry).decode()
 
     app.include_router(kind_routes())
     app.include_router(token_routes())

@@ -44,8 +44,10 @@ from isthmus.model import (
 )
 from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
+from isthmus.observe import metrics as exposition
 from isthmus.observe.flows import VERDICTS, Filter, Observer
 from isthmus.observe.impact import impact
+from isthmus.observe.metrics import FederationMetrics, KubeMetrics
 from isthmus.store import Credentials, Ledger, objects
 from isthmus.store.election import Election, controllers, elected
 
@@ -408,6 +410,7 @@ _REPLICA = click.option(
     show_default="HOSTNAME-PID",
     help="This replica's name in the leader election.",
 )
+_METRICS = click.option("--metrics", help="HOST:PORT to serve Prometheus metrics on (/metrics).")
 
 
 @cli.group()
@@ -425,8 +428,9 @@ def kube() -> None:
 )
 @click.option("--resync", default=300.0, show_default=True, help="Seconds between full listings.")
 @_REPLICA
+@_METRICS
 @pass_context
-def watch(ctx: Context, kubeconfig: str, resync: float, replica: str) -> None:
+def watch(ctx: Context, kubeconfig: str, resync: float, replica: str, metrics: str | None) -> None:
     """Watch the API server and keep the ledger's networks in step, until SIGTERM or SIGINT. Replicas
     elect one leader on the ledger (controller `kube`); the others stand by."""
     from kubernetes import config
@@ -435,9 +439,12 @@ def watch(ctx: Context, kubeconfig: str, resync: float, replica: str) -> None:
 
     stop = _serving()
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    measured = KubeMetrics()
+    if metrics:
+        exposition.serve(measured.registry, metrics)
 
     def manage(ledger: Ledger, term: threading.Event) -> None:
-        Manager(ledger, KubeConfig(), api, resync=resync).run(term)
+        Manager(ledger, KubeConfig(), api, resync=resync, metrics=measured).run(term)
 
     with errors():
         elected(Election(ctx.ledger, "kube", replica), stop, manage)
@@ -496,7 +503,7 @@ def agent() -> None:
 @click.option("--node", required=True, help="The Node this agent programs.")
 @click.option("--socket", default="/run/isthmus/cni.sock", show_default=True, help="The CNI plugin's socket.")
 @click.option("--work", default="/var/lib/isthmus/agent", show_default=True, help="The agent's own files.")
-@click.option("--metrics", help="HOST:PORT to serve Prometheus metrics on.")
+@_METRICS
 @click.option(
     "--flow-records/--no-flow-records",
     default=True,
@@ -544,9 +551,10 @@ def _peer(value: str) -> BgpPeer:
 )
 @click.option("--work", default="/var/lib/isthmus/federation", show_default=True, help="The speaker's files.")
 @_REPLICA
+@_METRICS
 @pass_context
 def federation_run(
-    ctx: Context, address: str, asn: int, peers: tuple[str, ...], work: str, replica: str
+    ctx: Context, address: str, asn: int, peers: tuple[str, ...], work: str, replica: str, metrics: str | None
 ) -> None:
     """Announce the routes of networks with export targets; import the peers' routes until stopped.
     Every replica announces; the one that leads the election `federation` imports."""
@@ -557,9 +565,12 @@ def federation_run(
         settings = Settings(ipaddress.ip_address(address), asn, tuple(_peer(p) for p in peers))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    measured = FederationMetrics()
+    if metrics:
+        exposition.serve(measured.registry, metrics)
     with errors():
         election = Election(ctx.ledger, "federation", replica)
-        Federation(ctx.ledger, Path(work), settings, election).run(_serving())
+        Federation(ctx.ledger, Path(work), settings, election, measured).run(_serving())
 
 
 cli.add_command(lab)

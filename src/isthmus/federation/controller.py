@@ -21,6 +21,7 @@ from isthmus.bgp.config import Settings
 from isthmus.bgp.control import BgpError
 from isthmus.federation.vpn import TABLE, Address, VpnRoute, exported, parse_routes, render
 from isthmus.model import ImportedRoute, Object, lookup_kind
+from isthmus.observe.metrics import FederationMetrics
 from isthmus.store import Compacted, Ledger, Unavailable, Watch, objects
 from isthmus.store.election import Deposed, Election
 
@@ -64,8 +65,16 @@ class Federation:
     """Exports from every replica (each its own BIRD, so peers hear the cluster from all of them); imports
     from the one that leads the election `federation`, through its fence."""
 
-    def __init__(self, ledger: Ledger, directory: Path, settings: Settings, election: Election) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        directory: Path,
+        settings: Settings,
+        election: Election,
+        metrics: FederationMetrics | None = None,
+    ) -> None:
         self.ledger, self.settings, self.election = ledger, settings, election
+        self.metrics = metrics or FederationMetrics()
         self.bird = Bird(directory)
         self.exports: set[VpnRoute] | None = None  # what BIRD announces, once loaded
         self.imported: dict[str, ImportedRoute] | None = None  # what the ledger holds, once written
@@ -87,15 +96,19 @@ class Federation:
                     self.step()
                 except BgpError as exc:
                     log.warning("federation: %s (BIRD started again on the next pass)", exc)
+                    self.metrics.errors.labels("bird").inc()
                     started = False
                 except intent.IntentError as exc:  # tried again on the next pass
                     log.warning("federation: %s", exc)
+                    self.metrics.errors.labels("refused").inc()
                     self.imported = None
                 except Unavailable as exc:  # BIRD keeps announcing what it has; next pass, watch anew
                     log.warning("federation: %s", exc)
+                    self.metrics.errors.labels("store").inc()
                     self.watch, self.imported = None, None
                 except Deposed as exc:  # another replica imports now
                     log.warning("federation: %s", exc)
+                    self.metrics.errors.labels("deposed").inc()
                     self.imported = None
                 stop.wait(every)
         finally:
@@ -118,7 +131,9 @@ class Federation:
             if exports != self.exports:
                 self.bird.load(render(self.settings, exports, self.bird.log, self.device))
                 self.exports = exports
+                self.metrics.exported.set(len(exports))
                 log.info("federation: announcing %d routes", len(exports))
+        self.metrics.leading.set(1 if self.election.leading else 0)
         if not self.election.leading:
             self.imported = None
             return
@@ -131,6 +146,7 @@ class Federation:
         if wanted != self.imported:
             self._import(wanted)
             self.imported = wanted
+            self.metrics.imported.set(len(wanted))
 
     def _moved(self) -> bool:
         """Whether a network, endpoint or node changed since the last pass (yes on the first)."""

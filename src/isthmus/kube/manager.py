@@ -26,6 +26,7 @@ from isthmus.kube.informer import KINDS, Changed, Event, Informer
 from isthmus.kube.sync import Reconciler, Shown, kube_target
 from isthmus.kube.view import Key, KubeView, key
 from isthmus.model import KubeObject
+from isthmus.observe.metrics import KubeMetrics
 from isthmus.store import Ledger, Unavailable
 from isthmus.store.election import Deposed
 
@@ -76,9 +77,16 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
 
 class Manager:
     def __init__(
-        self, ledger: Ledger, config: KubeConfig, api: client.ApiClient, *, resync: float = 300.0
+        self,
+        ledger: Ledger,
+        config: KubeConfig,
+        api: client.ApiClient,
+        *,
+        resync: float = 300.0,
+        metrics: KubeMetrics | None = None,
     ) -> None:
         self.api = api
+        self.metrics = metrics or KubeMetrics()
         self.core = client.CoreV1Api(api)
         self.reconciler = Reconciler(ledger, config, sink=self._show)
         self.inbox: queue.Queue[Event] = queue.Queue()
@@ -102,6 +110,7 @@ class Manager:
                 started = True
                 log.info("in sync with the API server; %d objects to reconcile", len(self.queue.pending))
             batch = self.queue.take(time.monotonic())
+            self.metrics.pending.set(len(self.queue.pending))
             if batch:
                 self._handle(batch)
             elif self.unshown and not stop.wait(1.0):
@@ -121,6 +130,7 @@ class Manager:
                 return
 
     def _receive(self, event: Event) -> None:
+        self.metrics.events.labels(event.kind).inc()
         if isinstance(event, Changed):
             self.queue.put(key(event.object), None if event.type == "DELETED" else event.object)
             return
@@ -136,7 +146,8 @@ class Manager:
     def _handle(self, batch: Sequence[Work]) -> None:
         """Reconcile the batch in one transaction; if it fails, its halves apart, down to single objects."""
         try:
-            self._apply(batch)
+            with self.metrics.batch_seconds.time():
+                self._apply(batch)
             for what, _ in batch:
                 self.queue.done(what)
         except Deposed:
@@ -145,6 +156,7 @@ class Manager:
             delay = max(self.queue.failed(work, time.monotonic()) for work in batch)
             log.warning("%s (%d objects, trying again in %.1f s)", exc, len(batch), delay)
         except Exception as exc:
+            self.metrics.errors.inc()
             if len(batch) > 1:
                 middle = len(batch) // 2
                 self._handle(batch[:middle])
