@@ -2,15 +2,16 @@
 dropped packets does to the agent. The same lab is measured with the agents recording and with them
 started `--no-flow-records` (the kernel's log statements then find no reader), in alternating rounds:
 single-stream TCP throughput across nodes and new TCP connections a second (each one recorded on both
-nodes). Then, recording, a UDP flood to a port the destination's NetworkPolicy drops (every packet a new
-flow: logged up to the rule's limit, the rest counted by its twin): the records a second the agent took,
-the messages the kernel dropped unread, the agent's memory before and after, and TCP throughput during the
-flood. Apart from the lab, the records a second one recorder turns logged packets into.
-Needs root, nftables and iperf3 (scripts/bootstrap)."""
+nodes). Then, recording, a UDP flood (hping3 --flood) to a port the destination's NetworkPolicy drops
+(every packet a new flow: logged up to the rule's limit, the rest counted by its twin): the records a
+second the agent took, the messages the kernel dropped unread, the agent's memory before and after, and
+TCP throughput during the flood. Apart from the lab, the records a second one recorder turns logged
+packets into. Needs root, nftables, iperf3 and hping3 (scripts/bootstrap)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 import subprocess
 import time
@@ -36,7 +37,7 @@ from isthmus.dataplane.kernel.nflog import Logged
 from isthmus.lab.fabric import Fabric, netns_exec
 from isthmus.model import Endpoint
 
-ROUNDS, CONNECTS, FLOOD_SECONDS, FLOOD_PPS, RECORDS = 2, 1000, 5, 100_000, 50_000
+ROUNDS, CONNECTS, FLOOD_SECONDS, RECORDS = 2, 1000, 5, 50_000
 POLICY = {  # the remote pod takes iperf3 and the connection target only: anything else is dropped
     "apiVersion": "networking.k8s.io/v1",
     "kind": "NetworkPolicy",
@@ -53,20 +54,6 @@ for _ in range(int(sys.argv[3])):
     socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()
 print(int(sys.argv[3]) / (time.monotonic() - started))
 """
-FLOOD = """
-import socket, sys, time
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-target, rate, seconds = (sys.argv[1], 9), int(sys.argv[2]), float(sys.argv[3])
-sent, started, payload = 0, time.monotonic(), bytes(36)
-while (now := time.monotonic() - started) < seconds:
-    if sent < rate * now:
-        for _ in range(100):
-            sock.sendto(payload, target)
-        sent += 100
-    else:
-        time.sleep(0.0005)
-print(sent)
-"""  # UDP to port 9, which the policy drops: every datagram a new flow, up to `rate` a second
 LISTEN = """
 import socket
 server = socket.create_server(("0.0.0.0", 8080), backlog=512)
@@ -93,6 +80,12 @@ def _flows(fabric: Fabric, node: str) -> dict[str, Any]:
     answer = ask(fabric.socket(node), {"command": "FLOWS", "since": 1 << 62})
     result: dict[str, Any] = answer["result"]
     return result
+
+
+def _sent(netns: str) -> int:
+    """Packets the namespace's eth0 has sent."""
+    shown = netns_exec(netns, "ip", "-j", "-s", "link", "show", "eth0").stdout
+    return int(json.loads(shown)[0]["stats64"]["tx"]["packets"])
 
 
 def _rss_mb(fabric: Fabric, node: str) -> float:
@@ -164,25 +157,17 @@ def flow_records() -> Figures:
             figures.setdefault(f"connects_{what}", []).append(_connects(client, address))
         _restart(fabric, True)
         before, mb_before = _flows(fabric, "node-2"), _rss_mb(fabric, "node-2")
-        flood = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                client,
-                "python3",
-                "-c",
-                FLOOD,
-                address,
-                str(FLOOD_PPS),
-                str(FLOOD_SECONDS),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+        sent_before = _sent(client)
+        hping = ["hping3", "--udp", "-p", "9", "-d", "36", "--flood", "-q", address]
+        flood = subprocess.Popen(  # UDP to port 9, which the policy drops: every datagram a new flow
+            ["ip", "netns", "exec", client, "timeout", "-s", "INT", str(FLOOD_SECONDS), *hping],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
         during = _gbps(client, address)
-        sent = int(flood.communicate(timeout=FLOOD_SECONDS + 30)[0])
+        flood.wait(FLOOD_SECONDS + 30)
+        sent = _sent(client) - sent_before
         after, mb_after = _flows(fabric, "node-2"), _rss_mb(fabric, "node-2")
         return {name: statistics.median(values) for name, values in figures.items()} | {
             "flood_pps": sent / FLOOD_SECONDS,
