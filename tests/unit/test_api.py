@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from isthmus.api import create_app
+from isthmus.kube.config import KubeConfig
+from isthmus.kube.sync import reconcile
+from isthmus.model import parse_manifests
 from isthmus.store import Ledger, MemoryLedger
 from tests.conftest import obj
+from tests.unit.netpol_model import model_manifests
 
 ADMIN = "admin-secret"
 V1 = "/apis/isthmus.io/v1"
@@ -236,3 +241,57 @@ def test_request_metrics_go_to_the_admin_only_by_route_template(client: TestClie
     route = f"{V1}/namespaces/{{namespace}}/virtualnetworks/{{name}}"
     line = f'isthmus_api_request_seconds_count{{code="200",method="GET",route="{route}"}}'
     assert line in shown.text and "acme" not in shown.text  # templates, never a tenant's names
+
+
+@pytest.fixture
+def model(store: Ledger) -> Ledger:
+    """The upstream NetworkPolicy model (namespaces x, y, z; pods a, b, c) in the ledger."""
+    reconcile(store, KubeConfig(), parse_manifests(model_manifests((80, 81), ("TCP",))))
+    return store
+
+
+def test_trace_matrix_and_impact_answer_a_tenant_of_its_own_namespace_only(
+    client: TestClient, model: Ledger
+) -> None:
+    admin = bearer(ADMIN)
+    token = client.post(f"{V1}/tenants/x/tokens", json={}, headers=admin).json()["token"]
+    traced = client.get(
+        f"{V1}/trace", params={"source": "x/a", "destination": "y/b", "port": 80}, headers=admin
+    )
+    assert traced.status_code == 200 and traced.json()["verdict"] == "allow" and traced.json()["rule"] == ""
+    own = {"source": "x/a", "destination": "x/b", "port": 80}
+    assert client.get(f"{V1}/trace", params=own, headers=bearer(token)).json()["verdict"] == "allow"
+    other = {"source": "x/a", "destination": "y/b", "port": 80}
+    assert client.get(f"{V1}/trace", params=other, headers=bearer(token)).status_code == 403
+    missing = client.get(f"{V1}/trace", params={**own, "destination": "x/nobody"}, headers=bearer(token))
+    assert missing.status_code == 404 and "nobody" in missing.json()["message"]
+    grid = client.get(f"{V1}/namespaces/x/matrix", params={"port": 80}, headers=bearer(token)).json()
+    assert grid["sources"] == ["x/a", "x/b", "x/c"] and all(all(r.values()) for r in grid["allowed"].values())
+    assert (
+        client.get(f"{V1}/namespaces/y/matrix", params={"port": 80}, headers=bearer(token)).status_code == 403
+    )
+    deny = yaml.safe_dump(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }
+    )
+    revision = model.revision()
+    found = client.post(
+        f"{V1}/namespaces/x/impact", json={"manifests": deny, "ports": ["80"]}, headers=bearer(token)
+    )
+    assert found.status_code == 200 and len(found.json()["closes"]) == 24 and found.json()["opens"] == []
+    assert model.revision() == revision  # nothing stored
+    elsewhere = deny.replace("name: deny", "name: deny\n  namespace: y")
+    assert (
+        client.post(
+            f"{V1}/namespaces/x/impact", json={"manifests": elsewhere}, headers=bearer(token)
+        ).status_code
+        == 403
+    )
+    bad = client.post(
+        f"{V1}/namespaces/x/impact", json={"manifests": "kind: [", "ports": ["80"]}, headers=bearer(token)
+    )
+    assert bad.status_code == 400

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from isthmus import __version__
 from isthmus.agent.cni import ask
-from isthmus.api.routes import ApiError, Caller, flow_routes, kind_routes, token_routes
+from isthmus.api.routes import ApiError, Caller, flow_routes, kind_routes, reach_routes, token_routes
 from isthmus.intent import IntentError
 from isthmus.neutron.identity import Unauthorized, identity_routes
 from isthmus.neutron.routes import NeutronError, network_routes
@@ -94,6 +94,7 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
     app.include_router(kind_routes())
     app.include_router(token_routes())
     app.include_router(flow_routes())
+    app.include_router(reach_routes())
     app.include_router(identity_routes())
     app.include_router(network_routes())
     return app

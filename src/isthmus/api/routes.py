@@ -9,15 +9,19 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from isthmus import intent
 from isthmus.api.auth import Principal, authenticate, issue, revoke, tokens_of
-from isthmus.model import KINDS, KindInfo, Object, parse_object
+from isthmus.compile.source import compiled
+from isthmus.dataplane.trace import Tracer, names
+from isthmus.dataplane.trace.matrix import matrix
+from isthmus.model import KINDS, KindInfo, ManifestError, Object, parse_manifests, parse_object
 from isthmus.model.manifest import describe
 from isthmus.observe.flows import Filter, Observer
+from isthmus.observe.impact import impact, parse_port
 from isthmus.store import Ledger, objects
 
 PREFIX = "/apis/isthmus.io/v1"
@@ -264,3 +268,79 @@ def _own(record: dict[str, Any], tenant: str) -> dict[str, Any]:
         shown.pop("service", None)
         shown.pop("vip", None)
     return shown
+
+
+def reach_routes() -> APIRouter:
+    """What the compiled state says of packets: a trace, a namespace's matrix, a change's impact. A tenant
+    asks of its own namespace only."""
+    router = APIRouter(prefix=PREFIX, tags=["Reachability"])
+
+    @router.get("/trace", name="trace a packet")
+    def trace(
+        request: Request,
+        who: Caller,
+        source: str,
+        destination: str,
+        port: Annotated[int, Query(ge=1, le=65535)],
+        protocol: Literal["TCP", "UDP", "SCTP"] = "TCP",
+        namespace: str = "default",
+    ) -> dict[str, Any]:
+        """As `isthmus trace SOURCE DESTINATION`: each hop, the verdict and the deciding rule."""
+        for end in (source, destination):
+            where = names.namespace_of(end, namespace)
+            if not who.admin and where != who.tenant:
+                raise ApiError(
+                    403, "Forbidden", f"tenant {who.tenant} may trace between its own endpoints only"
+                )
+        tracer = Tracer(compiled(_ledger(request))[0])
+        try:
+            start, end_address = (
+                names.source(tracer, source, namespace),
+                names.destination(tracer, destination, namespace),
+            )
+        except LookupError as exc:
+            raise ApiError(404, "NotFound", str(exc)) from None
+        return tracer.trace(start, end_address, protocol, port).as_json()
+
+    @router.get("/namespaces/{namespace}/matrix", name="reachability matrix of a namespace")
+    def reachability(
+        request: Request,
+        who: Caller,
+        namespace: str,
+        port: Annotated[int, Query(ge=1, le=65535)],
+        protocol: Literal["TCP", "UDP", "SCTP"] = "TCP",
+        to: Literal["pods", "services"] = "pods",
+        family: Literal[4, 6] = 4,
+    ) -> dict[str, Any]:
+        """As `isthmus matrix -n NAMESPACE`: the verdict from each of its pods to each destination in it."""
+        _own_namespace(who, namespace)
+        return matrix(Tracer(compiled(_ledger(request))[0]), port, protocol, to, [namespace], family)
+
+    @router.post("/namespaces/{namespace}/impact", name="impact of a change")
+    def change_impact(
+        request: Request, who: Caller, namespace: str, body: Annotated[dict[str, Any], Body()]
+    ) -> dict[str, Any]:
+        """As `isthmus apply --dry-run=impact`: `{"manifests": "YAML"}` (objects without a namespace are in
+        this one) against what the ledger holds, nothing stored; `ports`: ["80/TCP", ...] to compare on."""
+        _own_namespace(who, namespace)
+        try:
+            items = parse_manifests(str(body.get("manifests", "")), "manifests", namespace)
+            ports = [parse_port(p) for p in body.get("ports") or []]
+        except (ManifestError, ValueError) as exc:
+            raise ApiError(400, "BadRequest", str(exc)) from None
+        stray = [o for o in items if o.metadata.namespace != namespace]
+        if stray and not who.admin:
+            raise ApiError(403, "Forbidden", f"tenant {who.tenant} may change its own namespace only")
+        found = impact(_ledger(request), items, ports)
+        return {
+            "ports": [f"{p}/{proto}" for p, proto in found.ports],
+            "opens": [vars(c) for c in found.opens if who.admin or c.touches(namespace)],
+            "closes": [vars(c) for c in found.closes if who.admin or c.touches(namespace)],
+        }
+
+    return router
+
+
+def _own_namespace(who: Principal, namespace: str) -> None:
+    if not who.admin and namespace != who.tenant:
+        raise ApiError(403, "Forbidden", f"tenant {who.tenant} may ask of namespace {who.tenant} only")

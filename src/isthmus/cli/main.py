@@ -30,7 +30,7 @@ from isthmus.cli.common import (
 from isthmus.cli.lab import lab
 from isthmus.cli.output import FLOW_HEADER, aligned, document, flow_row, table
 from isthmus.compile.source import compiled
-from isthmus.dataplane.trace import Source, Tracer
+from isthmus.dataplane.trace import Tracer, names
 from isthmus.dataplane.trace.matrix import matrix
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import Reconciler, cluster_config
@@ -38,7 +38,6 @@ from isthmus.model import (
     KINDS,
     KindInfo,
     Object,
-    ServiceVIP,
     load_manifests,
     lookup_kind,
 )
@@ -46,7 +45,7 @@ from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
 from isthmus.observe import metrics as exposition
 from isthmus.observe.flows import VERDICTS, Filter, Observer
-from isthmus.observe.impact import impact
+from isthmus.observe.impact import impact, parse_port
 from isthmus.observe.metrics import FederationMetrics, KubeMetrics
 from isthmus.store import Credentials, Ledger, objects
 from isthmus.store.election import Election, controllers, elected
@@ -94,14 +93,10 @@ _PROTOCOL = click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False)
 
 
 def _port(value: str) -> tuple[int, str]:
-    number, _, protocol = value.partition("/")
     try:
-        port = int(number)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not PORT[/PROTOCOL]") from None
-    if not 1 <= port <= 65535 or (protocol or "TCP").upper() not in ("TCP", "UDP", "SCTP"):
-        raise click.BadParameter(f"{value!r}: a port 1-65535 and TCP, UDP or SCTP")
-    return port, (protocol or "TCP").upper()
+        return parse_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
@@ -264,28 +259,6 @@ def _tracer(ledger: Ledger) -> Tracer:
     return Tracer(compiled(ledger)[0])
 
 
-def _source(tracer: Tracer, given: str, namespace: str) -> Source:
-    try:
-        address = ipaddress.ip_address(given)
-    except ValueError:
-        ns, _, name = given.rpartition("/")
-        try:
-            return tracer.endpoint(ns or namespace, name)
-        except LookupError as exc:
-            raise click.ClickException(str(exc)) from None
-    return Source(address, given)
-
-
-def _destination(tracer: Tracer, given: str, namespace: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if given.startswith("svc/"):
-        ns, _, name = given.removeprefix("svc/").rpartition("/")
-        vip = tracer.compiler.objects["ServiceVIP"].get((ns or namespace, name))
-        if not isinstance(vip, ServiceVIP) or vip.spec.vip is None:
-            raise click.ClickException(f"service {ns or namespace}/{name} not found, or it has no ClusterIP")
-        return vip.spec.vip
-    return _source(tracer, given, namespace).address
-
-
 @cli.command("trace")
 @click.argument("source")
 @click.argument("destination")
@@ -301,12 +274,14 @@ def trace_command(
     svc/NAMESPACE/NAME or an address) through the compiled state; each hop names the rule that decided."""
     with errors():
         tracer = _tracer(ctx.ledger)
-        walked = tracer.trace(
-            _source(tracer, source, namespace),
-            _destination(tracer, destination, namespace),
-            protocol.upper(),
-            port,
-        )
+        try:
+            start, end = (
+                names.source(tracer, source, namespace),
+                names.destination(tracer, destination, namespace),
+            )
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        walked = tracer.trace(start, end, protocol.upper(), port)
     if output == "json":
         click.echo(json.dumps(walked.as_json(), indent=2))
         return

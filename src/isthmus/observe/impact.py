@@ -33,12 +33,25 @@ class Cell:
     def __str__(self) -> str:
         return f"{self.source} -> {self.destination} {self.port}/{self.protocol}"
 
+    def touches(self, namespace: str) -> bool:
+        """Whether either end lies in `namespace`."""
+        return namespace in (self.source.split("/")[0], self.destination.split("/")[0])
+
 
 @dataclass(frozen=True)
 class Impact:
     ports: tuple[Port, ...]
     opens: tuple[Cell, ...]
     closes: tuple[Cell, ...]
+
+
+def parse_port(text: str) -> Port:
+    """PORT[/PROTOCOL] (TCP by default); ValueError naming what is wrong."""
+    number, _, protocol = text.partition("/")
+    protocol = (protocol or "TCP").upper()
+    if not number.isdigit() or not 1 <= int(number) <= 65535 or protocol not in ("TCP", "UDP", "SCTP"):
+        raise ValueError(f"{text!r} is not PORT[/PROTOCOL] (a port 1-65535; TCP, UDP or SCTP)")
+    return int(number), protocol
 
 
 def impact(ledger: Ledger, items: Sequence[Object], ports: Sequence[Port] = ()) -> Impact:
