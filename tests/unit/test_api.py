@@ -295,3 +295,16 @@ def test_trace_matrix_and_impact_answer_a_tenant_of_its_own_namespace_only(
         f"{V1}/namespaces/x/impact", json={"manifests": "kind: [", "ports": ["80"]}, headers=bearer(token)
     )
     assert bad.status_code == 400
+
+
+def test_the_topology_is_whole_for_the_admin_and_a_tenants_own_for_it(
+    client: TestClient, model: Ledger
+) -> None:
+    token = client.post(f"{V1}/tenants/x/tokens", json={}, headers=bearer(ADMIN)).json()["token"]
+    whole = client.get(f"{V1}/topology", headers=bearer(ADMIN)).json()
+    assert {n["name"] for n in whole["nodes"]} and len(whole["endpoints"]) == 9
+    assert {s["name"] for s in whole["services"]} >= {"x/s-x-a", "y/s-y-b"}
+    own = client.get(f"{V1}/topology", headers=bearer(token)).json()
+    assert own["nodes"] == [] and {e["name"] for e in own["endpoints"]} == {"x/a", "x/b", "x/c"}
+    assert all(s["name"].startswith("x/") for s in own["services"])
+    assert all(n["name"].startswith("x/") or n["shared"] or n["external"] for n in own["networks"])

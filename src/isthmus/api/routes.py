@@ -22,6 +22,7 @@ from isthmus.model import KINDS, KindInfo, ManifestError, Object, parse_manifest
 from isthmus.model.manifest import describe
 from isthmus.observe.flows import Filter, Observer
 from isthmus.observe.impact import impact, parse_port
+from isthmus.observe.topology import topology
 from isthmus.store import Ledger, objects
 
 PREFIX = "/apis/isthmus.io/v1"
@@ -301,6 +302,12 @@ def reach_routes() -> APIRouter:
         except LookupError as exc:
             raise ApiError(404, "NotFound", str(exc)) from None
         return tracer.trace(start, end_address, protocol, port).as_json()
+
+    @router.get("/topology", name="the topology")
+    def topology_of(request: Request, who: Caller) -> dict[str, Any]:
+        """Nodes and their BGP peers, networks and route targets, endpoints, services, floating IPs; a
+        tenant sees its own, and the shared and external networks, no nodes."""
+        return topology(_ledger(request), who.tenant)
 
     @router.get("/namespaces/{namespace}/matrix", name="reachability matrix of a namespace")
     def reachability(
