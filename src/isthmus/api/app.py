@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import generate_latest
 
 from isthmus import __version__
@@ -21,6 +23,8 @@ from isthmus.neutron.identity import Unauthorized, identity_routes
 from isthmus.neutron.routes import NeutronError, network_routes
 from isthmus.observe.metrics import ApiMetrics
 from isthmus.store import Conflict, Ledger
+
+CONSOLE = Path(__file__).parent / "console"  # the web console's build
 
 
 def status(code: int, reason: str, message: str) -> JSONResponse:
@@ -97,4 +101,6 @@ def create_app(ledger: Ledger, admin_token: str) -> FastAPI:
     app.include_router(reach_routes())
     app.include_router(identity_routes())
     app.include_router(network_routes())
+    if CONSOLE.is_dir():  # built by scripts/bootstrap from console/
+        app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
     return app

@@ -142,10 +142,11 @@ def apply(
         click.echo(json.dumps({"ports": [f"{p}/{proto}" for p, proto in found.ports], **cells}, indent=2))
         return
     shown = ", ".join(f"{p}/{proto}" for p, proto in found.ports) or "no port"
-    click.echo(f"on {shown}: {len(found.closes)} connections close, {len(found.opens)} open (nothing stored)")
-    for verb, changed in (("close", found.closes), ("open ", found.opens)):
+    closes = f"{len(found.closes)} connection{'' if len(found.closes) == 1 else 's'} close"
+    click.echo(f"on {shown}: {closes}, {len(found.opens)} open (nothing stored)")
+    for closing, changed in ((True, found.closes), (False, found.opens)):
         for cell in changed:
-            click.echo(f"{verb}  {cell}")
+            click.echo(f"{'close' if closing else 'open '}  {cell}")
 
 
 @cli.command()
