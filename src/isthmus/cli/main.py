@@ -335,6 +335,9 @@ def observe(ctx: Context, /, follow: bool, output: str | None, **given: Any) -> 
                 click.echo(json.dumps(record) if output == "json" else flow_row(record))
         for node, problem in sorted(observer.problems.items()):
             click.echo(f"node {node}: {problem}", err=True)
+        for node, lost in sorted(observer.lost.items()):
+            if lost:
+                click.echo(f"node {node}: {lost} records lost (the kernel's buffer or the ring)", err=True)
 
 
 @cli.group()

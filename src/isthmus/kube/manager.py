@@ -67,10 +67,12 @@ class WorkQueue:
 
 
 def _same(a: KubeObject, b: KubeObject) -> bool:
-    """Equal but for the resourceVersion (the ledger's and the API server's differ)."""
+    """Equal but for what the ledger stamps: the resourceVersion (the ledger's and the API server's differ)
+    and when it took the change."""
 
     def bare(o: KubeObject) -> KubeObject:
-        return o.model_copy(update={"metadata": o.metadata.model_copy(update={"resource_version": None})})
+        stamps = {"resource_version": None, "changed_at": None}
+        return o.model_copy(update={"metadata": o.metadata.model_copy(update=stamps)})
 
     return bare(a) == bare(b)
 

@@ -22,16 +22,6 @@ VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 FLOW_GROUP = 100  # the NFLOG group of flow records
 RECORDED = 0x40000000  # a mark bit: the packet's flow is recorded on this node (by the rule that allowed it)
 FLOW_RATE = "limit rate 500/second burst 500 packets"  # per rule; beyond it, the twin rule counts
-_FIXED = {  # the flow-record prefixes of the base's rules, and what decided
-    "r": "no endpoints",
-    "e": "egress address",
-    "i": "invalid",
-    "v": "only via a service",
-    "g": "node infrastructure",
-    "n": "node access",
-    "h": "pods reach their node on its address only",
-    "o": "",  # allowed: nothing isolates it
-}
 _NEIGHBOURS = "packet-too-big, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 
 
