@@ -63,18 +63,16 @@ def _impact(state: Path, path: Path, *args: str) -> dict[str, Any]:
     return found
 
 
-def test_a_default_deny_lists_exactly_the_cells_the_matrix_then_loses(tmp_path: Path) -> None:
+def _model(tmp_path: Path) -> Path:
+    """A ledger holding the upstream model (x, y, z; a, b, c; ports 80 and 81 in TCP): its state."""
     state = tmp_path / "state"
-    ok(
-        run(
-            "--state",
-            str(state),
-            "apply",
-            "-f",
-            str(write(tmp_path / "model.yaml", model_manifests((80, 81), ("TCP",)))),
-        ),
-        "apply",
-    )
+    model = write(tmp_path / "model.yaml", model_manifests((80, 81), ("TCP",)))
+    ok(run("--state", str(state), "apply", "-f", str(model)), "apply")
+    return state
+
+
+def test_a_default_deny_lists_exactly_the_cells_the_matrix_then_loses(tmp_path: Path) -> None:
+    state = _model(tmp_path)
     before, revision = _allowed(state, 80, "TCP"), _revision(state)
     deny = write(tmp_path / "deny.yaml", [DENY_X])
     found = _impact(state, deny, "--port", "80")
@@ -93,17 +91,7 @@ def test_a_default_deny_lists_exactly_the_cells_the_matrix_then_loses(tmp_path: 
 
 
 def test_the_ports_the_policies_name_are_compared_unless_ports_are_given(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    ok(
-        run(
-            "--state",
-            str(state),
-            "apply",
-            "-f",
-            str(write(tmp_path / "model.yaml", model_manifests((80, 81), ("TCP",)))),
-        ),
-        "apply",
-    )
+    state = _model(tmp_path)
     found = _impact(state, write(tmp_path / "only.yaml", [ONLY_81]))
     assert found["ports"] == ["81/TCP"] and found["closes"] == [] and found["opens"] == []  # 81 stays open
     found = _impact(state, write(tmp_path / "only.yaml", [ONLY_81]), "--port", "80/TCP", "--port", "81")
