@@ -306,7 +306,7 @@ def probe(url: str, node: str) -> None:
             thread.join()
             print(json.dumps({"revision": agent.revision}), flush=True)
         elif command == "resume":
-            target, lists = int(args[0]), agent.metrics.lists
+            target, lists = int(args[0]), agent.metrics.value("lists_total")
             stop = threading.Event()
             started = time.perf_counter()
             thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
@@ -314,7 +314,7 @@ def probe(url: str, node: str) -> None:
             while agent.revision < target:
                 time.sleep(0.005)
             seconds = time.perf_counter() - started
-            relisted = agent.metrics.lists > lists
+            relisted = agent.metrics.value("lists_total") > lists
             print(
                 json.dumps({"seconds": seconds, "relisted": relisted, "rss_mib": _rss_mib(os.getpid())}),
                 flush=True,

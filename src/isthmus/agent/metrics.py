@@ -55,6 +55,10 @@ class AgentMetrics:
         self.store_up = gauge("store_up", "1 while the ledger's store answers")
         self.store_errors = counter("store_errors", "Failures to reach the ledger's store")
 
+    def value(self, sample: str) -> float:
+        """A sample's value now, by its name after the prefix (`lists_total`, `kernel_seconds_sum`)."""
+        return self.registry.get_sample_value(f"isthmus_agent_{sample}", {"node": self.node}) or 0.0
+
     def watch(self, collector: Collector) -> None:
         self.registry.register(collector)
 
