@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from isthmus.compile.compiler import ref
 from isthmus.model import Endpoint, FloatingIP, Node, ServiceVIP, VirtualNetwork, lookup_kind
 from isthmus.store import Ledger, objects
 
@@ -43,7 +44,7 @@ def topology(ledger: Ledger, tenant: str | None = None) -> dict[str, Any]:
 
 
 def _ref(obj: Any) -> str:
-    return f"{obj.metadata.namespace}/{obj.metadata.name}" if obj.metadata.namespace else obj.metadata.name
+    return ref(obj.metadata.namespace, obj.metadata.name)
 
 
 def _node(node: Node, report: dict[str, Any]) -> dict[str, Any]:
