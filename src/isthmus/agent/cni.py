@@ -18,6 +18,7 @@ from isthmus.agent.node import Agent
 from isthmus.dataplane.kernel import netlink
 from isthmus.dataplane.kernel.plan import Veth, veth_name
 from isthmus.dataplane.kernel.ruleset import GATEWAY, GATEWAY6
+from isthmus.files import replace_text
 from isthmus.model import Endpoint
 
 BROKEN = 100  # plugin-specific CNI code: an attachment could not be made, or is no longer whole
@@ -37,9 +38,7 @@ class Attachments:
         self.held: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
 
     def save(self) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.held, indent=1))
-        temporary.replace(self.path)
+        replace_text(self.path, json.dumps(self.held, indent=1))
 
 
 class Service:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from isthmus.bgp.control import BgpError, Control
+from isthmus.files import replace_text
 
 
 def _netns(pid: int | str) -> tuple[int, int]:
@@ -119,6 +120,4 @@ class Bird:
         return pid
 
     def _write(self, text: str) -> None:
-        new = self.config.with_suffix(".new")
-        new.write_text(text)
-        new.replace(self.config)
+        replace_text(self.config, text)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from isthmus.bgp.bird import running
+from isthmus.files import replace_text
 from isthmus.lab.router import Bird
 from isthmus.lab.topology import OUTSIDE, OUTSIDE6, OUTSIDE6_CLIENT, Speaker
 from isthmus.store import Credentials, LedgerError, open_store
@@ -463,7 +464,7 @@ class Fabric:
             "clusters": self.clusters,
             "stores": self.stores,
         }
-        (self.work / "fabric.json").write_text(json.dumps(saved))
+        replace_text(self.work / "fabric.json", json.dumps(saved))
 
     def namespaces(self) -> list[str]:
         """The lab's network namespaces that exist."""

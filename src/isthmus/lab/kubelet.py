@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from isthmus.files import replace_text
 from isthmus.kube.conditions import merged
 from isthmus.kube.config import KubeConfig
 from isthmus.kube.sync import reconcile
@@ -171,9 +172,8 @@ class Kubelet:
             reconcile(self.ledger, KubeConfig(), [KubeObject.model_validate(body)])
 
     def _save(self) -> None:
-        temporary = self.saved.with_suffix(".tmp")
-        temporary.write_text(json.dumps({f"{ns}/{name}": uid for (ns, name), uid in self.running.items()}))
-        temporary.replace(self.saved)
+        running = {f"{ns}/{name}": uid for (ns, name), uid in self.running.items()}
+        replace_text(self.saved, json.dumps(running))
 
     def run(self, stop: threading.Event) -> None:
         """Follow the ledger's Pods and Endpoints until `stop` is set; pods that failed are tried again, and
