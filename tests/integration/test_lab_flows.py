@@ -71,6 +71,16 @@ def _until_recorded(observer: Observer, chosen: Filter, seconds: float) -> tuple
     raise AssertionError(f"no record matching {chosen} within {seconds} s")
 
 
+def _records(observer: Observer, seconds: float) -> list[dict[str, Any]]:
+    """The records made within `seconds`."""
+    found: list[dict[str, Any]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        found += observer.poll()
+        time.sleep(0.05)
+    return found
+
+
 def _policy(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -105,8 +115,16 @@ def test_a_dropped_connection_names_its_policy_within_a_second_and_an_allowed_on
         assert connecting.communicate(timeout=10)[0].strip() == "failed: TimeoutError"
         assert ask(work, "y/b", address, 81) == "x/a"
         node = _nodes(work)["x/a"]  # the ingress rule allowed it there (y/b's node: nothing isolating it)
-        allowed, _ = _until_recorded(observer, Filter(pod="x/a", port=81, verdict="allowed", node=node), 1.0)
-        assert allowed["rule"] == "x/a-81-only ingress[0]", allowed
+        recorded = [r for r in _records(observer, 1.0) if Filter(pod="x/a", port=81, node=node).matches(r)]
+        allowed = recorded[0]  # then conntrack's events follow it
+        assert (allowed["rule"], allowed["verdict"]) == ("x/a-81-only ingress[0]", "allowed"), allowed
+        assert [(r["state"], r["source"], r["rule"]) for r in recorded] == [
+            ("new", allowed["source"], allowed["rule"]),
+            ("established", allowed["source"], allowed["rule"]),
+            ("closed", allowed["source"], allowed["rule"]),
+        ], recorded
+        followed = [r for r in recorded if r["state"] != "new"]
+        assert all(r["verdict"] == "allowed" for r in followed)  # the drop: nothing to follow
         metrics = json.loads(lab(work, "status", "-o", "json").output)["nodes"][node]["agent"]["metrics"]
         counted = f'isthmus_flows_total{{node="{node}",rule="x/a-81-only",verdict="dropped"}}'
         assert any(line.startswith(counted) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())

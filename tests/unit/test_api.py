@@ -229,6 +229,12 @@ def test_flows_are_read_from_every_agent_and_a_tenant_sees_only_its_own(
     assert seen["destination"] == {"address": "10.0.0.2", "port": 5432} and "service" not in seen
     assert seen["source"]["name"] == "web" and "problems" not in acme
     assert client.get(f"{V1}/flows").status_code == 401
+    assert everything["positions"] == {"n1": 2}
+    asked.clear()
+    newer = client.get(f"{V1}/flows", params={"since": "n1:2,n2:7"}, headers=bearer(ADMIN))
+    assert asked == [("/run/n1.sock", {"command": "FLOWS", "since": 2})] and newer.status_code == 200
+    bad = client.get(f"{V1}/flows", params={"since": "n1"}, headers=bearer(ADMIN))
+    assert (bad.status_code, bad.json()["message"]) == (400, "since: 'n1' is not NODE:SEQ")
 
 
 def test_request_metrics_go_to_the_admin_only_by_route_template(client: TestClient) -> None:
@@ -308,3 +314,29 @@ def test_the_topology_is_whole_for_the_admin_and_a_tenants_own_for_it(
     assert own["nodes"] == [] and {e["name"] for e in own["endpoints"]} == {"x/a", "x/b", "x/c"}
     assert all(s["name"].startswith("x/") for s in own["services"])
     assert all(n["name"].startswith("x/") or n["shared"] or n["external"] for n in own["networks"])
+
+
+def test_the_topology_shows_the_other_clusters_by_their_imported_routes(
+    client: TestClient, model: Ledger
+) -> None:
+    admin = bearer(ADMIN)
+    joined = obj("VirtualNetwork", "joined", spec={"importTargets": ["64600:100"]})
+    assert client.post(f"{V1}/namespaces/x/virtualnetworks", json=joined, headers=admin).status_code == 201
+    for name, prefix, hop, target in (
+        ("db-1", "10.80.0.11/32", "192.168.77.14", "64600:100"),
+        ("db-2", "10.80.0.12/32", "192.168.77.15", "64600:100"),
+        ("other", "10.90.0.5/32", "192.168.77.15", "64600:200"),
+    ):
+        vni = 5001 if target.endswith("100") else 5002
+        spec = {"prefix": prefix, "nextHop": hop, "vni": vni, "routeTargets": [target]}
+        route = obj("ImportedRoute", name, spec=spec | {"routeDistinguisher": f"64601:{vni}"})
+        assert client.post(f"{V1}/importedroutes", json=route, headers=admin).status_code == 201
+    (cluster,) = client.get(f"{V1}/topology", headers=admin).json()["clusters"]
+    assert cluster["asn"] == "64601" and cluster["nodes"] == ["192.168.77.14", "192.168.77.15"]
+    assert [(n["vni"], n["routeTargets"], n["prefixes"]) for n in cluster["networks"]] == [
+        ("5001", ["64600:100"], ["10.80.0.11/32", "10.80.0.12/32"]),
+        ("5002", ["64600:200"], ["10.90.0.5/32"]),
+    ]
+    token = client.post(f"{V1}/tenants/x/tokens", json={}, headers=admin).json()["token"]
+    (seen,) = client.get(f"{V1}/topology", headers=bearer(token)).json()["clusters"]
+    assert seen["nodes"] == [] and [n["vni"] for n in seen["networks"]] == ["5001"]  # what x imports

@@ -1,11 +1,19 @@
 """Flow records from logged packets: ends named from the node's state, a service's DNAT joined to the
-packet's verdict, a later rule on the same packet deciding, the ring bounded, filters."""
+packet's verdict, a later rule on the same packet deciding, the ring bounded, filters; conntrack's events
+following a recorded connection to established and closed."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+from dataclasses import replace
+from typing import Any
+
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from isthmus.agent.flows import Named, Names, Recorder, parse
+from isthmus.dataplane.kernel.conntrack import Event, event
 from isthmus.dataplane.kernel.nflog import Logged
 from isthmus.observe.flows import Filter
 
@@ -98,3 +106,83 @@ def test_filters_match_either_end() -> None:
     assert Filter(namespace="x", verdict="dropped", protocol="tcp", port=81, node="node-1").matches(record)
     assert not Filter(verdict="allowed").matches(record) and not Filter(pod="y/a").matches(record)
     assert not Filter(namespace="z").matches(record) and not Filter(service="y/web").matches(record)
+
+
+def ctnetlink(kind: int, status: int, tcp_state: int | None) -> nfct_msg:
+    """A conntrack event as the kernel sends it: x/a:40000 to the VIP, DNATed to y/b:8080."""
+
+    def ends(source: str, destination: str, sport: int, dport: int) -> dict[str, Any]:
+        ip = {"attrs": [("CTA_IP_V4_SRC", source), ("CTA_IP_V4_DST", destination)]}
+        proto = {
+            "attrs": [("CTA_PROTO_NUM", 6), ("CTA_PROTO_SRC_PORT", sport), ("CTA_PROTO_DST_PORT", dport)]
+        }
+        return {"attrs": [("CTA_TUPLE_IP", ip), ("CTA_TUPLE_PROTO", proto)]}
+
+    attrs: list[tuple[str, Any]] = [
+        ("CTA_TUPLE_ORIG", ends("10.0.0.1", "10.254.0.9", 40000, 80)),
+        ("CTA_TUPLE_REPLY", ends("10.0.0.2", "10.0.0.1", 8080, 40000)),
+        ("CTA_STATUS", status),
+    ]
+    if tcp_state is not None:
+        tcp = {"attrs": [("CTA_PROTOINFO_TCP_STATE", tcp_state)]}
+        attrs.append(("CTA_PROTOINFO", {"attrs": [("CTA_PROTOINFO_TCP", tcp)]}))
+    msg = nfct_msg()
+    msg["header"]["type"] = NFNL_SUBSYS_CTNETLINK << 8 | kind
+    msg["nfgen_family"], msg["attrs"] = socket.AF_INET, attrs
+    msg.encode()
+    parsed = nfct_msg(msg.data)
+    parsed.decode()
+    return parsed
+
+
+def test_conntrack_events_say_established_and_closed() -> None:
+    syn_recv, established, fin_wait = (
+        event(ctnetlink(0, 0x8, 2)),
+        event(ctnetlink(0, 0xE, 3)),
+        event(ctnetlink(0, 0xE, 4)),
+    )
+    assert syn_recv is None  # on the way: not a state a record shows
+    assert established == Event("established", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    assert fin_wait is not None and fin_wait.state == "closed"
+    assert event(ctnetlink(2, 0xE, None)) == Event("closed", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+
+
+def test_a_recorded_connection_is_followed_once_to_established_and_closed() -> None:
+    flows = recorder()
+    flows.add(logged("sweb", tcp("10.0.0.1", "10.254.0.9", 40000, 80)), 100.0)
+    flows.add(logged("aabc", tcp("10.0.0.1", "10.0.0.2", 40000, 8080)), 100.0)
+    flows.add(logged("dabc", tcp("10.0.0.1", "10.0.0.2", 40001, 8080)), 100.0)
+    up = Event("established", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    for e in (up, up, replace(up, state="closed"), replace(up, state="closed")):
+        flows.follow(e, 101.0)
+    flows.follow(replace(up, sport=40001), 101.0)  # dropped: never followed
+    flows.follow(replace(up, sport=40002), 101.0)  # no record of its first packet
+    new, _, established, closed = flows.since(0)["records"]
+    assert [r["state"] for r in (new, established, closed)] == ["new", "established", "closed"]
+    for later in (established, closed):
+        assert {k: v for k, v in later.items() if k not in ("seq", "time", "state")} == {
+            k: v for k, v in new.items() if k not in ("seq", "time", "state")
+        }
+    assert (closed["service"], closed["rule"], closed["seq"]) == ("y/web", "y/allow-a ingress[0]", 4)
+    assert not flows.open and flows.tally()[0] == {
+        ("allowed", "y/allow-a ingress[0]"): 1,
+        ("dropped", "y/deny-all"): 1,
+    }  # connections counted once, by their first packet
+
+
+def test_an_event_before_its_connections_first_record_waits_for_it() -> None:
+    flows = recorder()
+    up = Event("established", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    flows.follow(replace(up, sport=40009), 98.0)  # too long ago: forgotten when the next comes
+    flows.follow(up, 100.0)  # conntrack at once, NFLOG's batch 20 ms later
+    flows.follow(replace(up, state="closed"), 100.01)
+    flows.add(logged("aabc", tcp("10.0.0.1", "10.0.0.2", 40000, 8080)), 100.02)
+    flows.add(logged("aabc", tcp("10.0.0.1", "10.0.0.2", 40009, 8080)), 100.02)
+    records = flows.since(0)["records"]
+    assert [(r["source"]["port"], r["state"]) for r in records] == [
+        (40000, "new"),
+        (40000, "established"),
+        (40000, "closed"),
+        (40009, "new"),
+    ]
+    assert [r["time"] for r in records[:3]] == [100.02] * 3  # never before the first packet's

@@ -6,7 +6,12 @@ planner's `words`), `s…` a service's DNAT (held until the same packet's verdic
 the base ruleset (`_FIXED`). One packet can be logged more than once on a node (allowed by an egress rule,
 then allowed or dropped by an ingress one): the later verdict updates the record. Records live in a ring
 of `size`; the kernel limits each rule's records (FLOW_RATE) and drops what the reader does not take in
-time, and both are counted, so a flood costs neither forwarding nor the agent's memory."""
+time, and both are counted, so a flood costs neither forwarding nor the agent's memory.
+
+A record's `state` is `new` (the first packet's verdict). The connections recorded as allowed are kept in
+`open` (at most OPEN) until conntrack says they closed: its events (`dataplane/kernel/conntrack.py`) add
+an `established` and a `closed` record of the same flow, its rule and service. An event can come before
+the first packet's record (NFLOG sends in batches, conntrack at once): it waits up to EARLY seconds."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isthmus.compile.compiler import ref
-from isthmus.dataplane.kernel.nflog import Listener, Logged
+from isthmus.dataplane.kernel import conntrack, nflog
 from isthmus.dataplane.kernel.ruleset import FLOW_GROUP
 from isthmus.model import Endpoint, FloatingIP, Object, ServiceVIP
 
@@ -37,6 +42,9 @@ _FIXED = {  # the base ruleset's prefixes: (verdict, words; "" when the words de
 }
 SAME_PACKET = 0.25  # seconds within which records of one flow's first packet are one record
 DNAT_HELD = 2.0  # seconds a service's DNAT waits for the packet's verdict
+OPEN = 65_536  # allowed connections awaiting conntrack's events; beyond it, the oldest are forgotten
+EARLY = 1.0  # seconds an event waits for the record of its connection's first packet
+Flow = tuple[str, str, int, str, int]  # protocol, source, its port, destination after DNAT, its port
 
 
 @dataclass(frozen=True)
@@ -121,24 +129,33 @@ class Recorder:
         self.records: deque[dict[str, Any]] = deque(maxlen=size)
         self.seq = 0  # of the last record
         self.lock = threading.Lock()
-        self.listener: Listener | None = None
-        self.recent: OrderedDict[tuple[str, str, int, str, int], tuple[float, dict[str, Any]]] = OrderedDict()
+        self.listener: nflog.Listener | None = None
+        self.events: conntrack.Listener | None = None
+        self.recent: OrderedDict[Flow, tuple[float, dict[str, Any]]] = OrderedDict()
+        self.open: OrderedDict[Flow, dict[str, Any]] = OrderedDict()  # their first records
+        self.established: set[Flow] = set()  # of those open
+        self.early: OrderedDict[Flow, list[tuple[float, conntrack.Event]]] = OrderedDict()
         self.dnat: OrderedDict[tuple[str, str, int], tuple[float, str, str, int]] = OrderedDict()
         self.counts: dict[tuple[str, str], int] = {}  # (verdict, rule) -> records
 
     def run(self, stop: threading.Event) -> None:
-        """Read NFLOG until `stop` is set (a node without NFLOG records nothing, and says why)."""
-        self.listener = Listener(FLOW_GROUP)
+        """Read NFLOG and conntrack's events until `stop` is set (a node without NFLOG records nothing,
+        and says why)."""
+        self.listener, self.events = nflog.Listener(FLOW_GROUP), conntrack.Listener()
         try:
             while not stop.is_set():
-                ready, _, _ = select.select([self.listener], [], [], 0.5)
-                if ready:
+                ready, _, _ = select.select([self.listener.fileno(), self.events.fileno()], [], [], 0.5)
+                if self.listener.fileno() in ready:
                     for logged in self.listener.read():
                         self.add(logged, time.time())
+                if self.events.fileno() in ready:
+                    for event in self.events.read():
+                        self.follow(event, time.time())
         finally:
             self.listener.close()
+            self.events.close()
 
-    def add(self, logged: Logged, now: float) -> None:
+    def add(self, logged: nflog.Logged, now: float) -> None:
         packet = parse(logged.payload, logged.family)
         if packet is None:
             return
@@ -177,11 +194,12 @@ class Recorder:
         if seen is not None and now - seen[0] < SAME_PACKET and seen[1]["verdict"] == "allowed":
             seen[1].update(verdict=verdict, rule=rule)  # a later rule on the same packet decides
             self._count(verdict, rule)
+            if verdict != "allowed":
+                self.open.pop(key, None)
+                self.established.discard(key)
             return
         held = self.dnat.pop((packet.protocol, packet.source, packet.sport), None)
-        self.seq += 1
         record = {
-            "seq": self.seq,
             "time": round(now, 6),
             "node": self.node,
             "source": _end(names, packet.source, packet.sport),
@@ -189,17 +207,52 @@ class Recorder:
             "protocol": packet.protocol,
             "verdict": verdict,
             "rule": rule,
+            "state": "new",
         }
         if held is not None:
             record["service"] = held[1]
             record["vip"] = {"address": held[2], "port": held[3]}
         elif packet.destination in names.services:
             record["service"] = names.services[packet.destination]
-        self.records.append(record)
+        self._append(record)
         self._count(verdict, rule)
         self.recent[key] = (now, record)
+        if verdict == "allowed":
+            self.open[key] = record
+            while len(self.open) > OPEN:
+                self.established.discard(self.open.popitem(last=False)[0])
+            for when, event in self.early.pop(key, []):
+                self._follow(key, event, when)
         while self.recent and next(iter(self.recent.values()))[0] < now - SAME_PACKET:
             self.recent.popitem(last=False)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.seq += 1
+        record["seq"] = self.seq
+        self.records.append(record)
+
+    def follow(self, event: conntrack.Event, now: float) -> None:
+        """A recorded connection established or closed: a record of its flow in that state (once
+        each; a connection without a record of its first packet within EARLY is not followed)."""
+        key = (event.protocol, event.source, event.sport, event.destination, event.dport)
+        with self.lock:
+            if key in self.open:
+                self._follow(key, event, now)
+                return
+            self.early.setdefault(key, []).append((now, event))
+            self.early.move_to_end(key)
+            while self.early and next(iter(self.early.values()))[-1][0] < now - EARLY:
+                self.early.popitem(last=False)
+
+    def _follow(self, key: Flow, event: conntrack.Event, now: float) -> None:
+        first = self.open.get(key)
+        if first is not None and not (event.state == "established" and key in self.established):
+            if event.state == "closed":
+                del self.open[key]
+                self.established.discard(key)
+            else:
+                self.established.add(key)
+            self._append(first | {"time": max(round(now, 6), first["time"]), "state": event.state})
 
     def _count(self, verdict: str, rule: str) -> None:
         self.counts[(verdict, rule)] = self.counts.get((verdict, rule), 0) + 1
@@ -207,15 +260,23 @@ class Recorder:
     def tally(self) -> tuple[dict[tuple[str, str], int], int]:
         """The records made by verdict and rule, and the messages the kernel dropped unread."""
         with self.lock:
-            return dict(self.counts), self.listener.lost if self.listener else 0
+            return dict(self.counts), self._lost()
+
+    def _lost(self) -> int:
+        """NFLOG messages lost, and conntrack event buffers that overran (each lost one or more)."""
+        return (self.listener.lost if self.listener else 0) + (self.events.overruns if self.events else 0)
 
     def since(self, seq: int) -> dict[str, Any]:
         """The records after sequence number `seq`, the last number, and what the record lost."""
         with self.lock:
             first = self.records[0]["seq"] if self.records else self.seq + 1
             chosen = list(self.records)[max(0, seq + 1 - first) :] if seq < self.seq else []
-            lost = self.listener.lost if self.listener else 0
-            return {"records": chosen, "seq": self.seq, "lost": lost, "overwritten": max(0, first - seq - 1)}
+            return {
+                "records": chosen,
+                "seq": self.seq,
+                "lost": self._lost(),
+                "overwritten": max(0, first - seq - 1),
+            }
 
 
 def _end(names: Names, address: str, port: int) -> dict[str, Any]:

@@ -241,17 +241,32 @@ def flow_routes() -> APIRouter:
         protocol: Literal["TCP", "UDP", "SCTP", "ICMP"] | None = None,
         port: int | None = None,
         node: str | None = None,
+        state: Literal["new", "established", "closed"] | None = None,
+        since: str | None = None,
     ) -> dict[str, Any]:
-        """The flow records every node keeps, as `isthmus observe` reads them. A tenant sees the records
-        with an end in its own namespace, the other end only by its address."""
-        observer = Observer(_ledger(request), request.app.state.ask_agent)
-        chosen = Filter(namespace, pod, service, verdict, protocol, port, node)
+        """The flow records every node keeps, as `isthmus observe` reads them: all, or those after
+        `since` (`NODE:SEQ,...`, the `positions` of an earlier answer). A tenant sees the records with an
+        end in its own namespace, the other end only by its address."""
+        observer = Observer(_ledger(request), request.app.state.ask_agent, _positions(since))
+        chosen = Filter(namespace, pod, service, verdict, protocol, port, node, state)
         items = [r for r in observer.poll() if chosen.matches(r)]
         if not who.admin:
             items = [_own(r, str(who.tenant)) for r in items if who.tenant in _namespaces(r)]
-        return {"kind": "FlowList", "items": items} | ({"problems": observer.problems} if who.admin else {})
+        answer = {"kind": "FlowList", "items": items, "positions": observer.positions}
+        return answer | ({"problems": observer.problems} if who.admin else {})
 
     return router
+
+
+def _positions(since: str | None) -> dict[str, int]:
+    """`NODE:SEQ,...` as each node's last record read."""
+    positions = {}
+    for item in filter(None, (since or "").split(",")):
+        node, _, seq = item.rpartition(":")
+        if not node or not seq.isdigit():
+            raise ApiError(400, "BadRequest", f"since: {item!r} is not NODE:SEQ")
+        positions[node] = int(seq)
+    return positions
 
 
 def _namespaces(record: dict[str, Any]) -> set[str | None]:

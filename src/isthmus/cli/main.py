@@ -44,7 +44,7 @@ from isthmus.model import (
 from isthmus.model.manifest import describe
 from isthmus.model.network import BgpPeer
 from isthmus.observe import metrics as exposition
-from isthmus.observe.flows import VERDICTS, Filter, Observer
+from isthmus.observe.flows import STATES, VERDICTS, Filter, Observer
 from isthmus.observe.impact import impact, parse_port
 from isthmus.observe.metrics import FederationMetrics, KubeMetrics
 from isthmus.store import Credentials, Ledger, objects
@@ -319,6 +319,7 @@ def matrix_command(
 @click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP", "ICMP"], case_sensitive=False))
 @click.option("--port", type=click.IntRange(0, 65535), help="At either end.")
 @click.option("--node", help="Records of this node.")
+@click.option("--state", type=click.Choice(STATES), help="new: a first packet's verdict; then conntrack's.")
 @click.option("-o", "--output", type=click.Choice(["json"]), help="json: one record a line.")
 @pass_context
 def observe(ctx: Context, /, follow: bool, output: str | None, **given: Any) -> None:

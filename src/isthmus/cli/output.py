@@ -140,12 +140,16 @@ def document(items: Sequence[Object], single: bool, fmt: str) -> str:
     return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
-FLOW_HEADER = f"{'TIME':<15} {'NODE':<10} {'SOURCE':<30} {'DESTINATION':<30} {'PROTO':<5} {'VERDICT':<8} RULE"
+FLOW_HEADER = (
+    f"{'TIME':<15} {'NODE':<10} {'SOURCE':<30} {'DESTINATION':<30} {'PROTO':<5} {'STATE':<11} "
+    f"{'VERDICT':<8} RULE"
+)
 
 
 def flow_row(record: dict[str, Any]) -> str:
     """A flow record as a line under FLOW_HEADER: an end is NAMESPACE/NAME:PORT, else ADDRESS:PORT; a
-    DNATed flow shows its service; the rule is empty when nothing isolates the flow."""
+    DNATed flow shows its service; the state is new, established or closed; the rule is empty when
+    nothing isolates the flow."""
 
     def end(e: dict[str, Any]) -> str:
         who = f"{e['namespace']}/{e['name']}" if e.get("name") else e.get("address", "?")
@@ -157,5 +161,5 @@ def flow_row(record: dict[str, Any]) -> str:
     )
     return (
         f"{when:<15} {record['node']:<10} {end(record['source']):<30} {destination:<30} "
-        f"{record['protocol']:<5} {record['verdict']:<8} {record['rule']}"
+        f"{record['protocol']:<5} {record.get('state', 'new'):<11} {record['verdict']:<8} {record['rule']}"
     )

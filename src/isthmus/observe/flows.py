@@ -14,13 +14,14 @@ from isthmus.agent.cni import ask
 from isthmus.store import Ledger, objects
 
 VERDICTS = ("allowed", "dropped")
+STATES = ("new", "established", "closed")
 Asker = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Filter:
     """Records matching every field given: a namespace or pod (NAMESPACE/NAME, or NAME in `namespace`)
-    at either end, a service, verdict, protocol, port at either end, node."""
+    at either end, a service, verdict, protocol, port at either end, node, state."""
 
     namespace: str | None = None
     pod: str | None = None
@@ -29,6 +30,7 @@ class Filter:
     protocol: str | None = None
     port: int | None = None
     node: str | None = None
+    state: str | None = None
 
     def matches(self, record: dict[str, Any]) -> bool:
         ends = (record.get("source") or {}, record.get("destination") or {})
@@ -46,6 +48,7 @@ class Filter:
             and (self.protocol is None or record.get("protocol") == self.protocol.upper())
             and (self.port is None or any(e.get("port") == self.port for e in ends))
             and (self.node is None or record.get("node") == self.node)
+            and (self.state is None or record.get("state") == self.state)
         )
 
 
@@ -63,9 +66,11 @@ class Observer:
     """The records of every agent, each read once: `positions` holds the last sequence number read per
     node (0: from the oldest it keeps). Problems reaching a node are kept per node, not raised."""
 
-    def __init__(self, ledger: Ledger, ask_agent: Asker = ask) -> None:
+    def __init__(
+        self, ledger: Ledger, ask_agent: Asker = ask, positions: dict[str, int] | None = None
+    ) -> None:
         self.ledger, self.ask = ledger, ask_agent
-        self.positions: dict[str, int] = {}
+        self.positions: dict[str, int] = dict(positions or {})
         self.problems: dict[str, str] = {}
         self.lost: dict[str, int] = {}
 

@@ -1,7 +1,9 @@
 """The topology a console draws: nodes with their BGP peers and sessions (as the agents report them),
 networks with their route targets, the endpoints on each (pods, VMs, hosts), services with their VIPs and
-backends, floating IPs. For a tenant: its own namespace, and the shared and external networks its
-endpoints may use, without other tenants' endpoints or the nodes' sessions."""
+backends, floating IPs, and the other clusters as their imported routes show them (by AS: their networks'
+VNIs, route targets and prefixes, their nodes). For a tenant: its own namespace, and the shared and
+external networks its endpoints may use, the other clusters' networks its own import, without other
+tenants' endpoints or any node."""
 
 from __future__ import annotations
 
@@ -9,21 +11,17 @@ import json
 from typing import Any
 
 from isthmus.compile.compiler import ref
-from isthmus.model import Endpoint, FloatingIP, Node, ServiceVIP, VirtualNetwork, lookup_kind
+from isthmus.model import Endpoint, FloatingIP, ImportedRoute, Node, ServiceVIP, VirtualNetwork, lookup_kind
 from isthmus.store import Ledger, objects
 
 
 def topology(ledger: Ledger, tenant: str | None = None) -> dict[str, Any]:
     """The topology the ledger holds, all of it (`tenant` None) or as `tenant` may see it."""
 
-    def listed(kind: str) -> list[Any]:
-        return objects.list_objects(ledger, lookup_kind(kind), tenant)[0]
+    def listed(kind: str, only: str | None = tenant) -> list[Any]:
+        return objects.list_objects(ledger, lookup_kind(kind), only)[0]
 
-    networks = [
-        n
-        for n in objects.list_objects(ledger, lookup_kind("VirtualNetwork"))[0]
-        if isinstance(n, VirtualNetwork)
-    ]
+    networks = [n for n in listed("VirtualNetwork", None) if isinstance(n, VirtualNetwork)]
     visible = [
         n
         for n in networks
@@ -40,7 +38,36 @@ def topology(ledger: Ledger, tenant: str | None = None) -> dict[str, Any]:
         "endpoints": [_endpoint(e) for e in listed("Endpoint") if isinstance(e, Endpoint)],
         "services": [_service(s) for s in listed("ServiceVIP") if isinstance(s, ServiceVIP)],
         "floatingIPs": [_floating(f) for f in listed("FloatingIP") if isinstance(f, FloatingIP)],
+        "clusters": _clusters(
+            [r for r in listed("ImportedRoute", None) if isinstance(r, ImportedRoute)],
+            None if tenant is None else {t for n in visible for t in n.spec.import_targets},
+        ),
     }
+
+
+def _clusters(routes: list[ImportedRoute], imported: set[str] | None) -> list[dict[str, Any]]:
+    """The other clusters by AS (their route distinguishers ASN:VNI): each network's VNI, route targets
+    and prefixes, and the nodes the routes lead to; only the networks `imported` meets, when given,
+    and then without nodes."""
+    found: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        targets = [str(t) for t in route.spec.route_targets]
+        if imported is not None and imported.isdisjoint(targets):
+            continue
+        asn, _, vni = route.spec.route_distinguisher.rpartition(":")
+        cluster = found.setdefault(asn, {"asn": asn, "nodes": set(), "networks": {}})
+        network = cluster["networks"].setdefault(vni, {"vni": vni, "routeTargets": targets, "prefixes": []})
+        network["prefixes"].append(str(route.spec.prefix))
+        if imported is None:
+            cluster["nodes"].add(str(route.spec.next_hop))
+    return [
+        {
+            "asn": c["asn"],
+            "nodes": sorted(c["nodes"]),
+            "networks": [n | {"prefixes": sorted(n["prefixes"])} for _, n in sorted(c["networks"].items())],
+        }
+        for _, c in sorted(found.items())
+    ]
 
 
 def _ref(obj: Any) -> str:

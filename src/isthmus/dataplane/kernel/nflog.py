@@ -82,6 +82,28 @@ class Logged:
     payload: bytes
 
 
+def messages(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """The type and bytes of each netlink message of one receive (blocking until there is one); nothing
+    when the socket's buffer had overflowed (ENOBUFS, after which the kernel goes on sending)."""
+    try:
+        data = sock.recv(1 << 20)
+    except OSError as exc:
+        if exc.errno == errno.ENOBUFS:
+            raise Overrun from exc
+        raise
+    offset = 0
+    while offset + 16 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        if length < 16:
+            return
+        yield int.from_bytes(data[offset + 4 : offset + 6], "little"), data[offset : offset + length]
+        offset += (length + 3) & ~3
+
+
+class Overrun(Exception):
+    """The kernel dropped messages: the socket's buffer was full."""
+
+
 class NflogError(OSError):
     """The kernel refused a request to the NFLOG subsystem."""
 
@@ -119,22 +141,13 @@ class Listener:
     def read(self) -> Iterator[Logged]:
         """The packets of one receive (blocking until there is one); a full buffer counts as lost."""
         try:
-            data = self.sock.recv(1 << 20)
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                return  # the gap shows in the next sequence number
-            raise
-        offset = 0
-        while offset + 16 <= len(data):
-            length = int.from_bytes(data[offset : offset + 4], "little")
-            kind = int.from_bytes(data[offset + 4 : offset + 6], "little")
-            if length < 16:
-                return
-            if kind == NFNL_SUBSYS_ULOG << 8 | PACKET:
-                msg = _Packet(data[offset : offset + length])
-                msg.decode()
-                yield self._logged(msg)
-            offset += (length + 3) & ~3
+            for kind, data in messages(self.sock):
+                if kind == NFNL_SUBSYS_ULOG << 8 | PACKET:
+                    msg = _Packet(data)
+                    msg.decode()
+                    yield self._logged(msg)
+        except Overrun:
+            return  # the gap shows in the next sequence number
 
     def _logged(self, msg: _Packet) -> Logged:
         seq = msg.get_attr("NFULA_SEQ_GLOBAL")

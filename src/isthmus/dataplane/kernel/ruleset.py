@@ -20,16 +20,21 @@ SLOT_SHIFT, SLOTS = 25, 31  # mark bits 25-29: the egress owner a packet is stee
 TO_NODE = 0x80000000  # a mark bit: a pod's flow to another node's address, routed by the main table
 VETH_PREFIX, VXLAN_PREFIX = "isv", "isx"
 FLOW_GROUP = 100  # the NFLOG group of flow records
+EVENTS = "assured,protoinfo,destroy"  # the conntrack events of a recorded connection (`ct event set`)
 RECORDED = 0x40000000  # a mark bit: the packet's flow is recorded on this node (by the rule that allowed it)
 FLOW_RATE = "limit rate 500/second burst 500 packets"  # per rule; beyond it, the twin rule counts
 _NEIGHBOURS = "packet-too-big, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 
 
+_FOLLOWED = f"ct event set {EVENTS}"  # conntrack tells the agent when the recorded connection is
+_UNFOLLOWED = "ct state new ct event set 0x0"  # established and closed, and of no other connection
+
+
 def recorded(match: str, prefix: str, verdict: str) -> str:
     """Rules matching `match` with `verdict`: the first records the packet (NFLOG, `prefix` naming the
-    deciding rule, at most FLOW_RATE; an allowed flow gets the RECORDED mark), the second, its twin,
-    counts what the limit left unrecorded. The verdict is the same either way."""
-    mark = f" meta mark set meta mark or {RECORDED:#x}" if prefix.startswith("a") else ""
+    deciding rule, at most FLOW_RATE; an allowed flow gets the RECORDED mark and conntrack's EVENTS),
+    the second, its twin, counts what the limit left unrecorded. The verdict is the same either way."""
+    mark = f" meta mark set meta mark or {RECORDED:#x} {_FOLLOWED}" if prefix.startswith("a") else ""
     logged = f'{match} {FLOW_RATE} log prefix "{prefix}" group {FLOW_GROUP}{mark} {verdict}'.strip()
     return f"{logged}\n{match} counter {verdict}".replace("  ", " ").strip()
 
@@ -129,6 +134,7 @@ ip saddr . ip daddr @hairpin snat ip to {GATEWAY}
 {_LEAVING} {_UPLINK} masquerade""",
     ("chain", "forward"): f"""type filter hook forward priority filter; policy accept;
 ct state established,related accept
+{_UNFOLLOWED}
 {recorded("ct state invalid", "i", "drop")}
 {recorded("ip daddr @egress_addresses", "e", "reject")}
 {_REFUSE}
@@ -137,11 +143,12 @@ ct state established,related accept
 iifname "{VETH_PREFIX}*" jump rules
 iifname vmap @egress
 oifname vmap @ingress
-{_POD} ct state new meta mark and {RECORDED:#x} == 0 {FLOW_RATE} log prefix "o" group {FLOW_GROUP}
-{_OUTSIDE} oifname "{VETH_PREFIX}*" ct state new {FLOW_RATE} log prefix "o" group {FLOW_GROUP}""",
+{_POD} ct state new meta mark and {RECORDED:#x} == 0 {FLOW_RATE} log prefix "o" group {FLOW_GROUP} {_FOLLOWED}
+{_OUTSIDE} oifname "{VETH_PREFIX}*" ct state new {FLOW_RATE} log prefix "o" group {FLOW_GROUP} {_FOLLOWED}""",
     ("chain", "input"): f"""type filter hook input priority filter; policy accept;
 {_REFUSE_NODEPORT}
 {_POD} ct state established,related accept
+{_POD} {_UNFOLLOWED}
 {_POD} icmpv6 type {{ {_NEIGHBOURS} }} accept
 {recorded(f"{_POD} ip daddr != @nodes", "h", 'drop comment "pods reach their node on its address only"')}
 {_POD} jump to_nodes
