@@ -55,6 +55,17 @@ function Topology({ token }) {
         if (elements.some((x) => x.data.id === target)) link(`svc:${s.name}`, target);
       });
     });
+    shown.clusters.forEach((c) => {
+      add(`cluster:${c.asn}`, `cluster AS ${c.asn}\n${c.nodes.join(" ")}`, "cluster");
+      c.networks.forEach((n) => {
+        const id = `remote:${c.asn}:${n.vni}`;
+        add(id, `VNI ${n.vni} ${n.routeTargets.join(" ")}\n${n.prefixes.length} routes`, "remote");
+        link(id, `cluster:${c.asn}`);
+        shown.networks
+          .filter((local) => local.importTargets.some((t) => n.routeTargets.includes(t)))
+          .forEach((local) => link(id, `net:${local.name}`));
+      });
+    });
     shown.floatingIPs.forEach((f) => {
       add(`fip:${f.name}`, `${f.addresses.join(" ")}`, "floating");
       if (f.service) link(`fip:${f.name}`, `svc:${f.name.split("/")[0]}/${f.service}`);
@@ -70,6 +81,8 @@ function Topology({ token }) {
         { selector: ".service", style: { shape: "diamond", "background-color": "#c84" } },
         { selector: ".floating", style: { shape: "star", "background-color": "#d55" } },
         { selector: ".vm", style: { shape: "square" } },
+        { selector: ".cluster", style: { shape: "barrel", "background-color": "#335" } },
+        { selector: ".remote", style: { shape: "hexagon", "background-color": "#9c9" } },
         { selector: "edge", style: { width: 1, "line-color": "#bbb" } },
       ],
     });
@@ -81,7 +94,8 @@ function Topology({ token }) {
       {shown && (
         <p className="summary">
           {shown.nodes.length} nodes, {shown.networks.length} networks, {shown.endpoints.length} endpoints,{" "}
-          {shown.services.length} services, {shown.floatingIPs.length} floating IPs
+          {shown.services.length} services, {shown.floatingIPs.length} floating IPs,{" "}
+          {shown.clusters.length} other clusters
         </p>
       )}
       <div className="graph" ref={box} data-testid="topology" />
@@ -89,6 +103,13 @@ function Topology({ token }) {
         <ul className="peers">
           {shown.nodes.map((n) => (
             <li key={n.name}>{n.name}: {n.peers.map((p) => `${p.address} ${p.state}`).join(", ") || "no BGP peers"}</li>
+          ))}
+        </ul>
+      )}
+      {shown && (
+        <ul className="clusters">
+          {shown.clusters.map((c) => (
+            <li key={c.asn}>cluster AS {c.asn}: {c.networks.map((n) => `VNI ${n.vni} (${n.routeTargets.join(", ")}): ${n.prefixes.join(" ")}`).join("; ")}</li>
           ))}
         </ul>
       )}
@@ -110,10 +131,18 @@ function Flows({ token }) {
   const [error, setError] = useState("");
   useEffect(() => {
     let live = true;
-    const poll = () =>
-      call(token, `/flows${verdict ? `?verdict=${verdict}` : ""}`)
-        .then((body) => live && setRecords(body.items.slice(-200).reverse()))
+    let since = "";
+    setRecords([]);
+    const poll = () => {
+      const query = new URLSearchParams({ ...(verdict ? { verdict } : {}), since });
+      return call(token, `/flows?${query}`)
+        .then((body) => {
+          if (!live) return;
+          since = Object.entries(body.positions).map(([node, seq]) => `${node}:${seq}`).join(",");
+          setRecords((held) => [...body.items.reverse(), ...held].slice(0, 200));
+        })
         .catch((e) => live && setError(e.message));
+    };
     poll();
     const timer = setInterval(poll, 1000);
     return () => { live = false; clearInterval(timer); };
@@ -127,13 +156,13 @@ function Flows({ token }) {
       </select></label>
       <label> Rule <input name="rule" value={rule} onChange={(e) => setRule(e.target.value)} /></label>
       <table className="flows">
-        <thead><tr><th>time</th><th>node</th><th>source</th><th>destination</th><th>proto</th><th>verdict</th><th>rule</th></tr></thead>
+        <thead><tr><th>time</th><th>node</th><th>source</th><th>destination</th><th>proto</th><th>state</th><th>verdict</th><th>rule</th></tr></thead>
         <tbody>
           {shown.map((r) => (
             <tr key={`${r.node}-${r.seq}`} className={r.verdict}>
               <td>{new Date(r.time * 1000).toLocaleTimeString()}</td><td>{r.node}</td><td>{end(r.source)}</td>
               <td>{end(r.destination)}{r.service ? ` (svc ${r.service})` : ""}</td><td>{r.protocol}</td>
-              <td>{r.verdict}</td><td>{r.rule}</td>
+              <td>{r.state}</td><td>{r.verdict}</td><td>{r.rule}</td>
             </tr>
           ))}
         </tbody>

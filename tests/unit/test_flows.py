@@ -15,6 +15,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 from isthmus.agent.flows import Named, Names, Recorder, parse
 from isthmus.dataplane.kernel.conntrack import Event, event
 from isthmus.dataplane.kernel.nflog import Logged
+from isthmus.dataplane.kernel.ruleset import via_key
 from isthmus.observe.flows import Filter
 
 NAMES = Names(
@@ -26,6 +27,7 @@ WORDS = {
     "aabc": "y/allow-a ingress[0]",
     "aegr": "x/out egress[0]",
     "sweb": "ServiceVIP y/web",
+    via_key(4099, "10.0.0.2"): "y/uses-web rules[0]",
 }
 
 
@@ -186,3 +188,11 @@ def test_an_event_before_its_connections_first_record_waits_for_it() -> None:
         (40009, "new"),
     ]
     assert [r["time"] for r in records[:3]] == [100.02] * 3  # never before the first packet's
+
+
+def test_a_drop_of_traffic_allowed_only_via_a_service_names_the_policy_that_leaked_the_route() -> None:
+    flows = recorder()
+    direct = tcp("10.0.0.1", "10.0.0.2", 40000, 8080)
+    flows.add(Logged("v", 4, 3, 4, 0x40000000 | 4099, direct), 100.0)  # network 4099's packet
+    flows.add(Logged("v", 4, 3, 4, 4100, direct), 100.5)  # another network's: no policy known
+    assert [r["rule"] for r in flows.since(0)["records"]] == ["y/uses-web rules[0]", "only via a service"]

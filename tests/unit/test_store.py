@@ -34,6 +34,7 @@ def test_range_is_ordered_bounded_and_prefix_exact(ledger: Ledger) -> None:
     assert [kv.key for kv in items] == ["/k/01", "/k/03", "/k/05"]
     assert revision == ledger.revision()
     assert [kv.key for kv in ledger.range("/k/02", "/k/99", limit=1)] == ["/k/03"]
+    assert [kv.key for kv in ledger.list("")[0]] == ["/j", "/k/01", "/k/03", "/k/05", "/k0"]  # everything
 
 
 def test_conflicting_commit_changes_nothing(ledger: Ledger) -> None:

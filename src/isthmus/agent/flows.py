@@ -26,7 +26,7 @@ from typing import Any
 
 from isthmus.compile.compiler import ref
 from isthmus.dataplane.kernel import conntrack, nflog
-from isthmus.dataplane.kernel.ruleset import FLOW_GROUP
+from isthmus.dataplane.kernel.ruleset import FLOW_GROUP, MARK_MASK, via_key
 from isthmus.model import Endpoint, FloatingIP, Object, ServiceVIP
 
 TRANSPORT = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMP"}
@@ -36,7 +36,7 @@ _FIXED = {  # the base ruleset's prefixes: (verdict, words; "" when the words de
     "n": ("dropped", ""),
     "e": ("dropped", "egress address: replies only"),
     "i": ("dropped", "invalid"),
-    "v": ("dropped", "only via a service"),
+    "v": ("dropped", ""),
     "g": ("dropped", "node infrastructure"),
     "h": ("dropped", "pods reach their node on its address only"),
 }
@@ -169,6 +169,8 @@ class Recorder:
             words = self.words(logged.prefix) or f"rule {logged.prefix}"
         elif logged.prefix == "r":
             words = f"ServiceVIP {names.services.get(packet.destination, '?')}"
+        elif logged.prefix == "v":
+            words = self.words(via_key(logged.mark & MARK_MASK, packet.destination)) or "only via a service"
         elif logged.prefix == "n":
             network = names.endpoints.get(packet.source, Named("", "")).network
             words = f"VirtualNetwork {network} nodeAccess: false"

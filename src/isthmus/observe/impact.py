@@ -57,7 +57,7 @@ def parse_port(text: str) -> Port:
 def impact(ledger: Ledger, items: Sequence[Object], ports: Sequence[Port] = ()) -> Impact:
     """What applying `items` would open and close, on `ports` (else as the module says)."""
     copy = MemoryLedger()
-    held = ledger.list("")[0]
+    held = ledger.list("/")[0]
     copy.commit({}, [(kv.key, kv.value) for kv in held])
     before = Tracer(compiled(copy)[0])
     if any(kind_of(o).model is None for o in items):

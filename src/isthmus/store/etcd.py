@@ -69,7 +69,7 @@ class EtcdLedger(Ledger):
         at = 0
         while limit is None or len(items) < limit:
             page = PAGE if limit is None else min(PAGE, limit - len(items))
-            request: dict[str, Any] = {"key": b64(start), "range_end": b64(end), "limit": page}
+            request: dict[str, Any] = {"key": b64(start or "\0"), "range_end": b64(end), "limit": page}
             if at:
                 request["revision"] = at
             answer = self.gateway.call("/v3/kv/range", request)

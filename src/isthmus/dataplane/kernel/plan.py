@@ -102,6 +102,7 @@ from isthmus.dataplane.kernel.ruleset import (
     VXLAN_PREFIX,
     named,
     recorded,
+    via_key,
 )
 from isthmus.model.network import eui64
 
@@ -884,6 +885,7 @@ def _route(builder: _Builder, route: RouteEntry) -> None:
     backend = route.prefix.network_address
     if route.kind == "leak" and route.via is not None and route.via.version == backend.version:
         builder.element(named("via_only", backend), f"{network.table} . {backend}")
+        builder.planner.words[via_key(network.table, backend)] = route.rule
         builder.element(named("via_allowed", backend), f"{network.table} . {backend} . {route.via}")
 
 

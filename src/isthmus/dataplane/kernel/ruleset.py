@@ -30,6 +30,12 @@ _FOLLOWED = f"ct event set {EVENTS}"  # conntrack tells the agent when the recor
 _UNFOLLOWED = "ct state new ct event set 0x0"  # established and closed, and of no other connection
 
 
+def via_key(table: int, backend: Address | str) -> str:
+    """The key of the words of a via-only route (network `table`'s route to `backend`, leaked only for
+    traffic to a service): its policy rule, which the `v` drop does not name."""
+    return f"v{table}/{backend}"
+
+
 def recorded(match: str, prefix: str, verdict: str) -> str:
     """Rules matching `match` with `verdict`: the first records the packet (NFLOG, `prefix` naming the
     deciding rule, at most FLOW_RATE; an allowed flow gets the RECORDED mark and conntrack's EVENTS),
