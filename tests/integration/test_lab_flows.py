@@ -142,6 +142,8 @@ def test_a_dropped_connection_names_its_policy_within_a_second_and_an_allowed_on
         assert allowed["source"] | {"port": 0} == {
             "namespace": "y",
             "name": "b",
+            "kind": "pod",
+            "network": "isthmus-system/pods",  # the cluster's network: the model isolates by policy only
             "address": _pod_ips(work, 4)["y_b"],
             "port": 0,
         }

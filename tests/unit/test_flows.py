@@ -19,7 +19,7 @@ from isthmus.dataplane.kernel.ruleset import via_key
 from isthmus.observe.flows import Filter
 
 NAMES = Names(
-    {"10.0.0.1": Named("x", "a", "pods"), "10.0.0.2": Named("y", "b", "pods")},
+    {"10.0.0.1": Named("x", "a", "x/pods"), "10.0.0.2": Named("y", "b", "y/pods")},
     {"10.254.0.9": "y/web", "10.254.0.10": "y/empty"},
 )
 WORDS = {
@@ -62,7 +62,14 @@ def test_a_drop_names_its_policy_and_its_ends() -> None:
     flows.add(logged("dabc", tcp("10.0.0.1", "10.0.0.2", 40000, 81)), 100.0)
     (record,) = flows.since(0)["records"]
     assert (record["verdict"], record["rule"]) == ("dropped", "y/deny-all")
-    assert record["source"] == {"namespace": "x", "name": "a", "address": "10.0.0.1", "port": 40000}
+    assert record["source"] == {
+        "namespace": "x",
+        "name": "a",
+        "kind": "pod",
+        "network": "x/pods",
+        "address": "10.0.0.1",
+        "port": 40000,
+    }
     assert record["destination"]["name"] == "b" and "service" not in record
 
 
@@ -110,11 +117,18 @@ def test_filters_match_either_end() -> None:
     assert not Filter(namespace="z").matches(record) and not Filter(service="y/web").matches(record)
 
 
-def ctnetlink(kind: int, status: int, tcp_state: int | None) -> nfct_msg:
-    """A conntrack event as the kernel sends it: x/a:40000 to the VIP, DNATed to y/b:8080."""
+def ctnetlink(kind: int, status: int, tcp_state: int | None, six: bool = False) -> bytes:
+    """A conntrack event as the kernel sends it (pyroute2 encodes it): x/a:40000 to the VIP, DNATed to
+    y/b:8080 (in IPv6: fd00::1, fd00:254::9, fd00::2)."""
+    family = "V6" if six else "V4"
 
     def ends(source: str, destination: str, sport: int, dport: int) -> dict[str, Any]:
-        ip = {"attrs": [("CTA_IP_V4_SRC", source), ("CTA_IP_V4_DST", destination)]}
+        if six:
+            source, destination = (
+                a.replace("10.0.0.", "fd00::").replace("10.254.0.", "fd00:254::")
+                for a in (source, destination)
+            )
+        ip = {"attrs": [(f"CTA_IP_{family}_SRC", source), (f"CTA_IP_{family}_DST", destination)]}
         proto = {
             "attrs": [("CTA_PROTO_NUM", 6), ("CTA_PROTO_SRC_PORT", sport), ("CTA_PROTO_DST_PORT", dport)]
         }
@@ -130,11 +144,9 @@ def ctnetlink(kind: int, status: int, tcp_state: int | None) -> nfct_msg:
         attrs.append(("CTA_PROTOINFO", {"attrs": [("CTA_PROTOINFO_TCP", tcp)]}))
     msg = nfct_msg()
     msg["header"]["type"] = NFNL_SUBSYS_CTNETLINK << 8 | kind
-    msg["nfgen_family"], msg["attrs"] = socket.AF_INET, attrs
+    msg["nfgen_family"], msg["attrs"] = socket.AF_INET6 if six else socket.AF_INET, attrs
     msg.encode()
-    parsed = nfct_msg(msg.data)
-    parsed.decode()
-    return parsed
+    return bytes(msg.data)
 
 
 def test_conntrack_events_say_established_and_closed() -> None:
@@ -147,6 +159,9 @@ def test_conntrack_events_say_established_and_closed() -> None:
     assert established == Event("established", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
     assert fin_wait is not None and fin_wait.state == "closed"
     assert event(ctnetlink(2, 0xE, None)) == Event("closed", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    assert event(ctnetlink(0, 0xE, 3, six=True)) == Event(
+        "established", "TCP", "fd00::1", 40000, "fd00::2", 8080
+    )
 
 
 def test_a_recorded_connection_is_followed_once_to_established_and_closed() -> None:

@@ -28,6 +28,7 @@ from isthmus.compile.compiler import ref
 from isthmus.dataplane.kernel import conntrack, nflog
 from isthmus.dataplane.kernel.ruleset import FLOW_GROUP, MARK_MASK, via_key
 from isthmus.model import Endpoint, FloatingIP, Object, ServiceVIP
+from isthmus.model.meta import split_ref
 
 TRANSPORT = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMP"}
 _FIXED = {  # the base ruleset's prefixes: (verdict, words; "" when the words depend on the packet)
@@ -51,7 +52,8 @@ Flow = tuple[str, str, int, str, int]  # protocol, source, its port, destination
 class Named:
     namespace: str
     name: str
-    network: str = ""
+    network: str = ""  # NAMESPACE/NAME
+    kind: str = "pod"  # pod, vm or host
 
 
 @dataclass
@@ -68,7 +70,8 @@ def names_of(objects: Mapping[str, Mapping[tuple[str, str], Object]]) -> Names:
     for (namespace, name), endpoint in objects.get("Endpoint", {}).items():
         if isinstance(endpoint, Endpoint):
             for address in endpoint.spec.addresses:
-                endpoints[str(address)] = Named(namespace, name, endpoint.spec.network)
+                network = ref(*split_ref(endpoint.spec.network, namespace))
+                endpoints[str(address)] = Named(namespace, name, network, endpoint.spec.kind)
     services: dict[str, str] = {}
     for (namespace, name), vip in objects.get("ServiceVIP", {}).items():
         if isinstance(vip, ServiceVIP):
@@ -283,5 +286,9 @@ class Recorder:
 
 def _end(names: Names, address: str, port: int) -> dict[str, Any]:
     named = names.endpoints.get(address)
-    end: dict[str, Any] = {"namespace": named.namespace, "name": named.name} if named else {}
+    end: dict[str, Any] = (
+        {"namespace": named.namespace, "name": named.name, "kind": named.kind, "network": named.network}
+        if named
+        else {}
+    )
     return end | {"address": address, "port": port}

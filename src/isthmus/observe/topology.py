@@ -12,6 +12,7 @@ from typing import Any
 
 from isthmus.compile.compiler import ref
 from isthmus.model import Endpoint, FloatingIP, ImportedRoute, Node, ServiceVIP, VirtualNetwork, lookup_kind
+from isthmus.model.meta import split_ref
 from isthmus.store import Ledger, objects
 
 
@@ -97,14 +98,10 @@ def _network(network: VirtualNetwork) -> dict[str, Any]:
 
 
 def _endpoint(endpoint: Endpoint) -> dict[str, Any]:
-    namespace = endpoint.metadata.namespace
-    network = (
-        endpoint.spec.network if "/" in endpoint.spec.network else f"{namespace}/{endpoint.spec.network}"
-    )
     return {
         "name": _ref(endpoint),
         "kind": endpoint.spec.kind,
-        "network": network,
+        "network": ref(*split_ref(endpoint.spec.network, endpoint.metadata.namespace)),
         "node": endpoint.spec.node,
         "addresses": [str(a) for a in endpoint.spec.addresses],
     }
