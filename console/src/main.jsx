@@ -32,8 +32,14 @@ function Topology({ token }) {
   const box = useRef(null);
   const [shown, setShown] = useState(null);
   const [error, setError] = useState("");
-  useEffect(() => {
-    call(token, "/topology").then(setShown).catch((e) => setError(e.message));
+  useEffect(() => {  // again every 5 s: sessions come up, pods come and go; the graph is redrawn on change
+    const load = () =>
+      call(token, "/topology")
+        .then((next) => setShown((held) => (JSON.stringify(held) === JSON.stringify(next) ? held : next)))
+        .catch((e) => setError(e.message));
+    load();
+    const timer = setInterval(load, 5000);
+    return () => clearInterval(timer);
   }, [token]);
   useEffect(() => {
     if (!shown || !box.current) return;

@@ -130,15 +130,15 @@ def test_a_dropped_connection_names_its_policy_within_a_second_and_an_allowed_on
         assert any(line.startswith(counted) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())
         assert f'isthmus_agent_reconcile_seconds_bucket{{le="0.1",node="{node}"}}' in metrics
         latency = {
-            line.split("{")[0]: float(line.split()[-1])
+            line.split("{")[0].removeprefix("isthmus_agent_"): float(line.split()[-1])
             for line in metrics.splitlines()
-            if line.startswith("isthmus_agent_network_programming_seconds_")
-        }  # the policy's change, from the ledger taking it to this node programming it
-        assert latency["isthmus_agent_network_programming_seconds_count"] >= 1
-        assert (
-            latency["isthmus_agent_network_programming_seconds_sum"]
-            < 5 * latency["isthmus_agent_network_programming_seconds_count"]
-        )
+            if line.startswith(
+                ("isthmus_agent_network_programming_seconds_", "isthmus_agent_watch_lag_seconds_")
+            )
+        }  # the policy's change, from the ledger taking it to this node's watch, then to programming it
+        assert latency["network_programming_seconds_count"] == latency["watch_lag_seconds_count"] >= 1
+        assert latency["network_programming_seconds_sum"] < 5 * latency["network_programming_seconds_count"]
+        assert latency["watch_lag_seconds_sum"] <= latency["network_programming_seconds_sum"]
         assert allowed["source"] | {"port": 0} == {
             "namespace": "y",
             "name": "b",

@@ -159,6 +159,8 @@ def test_conntrack_events_say_established_and_closed() -> None:
     assert established == Event("established", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
     assert fin_wait is not None and fin_wait.state == "closed"
     assert event(ctnetlink(2, 0xE, None)) == Event("closed", "TCP", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    assert event(ctnetlink(0, 0xE, None)) is not None  # no TCP state (UDP's): ASSURED decides
+    assert event(ctnetlink(0, 0xA, None)) is None
     assert event(ctnetlink(0, 0xE, 3, six=True)) == Event(
         "established", "TCP", "fd00::1", 40000, "fd00::2", 8080
     )

@@ -16,6 +16,7 @@ the first packet's record (NFLOG sends in batches, conntrack at once): it waits 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import select
 import threading
 import time
@@ -30,6 +31,7 @@ from isthmus.dataplane.kernel.ruleset import FLOW_GROUP, MARK_MASK, via_key
 from isthmus.model import Endpoint, FloatingIP, Object, ServiceVIP
 from isthmus.model.meta import split_ref
 
+log = logging.getLogger("isthmus.agent.flows")
 TRANSPORT = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMP"}
 _FIXED = {  # the base ruleset's prefixes: (verdict, words; "" when the words depend on the packet)
     "o": ("allowed", ""),
@@ -147,16 +149,22 @@ class Recorder:
         self.listener, self.events = nflog.Listener(FLOW_GROUP), conntrack.Listener()
         try:
             while not stop.is_set():
-                ready, _, _ = select.select([self.listener.fileno(), self.events.fileno()], [], [], 0.5)
-                if self.listener.fileno() in ready:
-                    for logged in self.listener.read():
-                        self.add(logged, time.time())
-                if self.events.fileno() in ready:
-                    for event in self.events.read():
-                        self.follow(event, time.time())
+                try:
+                    self._read(self.listener, self.events)
+                except Exception:  # a message this reader cannot take costs its batch, never the recorder
+                    log.exception("flow records: a batch of messages lost")
         finally:
             self.listener.close()
             self.events.close()
+
+    def _read(self, listener: nflog.Listener, events: conntrack.Listener) -> None:
+        ready, _, _ = select.select([listener.fileno(), events.fileno()], [], [], 0.5)
+        if listener.fileno() in ready:
+            for logged in listener.read():
+                self.add(logged, time.time())
+        if events.fileno() in ready:
+            for event in events.read():
+                self.follow(event, time.time())
 
     def add(self, logged: nflog.Logged, now: float) -> None:
         packet = parse(logged.payload, logged.family)

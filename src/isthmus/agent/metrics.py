@@ -51,6 +51,9 @@ class AgentMetrics:
             "network_programming_seconds",
             "From the ledger taking a change of an object to this node having programmed it",
         )
+        self.watch_lag_seconds = histogram(
+            "watch_lag_seconds", "From the ledger taking a change of an object to this node's watch having it"
+        )
         self.objects = gauge("objects_programmed", "Kernel objects the agent holds programmed")
         self.store_up = gauge("store_up", "1 while the ledger's store answers")
         self.store_errors = counter("store_errors", "Failures to reach the ledger's store")

@@ -130,6 +130,10 @@ class Agent:
         """Changes to the slice: compile their delta (and what a widened or narrowed slice brings), update
         the plan by it, program what changed."""
         puts, deletes = self.slice.changed(e for e in events if _compiled(e.key))
+        heard = time.time()
+        for changed in (o.metadata.changed_at for o in puts):
+            if changed is not None:
+                self.metrics.watch_lag_seconds.observe(max(0.0, heard - changed))
         with self.lock:
             started = time.perf_counter()
             if not (puts or deletes):

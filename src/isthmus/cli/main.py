@@ -201,10 +201,7 @@ def get(
 
 
 def _bgp(ledger: Ledger, node: str | None, output: str | None) -> None:
-    reports = {
-        kv.key.removeprefix(objects.STATUS): json.loads(kv.value).get("bgp") or {}
-        for kv in ledger.list(objects.STATUS)[0]
-    }
+    reports = {node: report.get("bgp") or {} for node, report in objects.statuses(ledger).items()}
     shown = {n: r for n, r in sorted(reports.items()) if node in (None, n)}
     if output in ("json", "yaml"):
         click.echo(json.dumps(shown, indent=2))

@@ -1,23 +1,25 @@
-"""The part of Keystone v3 that OpenStack clients need to reach the network service: version discovery
-and token issue (`POST /v3/auth/tokens`) with a catalog naming this server as the network endpoint.
+"""The part of Keystone v3 that OpenStack clients need to reach the network service: version discovery,
+and tokens issued (`POST /v3/auth/tokens`, with a catalog naming this server as the network endpoint),
+validated (`GET`) and revoked (`DELETE`).
 
 An Isthmus token is the credential: the `token` method (`openstack --os-auth-type v3token --os-token T`)
-or the `password` method with the token as password. The tenant's token scopes only to its own project;
-the admin token to any (its tenant made if missing, as Keystone would hold the project). The issued
-token is PROJECT:TOKEN, which the network API reads back as `Scope`.
+or the `password` method with the token as password; an issued token works as the `token` method's too.
+The tenant's token scopes only to its own project; the admin token to any (its tenant made if missing, as
+Keystone would hold the project). The issued token is a session (`api.auth`): opaque, expiring after an
+hour, dying with its credential; the network API reads it back as `Scope`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Body, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from isthmus import intent
-from isthmus.api.auth import authenticate
+from isthmus.api.auth import Principal, Session, authenticate, close_session, holder, open_session, session
 from isthmus.model import Tenant, lookup_kind
 from isthmus.store import Ledger, objects
 
@@ -42,13 +44,28 @@ def _ledger(request: Request) -> Ledger:
     return ledger
 
 
+def _session(request: Request, token: str) -> Session:
+    found = session(_ledger(request), request.app.state.admin_token, token)
+    if found is None:
+        raise Unauthorized("the token is not valid or has expired; get one from POST /v3/auth/tokens")
+    return found
+
+
 def scope_of(request: Request, token: str) -> Scope:
-    """The scope of an issued token (PROJECT:TOKEN)."""
-    project, _, secret = token.partition(":")
-    found = authenticate(_ledger(request), request.app.state.admin_token, secret) if secret else None
-    if found is None or not (found.admin or found.tenant == project):
-        raise Unauthorized("the token is not valid; get one from POST /v3/auth/tokens")
-    return Scope(project, found.admin)
+    """The scope of an issued token."""
+    found = _session(request, token)
+    return Scope(found.project, found.admin)
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+
+
+def _asker(request: Request, token: str) -> Scope:
+    """Who sends `token` as X-Auth-Token: an issued token, or the admin credential itself."""
+    if authenticate(_ledger(request), request.app.state.admin_token, token) == Principal(None):
+        return Scope("", True)
+    return scope_of(request, token)
 
 
 def _version(request: Request) -> dict[str, Any]:
@@ -115,15 +132,15 @@ def identity_routes() -> APIRouter:
     def version(request: Request) -> dict[str, Any]:
         return {"version": _version(request)}
 
-    def answer(request: Request, project: str, admin: bool, token: str, code: int) -> JSONResponse:
-        now = datetime.now(UTC)
+    def answer(request: Request, opened: Session, token: str, code: int) -> JSONResponse:
+        project, admin = opened.project, opened.admin
         user = {"id": f"isthmus-{project}", "name": "admin" if admin else project, "domain": DOMAIN}
         role = {"id": "admin" if admin else "member", "name": "admin" if admin else "member"}
         body = {
             "token": {
                 "methods": ["token"],
-                "issued_at": now.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
-                "expires_at": (now + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+                "issued_at": _stamp(datetime.now(UTC)),
+                "expires_at": _stamp(datetime.fromtimestamp(opened.expires, UTC)),
                 "user": user,
                 "project": {"id": project, "name": project, "domain": DOMAIN},
                 "roles": [role],
@@ -134,23 +151,35 @@ def identity_routes() -> APIRouter:
 
     @router.post("/auth/tokens")
     def issue(request: Request, auth: Annotated[dict[str, Any], Body(embed=True)]) -> JSONResponse:
-        secret = _credential(auth).partition(":")[2] or _credential(auth)  # an issued token works too
-        found = authenticate(_ledger(request), request.app.state.admin_token, secret)
-        if found is None:
-            raise Unauthorized("the token is not valid")
-        project = _project(auth, found.admin, found.tenant)
-        if not found.admin and project != found.tenant:
-            raise Unauthorized(f"tenant {found.tenant}'s token does not scope to project {project}")
-        if found.admin:
-            _ensure_tenant(_ledger(request), project)
-        return answer(request, project, found.admin, f"{project}:{secret}", 201)
+        ledger, admin_token, credential = _ledger(request), request.app.state.admin_token, _credential(auth)
+        held = holder(ledger, admin_token, credential)
+        if held is None:
+            raise Unauthorized("the token is not valid or has expired")
+        who = held[0]
+        project = _project(auth, who.admin, who.tenant)
+        if who.admin:
+            _ensure_tenant(ledger, project)
+        made = open_session(ledger, admin_token, credential, project)
+        if made is None:
+            raise Unauthorized(f"tenant {who.tenant}'s token does not scope to project {project}")
+        return answer(request, made[1], made[0], 201)
 
     @router.get("/auth/tokens")
     def validate(
         request: Request, x_subject_token: Annotated[str, Header()], x_auth_token: Annotated[str, Header()]
     ) -> JSONResponse:
-        scope_of(request, x_auth_token)
-        scope = scope_of(request, x_subject_token)
-        return answer(request, scope.project, scope.admin, x_subject_token, 200)
+        _asker(request, x_auth_token)
+        return answer(request, _session(request, x_subject_token), x_subject_token, 200)
+
+    @router.delete("/auth/tokens", status_code=204)
+    def revoke(
+        request: Request, x_subject_token: Annotated[str, Header()], x_auth_token: Annotated[str, Header()]
+    ) -> Response:
+        asker = _asker(request, x_auth_token)
+        revoked = _session(request, x_subject_token)
+        if not asker.admin and asker.project != revoked.project:
+            raise Unauthorized(f"a token of project {asker.project} revokes its own project's only")
+        close_session(_ledger(request), x_subject_token)
+        return Response(status_code=204)
 
     return router

@@ -10,11 +10,12 @@ another project's resource), 409 (in use, conflicts, exhausted pools).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -22,6 +23,7 @@ from isthmus import intent
 from isthmus.model import (
     Endpoint,
     FloatingIP,
+    Node,
     Object,
     Policy,
     SecurityGroup,
@@ -50,6 +52,7 @@ EXTENSIONS = (
     ("port-security", "Port Security"),
     ("project-id", "project_id field enabled"),
     ("provider", "Provider Network"),
+    ("router", "Neutron L3 Router"),
     ("security-group", "security-group"),
     ("standard-attr-description", "standard-attr-description"),
 )
@@ -99,7 +102,20 @@ def caller(request: Request, x_auth_token: Annotated[str | None, Header()] = Non
 
 
 Caller = Annotated[Scope, Depends(caller)]
-Json = Annotated[dict[str, Any], Body()]
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, whatever its Content-Type says (Neutron reads it so)."""
+    try:
+        payload = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise NeutronError(400, "HTTPBadRequest", f"the body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise NeutronError(400, "HTTPBadRequest", "the body is not a JSON object")
+    return payload
+
+
+Json = Annotated[dict[str, Any], Depends(_json)]
 
 
 def _visible(scope: Scope, obj: Object) -> bool:
@@ -174,8 +190,17 @@ def _apply(ledger: Ledger, made: Object | list[Object], resource: str, create: b
 
 
 def _delete(ledger: Ledger, obj: Object, resource: str) -> Response:
+    """Delete the resource, and a network's subnets with it (as Neutron does, while no port uses them)."""
+    doomed = [obj]
+    if isinstance(obj, VirtualNetwork):
+        doomed += [
+            s
+            for s in objects.list_objects(ledger, _INFO["Subnet"], obj.metadata.namespace)[0]
+            if isinstance(s, Subnet)
+            and split_ref(s.spec.network, s.metadata.namespace) == (obj.metadata.namespace, obj.metadata.name)
+        ]
     with errors(resource):
-        intent.delete(ledger, [(_INFO[obj.kind], obj.metadata.namespace, obj.metadata.name)])
+        intent.delete(ledger, [(_INFO[o.kind], o.metadata.namespace, o.metadata.name) for o in doomed])
     return Response(status_code=204)
 
 
@@ -405,10 +430,22 @@ def _collection(
         return {plural: _filtered([view(o) for o in _all(ledger, kind, who)], request)}
 
     def create(request: Request, who: Caller, payload: Json) -> JSONResponse:
+        """One resource (`{singular: {...}}`), or several in one transaction (`{plural: [...]}`: all
+        or none, as Neutron's native bulk)."""
         ledger = _ledger(request)
+        bulk = isinstance(payload.get(plural), list)
+        bodies = payload[plural] if bulk else [_body(payload, singular)]
+        groups: list[list[Object]] = []
         with errors(resource):
-            made = to(request, who, _body(payload, singular), None)
-        return JSONResponse({singular: show(ledger, _apply(ledger, made, resource, True))}, status_code=201)
+            for body in bodies:
+                if not isinstance(body, dict):
+                    raise NeutronError(400, "HTTPBadRequest", f"each of {plural} is an object")
+                made = to(request, who, body, None)
+                groups.append(made if isinstance(made, list) else [made])
+            applied = intent.apply(ledger, [o for g in groups for o in g], create_only=True)
+        firsts = [sum(map(len, groups[:i])) for i in range(len(groups))]
+        shown = [show(ledger, applied[i].object) for i in firsts]
+        return JSONResponse({plural: shown} if bulk else {singular: shown[0]}, status_code=201)
 
     def get(request: Request, who: Caller, ident: str) -> dict[str, Any]:
         ledger = _ledger(request)
@@ -459,7 +496,7 @@ def network_routes() -> APIRouter:
     @router.get(PREFIX)
     @router.get(PREFIX + "/")
     def resources(request: Request, who: Caller) -> dict[str, Any]:
-        names = ("network", "subnet", "port", "floatingip", "security_group", "security_group_rule")
+        names = ("network", "subnet", "port", "floatingip", "router", "security_group", "security_group_rule")
         return {"resources": [{"name": n, "collection": f"{n}s", "links": []} for n in names]}
 
     @router.get(PREFIX + "/extensions")
@@ -470,6 +507,29 @@ def network_routes() -> APIRouter:
                 for alias, name in EXTENSIONS
             ]
         }
+
+    @router.get(PREFIX + "/extensions/{alias}")
+    def extension(who: Caller, alias: str) -> dict[str, Any]:
+        found = next((e for e in extensions(who)["extensions"] if e["alias"] == alias), None)
+        if found is None:
+            raise NeutronError(404, "ExtensionNotFound", f"Extension with alias {alias} does not exist")
+        return {"extension": found}
+
+    @router.get(PREFIX + "/agents")
+    def agents(request: Request, who: Caller) -> dict[str, Any]:
+        """Each node's Isthmus agent, to the admin (Neutron shows agents to admins only)."""
+        ledger = _ledger(request)
+        reports = objects.statuses(ledger)
+        nodes = objects.list_objects(ledger, lookup_kind("Node"))[0] if who.admin else []
+        found = [shapes.agent(n, reports.get(n.metadata.name)) for n in nodes if isinstance(n, Node)]
+        return {"agents": _filtered(found, request)}
+
+    @router.get(PREFIX + "/agents/{ident}")
+    def agent(request: Request, who: Caller, ident: str) -> dict[str, Any]:
+        found = next((a for a in agents(request, who)["agents"] if a["id"] == ident), None)
+        if found is None:
+            raise NeutronError(404, "AgentNotFound", f"Agent {ident} could not be found.")
+        return {"agent": found}
 
     _collection(router, "VirtualNetwork", "networks", "network", "Network", _to_network)
     _collection(router, "Subnet", "subnets", "subnet", "Subnet", _to_subnet)

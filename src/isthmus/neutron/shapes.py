@@ -19,6 +19,7 @@ from typing import Any
 from isthmus.model import (
     Endpoint,
     FloatingIP,
+    Node,
     Object,
     Policy,
     SecurityGroup,
@@ -385,6 +386,27 @@ def to_security_group(body: dict[str, Any], project: str, old: SecurityGroup | N
 
 
 # -- routers
+
+
+def agent(node: Node, report: dict[str, Any] | None) -> dict[str, Any]:
+    """A node's Isthmus agent as a Neutron agent: alive while it has published a report (it publishes
+    on change, with no heartbeat), its problems as its configuration."""
+    return {
+        "id": node.metadata.uid or node.metadata.name,
+        "agent_type": "Isthmus agent",
+        "binary": "isthmus-agent",
+        "host": node.metadata.name,
+        "topic": "N/A",
+        "alive": report is not None,
+        "admin_state_up": True,
+        "availability_zone": None,
+        "configurations": {"problems": (report or {}).get("problems") or {}},
+        "description": "",
+        "created_at": STAMP,
+        "started_at": STAMP,
+        "heartbeat_timestamp": STAMP,
+        "resources_synced": None,
+    }
 
 
 def is_router(obj: Object) -> bool:

@@ -3,7 +3,6 @@ control socket, which its status in the ledger names; this module asks every one
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,12 +53,8 @@ class Filter:
 
 def agents(ledger: Ledger) -> dict[str, str]:
     """Each node's agent control socket, as its status names it."""
-    found = {}
-    for kv in ledger.list(objects.STATUS)[0]:
-        control = json.loads(kv.value).get("control")
-        if control:
-            found[kv.key.removeprefix(objects.STATUS)] = control
-    return found
+    reports = objects.statuses(ledger)
+    return {node: report["control"] for node, report in reports.items() if report.get("control")}
 
 
 class Observer:

@@ -7,7 +7,6 @@ tenants' endpoints or any node."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from isthmus.compile.compiler import ref
@@ -28,9 +27,7 @@ def topology(ledger: Ledger, tenant: str | None = None) -> dict[str, Any]:
         for n in networks
         if tenant is None or n.metadata.namespace == tenant or n.spec.shared or n.spec.external
     ]
-    reports = {
-        kv.key.removeprefix(objects.STATUS): json.loads(kv.value) for kv in ledger.list(objects.STATUS)[0]
-    }
+    reports = objects.statuses(ledger)
     return {
         "nodes": []
         if tenant

@@ -8,6 +8,7 @@ bounded range read. metadata.resourceVersion is the key's mod revision and is ne
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from isthmus.model import VirtualNetwork
 from isthmus.model.kinds import ISTHMUS, KINDS, KindInfo, Object, kind_of, parse_object
@@ -166,3 +167,8 @@ def _decoded(txn: Txn, key: str, value: bytes, revision: int | None) -> Object:
 def list_one(ledger: Ledger, info: KindInfo, namespace: str | None, name: str) -> Object | None:
     kv = ledger.get(key_of(info, namespace, name))
     return decode(kv) if kv else None
+
+
+def statuses(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """Each node's agent report, as the agent last published it."""
+    return {kv.key.removeprefix(STATUS): json.loads(kv.value) for kv in ledger.list(STATUS)[0]}

@@ -88,8 +88,9 @@ def event(data: bytes) -> Event | None:
     if data[4] == DELETE:  # the message type's low byte
         state = "closed"
     else:
-        tcp = _attributes(data, _attributes(data, top[PROTOINFO]).get(PROTOINFO_TCP, (0, 0)))
-        phase = data[tcp[TCP_STATE][0]] if PROTOINFO in top and TCP_STATE in tcp else None
+        info = _attributes(data, top.get(PROTOINFO, (0, 0)))  # TCP's state, when it is TCP
+        tcp = _attributes(data, info.get(PROTOINFO_TCP, (0, 0)))
+        phase = data[tcp[TCP_STATE][0]] if TCP_STATE in tcp else None
         status = struct.unpack_from("!I", data, top[STATUS][0])[0] if STATUS in top else 0
         if phase in TCP_CLOSING:
             state = "closed"
