@@ -183,6 +183,8 @@ def test_invalid_requests_get_neutron_errors_and_change_nothing(
     ]
     subnet = {"subnet": {"network_id": network["id"], "cidr": "10.20.0.0/24", "ip_version": 4}}
     assert _neutron(cloud, "umbrella", "POST", "/subnets", subnet).status_code == 201
+    port = {"port": {"network_id": network["id"]}}  # in use: deleting the network is refused
+    assert _neutron(cloud, "umbrella", "POST", "/ports", port).status_code == 201
     before = (
         cloud.isthmus("GET", "/namespaces/umbrella/virtualnetworks"),
         cloud.isthmus("GET", "/namespaces/umbrella/endpoints"),
