@@ -157,3 +157,106 @@ def test_bodies_without_content_type_bulk_create_extensions_agents_and_network_d
     assert (agent["host"], agent["alive"], agent["agent_type"]) == ("node-1", True, "Isthmus agent")
     assert client.get(f"/v2.0/agents/{agent['id']}", headers=admin).json()["agent"]["host"] == "node-1"
     assert client.get("/v2.0/agents", headers=acme).json()["agents"] == []  # the admin's to see
+
+
+def test_attributes_neutron_keeps_are_kept_shown_and_checked(api: tuple[TestClient, Tokens]) -> None:
+    client, tokens = api
+    acme = _headers(client, tokens["acme"], "acme")
+
+    def made(plural: str, singular: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = client.post(f"/v2.0/{plural}", json={singular: body}, headers=acme)
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json()[singular])
+
+    network = made("networks", "network", {"name": "db", "mtu": 1400})
+    assert network["mtu"] == 1400 and network["admin_state_up"] is True
+    too_big = client.post("/v2.0/networks", json={"network": {"mtu": 9000}}, headers=acme)
+    assert too_big.status_code == 400 and "mtu" in too_big.json()["NeutronError"]["message"]
+    routes = [{"destination": "10.50.0.0/16", "nexthop": "10.7.0.9"}]
+    subnet = made(
+        "subnets",
+        "subnet",
+        {"network_id": network["id"], "cidr": "10.7.0.0/24", "ip_version": 4}
+        | {"dns_nameservers": ["10.7.0.2"], "host_routes": routes, "enable_dhcp": False},
+    )
+    assert (subnet["dns_nameservers"], subnet["host_routes"], subnet["enable_dhcp"]) == (
+        ["10.7.0.2"],
+        routes,
+        False,
+    )
+    path = f"/v2.0/subnets/{subnet['id']}"
+    updated = client.put(path, json={"subnet": {"dns_nameservers": ["10.7.0.3"]}}, headers=acme).json()[
+        "subnet"
+    ]
+    assert (updated["dns_nameservers"], updated["host_routes"]) == (["10.7.0.3"], routes)  # the rest kept
+    wrong = client.put(path, json={"subnet": {"dns_nameservers": ["ten"]}}, headers=acme)
+    assert wrong.status_code == 400 and "dns_nameservers" in wrong.json()["NeutronError"]["message"]
+    assert client.get(path, headers=acme).json()["subnet"]["dns_nameservers"] == ["10.7.0.3"]  # unchanged
+    port = made("ports", "port", {"network_id": network["id"], "port_security_enabled": False})
+    assert port["port_security_enabled"] is False and port["security_groups"] == []
+    router = made("routers", "router", {"name": "edge", "admin_state_up": False})
+    assert (
+        client.get(f"/v2.0/routers/{router['id']}", headers=acme).json()["router"]["admin_state_up"] is False
+    )
+
+
+def test_a_floating_ip_names_the_router_that_joins_its_port_to_the_outside(
+    api: tuple[TestClient, Tokens],
+) -> None:
+    client, tokens = api
+    admin, acme = _headers(client, ADMIN, "admin"), _headers(client, tokens["acme"], "acme")
+
+    def post(headers: dict[str, str], plural: str, singular: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = client.post(f"/v2.0/{plural}", json={singular: body}, headers=headers)
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json()[singular])
+
+    public = post(admin, "networks", "network", {"name": "public", "router:external": True})
+    post(admin, "subnets", "subnet", {"network_id": public["id"], "cidr": "203.0.113.0/24", "ip_version": 4})
+    inside = post(acme, "networks", "network", {"name": "inside"})
+    subnet = post(
+        acme, "subnets", "subnet", {"network_id": inside["id"], "cidr": "10.6.0.0/24", "ip_version": 4}
+    )
+    port = post(acme, "ports", "port", {"network_id": inside["id"]})
+    fip = post(
+        acme, "floatingips", "floatingip", {"floating_network_id": public["id"], "port_id": port["id"]}
+    )
+    assert fip["router_id"] is None  # no router joins them yet
+    router = post(
+        acme, "routers", "router", {"name": "edge", "external_gateway_info": {"network_id": public["id"]}}
+    )
+    joined = client.put(
+        f"/v2.0/routers/{router['id']}/add_router_interface", json={"subnet_id": subnet["id"]}, headers=acme
+    )
+    assert joined.status_code == 200, joined.text
+    assert (
+        client.get(f"/v2.0/floatingips/{fip['id']}", headers=acme).json()["floatingip"]["router_id"]
+        == router["id"]
+    )
+
+
+def test_a_subnet_update_applies_its_gateway_and_pools_and_refuses_read_only_attributes(
+    api: tuple[TestClient, Tokens],
+) -> None:
+    client, tokens = api
+    acme = _headers(client, tokens["acme"], "acme")
+    network = client.post("/v2.0/networks", json={"network": {"name": "n"}}, headers=acme).json()["network"]
+    body = {"network_id": network["id"], "cidr": "10.5.0.0/24", "ip_version": 4}
+    subnet = client.post("/v2.0/subnets", json={"subnet": body}, headers=acme).json()["subnet"]
+    path = f"/v2.0/subnets/{subnet['id']}"
+    change = {"gateway_ip": "10.5.0.254", "allocation_pools": [{"start": "10.5.0.100", "end": "10.5.0.109"}]}
+    updated = client.put(path, json={"subnet": change}, headers=acme)
+    assert updated.status_code == 200, updated.text
+    assert (updated.json()["subnet"]["gateway_ip"], updated.json()["subnet"]["allocation_pools"]) == (
+        "10.5.0.254",
+        change["allocation_pools"],
+    )
+    port = client.post("/v2.0/ports", json={"port": {"network_id": network["id"]}}, headers=acme).json()[
+        "port"
+    ]
+    assert port["fixed_ips"][0]["ip_address"] == "10.5.0.100"  # from the new pool
+    for field, value in (("cidr", "10.6.0.0/24"), ("ip_version", 6)):
+        refused = client.put(path, json={"subnet": {field: value}}, headers=acme)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["NeutronError"]["message"] == f"Cannot update read-only attribute {field}"
+    assert client.get(path, headers=acme).json()["subnet"]["cidr"] == "10.5.0.0/24"

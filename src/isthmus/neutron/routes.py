@@ -239,13 +239,24 @@ def _port_view(ledger: Ledger) -> Callable[[Object], dict[str, Any]]:
 def _floating_view(ledger: Ledger) -> Callable[[Object], dict[str, Any]]:
     def view(f: Object) -> dict[str, Any]:
         assert isinstance(f, FloatingIP)
-        fixed = None
+        fixed, router = None, None
         if f.spec.endpoints:
             ns, name = split_ref(f.spec.endpoints[0], f.metadata.namespace)
             port = objects.list_one(ledger, _INFO["Endpoint"], ns, name)
             if isinstance(port, Endpoint) and port.spec.addresses:
                 fixed = str(port.spec.addresses[0])
-        return shapes.floating_ip(f, fixed)
+                network = split_ref(port.spec.network, ns)[1]
+                external = split_ref(f.spec.pool, f.metadata.namespace)[1]
+                router = next(
+                    (
+                        ident
+                        for ident, r in sorted(_routers(ledger, ns or "").items())
+                        if (shapes.gateway(r) or {}).get("network_id") == external
+                        and any(i["network_id"] == network for i in shapes.interfaces(r))
+                    ),
+                    None,
+                )
+        return shapes.floating_ip(f, fixed, router)
 
     return view
 

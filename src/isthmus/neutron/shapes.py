@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from isthmus.model import (
@@ -35,6 +36,8 @@ from isthmus.model.security import MEMBER
 NAME, DESCRIPTION = "neutron.isthmus.io/name", "neutron.isthmus.io/description"
 DEVICE_OWNER, DEVICE_ID = "neutron.isthmus.io/device-owner", "neutron.isthmus.io/device-id"
 ADDRESS_PAIRS = "neutron.isthmus.io/allowed-address-pairs"
+KEPT = "neutron.isthmus.io/attributes"  # what Neutron keeps and Isthmus only stores and shows (JSON)
+MTU = 1450  # a VXLAN network's: 1500 less the encapsulation
 GATEWAY, INTERFACES = "neutron.isthmus.io/router-gateway", "neutron.isthmus.io/router-interfaces"
 ROUTER_PRIORITY = 2000  # lower runs first: after the tenants' own Isthmus policies (1000 by default)
 PROTOCOLS = {
@@ -79,6 +82,65 @@ def _meta(
     return {"name": ident, "namespace": project, "annotations": annotations | (extra or {})}
 
 
+Kept = dict[str, tuple[Any, Callable[[Any], bool]]]  # attribute -> (its default, what it may be)
+
+
+def _kept(obj: Object, kept: Kept) -> dict[str, Any]:
+    """The attributes `obj` keeps for Neutron, each else its default."""
+    stored: dict[str, Any] = json.loads(obj.metadata.annotations.get(KEPT, "{}"))
+    return {k: default for k, (default, _) in kept.items()} | stored
+
+
+def _keep(old: Object | None, body: dict[str, Any], kept: Kept) -> dict[str, str]:
+    """The annotation of the attributes a creation or an update gives over the stored ones (each else its
+    default); one that is not what it may be is refused, named."""
+    held = _kept(old, kept) if old is not None else {k: default for k, (default, _) in kept.items()}
+    for field, (_, valid) in kept.items():
+        if field in body:
+            if not valid(body[field]):
+                raise BadRequest(f"invalid input for {field}: {body[field]!r}")
+            held[field] = body[field]
+    return {KEPT: json.dumps(held, sort_keys=True)}
+
+
+def _parses(parse: Callable[[str], Any], value: Any) -> bool:
+    try:
+        parse(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _addresses(value: Any) -> bool:
+    return isinstance(value, list) and all(_parses(ipaddress.ip_address, v) for v in value)
+
+
+def _routes(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(r, dict)
+        and _parses(ipaddress.ip_network, r.get("destination"))
+        and _parses(ipaddress.ip_address, r.get("nexthop"))
+        for r in value
+    )
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+NETWORK_KEPT: Kept = {
+    "mtu": (MTU, lambda v: isinstance(v, int) and not isinstance(v, bool) and 68 <= v <= MTU),
+    "admin_state_up": (True, _flag),
+}
+SUBNET_KEPT: Kept = {
+    "dns_nameservers": ([], _addresses),
+    "host_routes": ([], _routes),
+    "enable_dhcp": (True, _flag),
+}
+PORT_KEPT: Kept = {"port_security_enabled": (True, _flag), "admin_state_up": (True, _flag)}
+ROUTER_KEPT: Kept = {"admin_state_up": (True, _flag)}
+
+
 def _object(kind: str, metadata: dict[str, Any], spec: dict[str, Any]) -> Object:
     return parse_object({"apiVersion": "isthmus.io/v1", "kind": kind, "metadata": metadata, "spec": spec})
 
@@ -93,25 +155,27 @@ def _ref(reference: str, namespace: str | None) -> str:
 
 def network(obj: VirtualNetwork, subnets: list[str]) -> dict[str, Any]:
     project = obj.metadata.namespace or ""
-    return _common(obj, project) | {
-        "status": "ACTIVE",
-        "admin_state_up": True,
-        "shared": obj.spec.shared,
-        "router:external": obj.spec.external,
-        "subnets": subnets,
-        "mtu": 1450,
-        "provider:network_type": "vxlan" if obj.spec.mode == "overlay" else "routed",
-        "provider:segmentation_id": obj.spec.vni,
-        "provider:physical_network": None,
-        "port_security_enabled": True,
-        "availability_zones": [],
-        "availability_zone_hints": [],
-        "is_default": False,
-        "ipv4_address_scope": None,
-        "ipv6_address_scope": None,
-        "l2_adjacency": obj.spec.mode == "overlay",
-        "route_targets": obj.spec.import_targets,
-    }
+    return (
+        _common(obj, project)
+        | _kept(obj, NETWORK_KEPT)
+        | {
+            "status": "ACTIVE",
+            "shared": obj.spec.shared,
+            "router:external": obj.spec.external,
+            "subnets": subnets,
+            "provider:network_type": "vxlan" if obj.spec.mode == "overlay" else "routed",
+            "provider:segmentation_id": obj.spec.vni,
+            "provider:physical_network": None,
+            "port_security_enabled": True,
+            "availability_zones": [],
+            "availability_zone_hints": [],
+            "is_default": False,
+            "ipv4_address_scope": None,
+            "ipv6_address_scope": None,
+            "l2_adjacency": obj.spec.mode == "overlay",
+            "route_targets": obj.spec.import_targets,
+        }
+    )
 
 
 def to_network(body: dict[str, Any], project: str, old: VirtualNetwork | None) -> VirtualNetwork:
@@ -121,7 +185,7 @@ def to_network(body: dict[str, Any], project: str, old: VirtualNetwork | None) -
     spec["external"] = bool(body.get("router:external", spec.get("external", False)))
     spec.setdefault("nodeAccess", False)  # a project's VMs do not reach the hypervisors, as in OpenStack
     merged = _merged(old, body)
-    made = _object("VirtualNetwork", _meta(ident, project, merged), spec)
+    made = _object("VirtualNetwork", _meta(ident, project, merged, _keep(old, body, NETWORK_KEPT)), spec)
     assert isinstance(made, VirtualNetwork)
     return made
 
@@ -149,38 +213,38 @@ def subnet(obj: Subnet) -> dict[str, Any]:
         {"start": str(ipaddress.ip_address(base + low)), "end": str(ipaddress.ip_address(base + high))}
         for low, high in obj.spec.offset_ranges()
     ]
-    return _common(obj, project) | {
-        "network_id": _ref(obj.spec.network, obj.metadata.namespace),
-        "cidr": str(cidr),
-        "ip_version": cidr.version,
-        "gateway_ip": str(gateway) if gateway is not None else None,
-        "allocation_pools": pools,
-        "enable_dhcp": False,
-        "dns_nameservers": [],
-        "host_routes": [],
-        "subnetpool_id": obj.spec.pool,
-        "ipv6_address_mode": obj.spec.ipv6_address_mode,
-        "ipv6_ra_mode": obj.spec.ipv6_ra_mode,
-        "service_types": [],
-        "segment_id": None,
-    }
+    return (
+        _common(obj, project)
+        | _kept(obj, SUBNET_KEPT)
+        | {
+            "network_id": _ref(obj.spec.network, obj.metadata.namespace),
+            "cidr": str(cidr),
+            "ip_version": cidr.version,
+            "gateway_ip": str(gateway) if gateway is not None else None,
+            "allocation_pools": pools,
+            "subnetpool_id": obj.spec.pool,
+            "ipv6_address_mode": obj.spec.ipv6_address_mode,
+            "ipv6_ra_mode": obj.spec.ipv6_ra_mode,
+            "service_types": [],
+            "segment_id": None,
+        }
+    )
 
 
 def to_subnet(body: dict[str, Any], project: str, network_id: str, old: Subnet | None) -> Subnet:
+    """A new subnet, or `old` updated as Neutron updates one: its gateway and allocation pools (and what
+    it keeps) change; its CIDR, version, network and IPv6 modes are read-only."""
     ident = old.metadata.name if old else new_id()
     if old is not None:
         spec = old.spec.model_dump(by_alias=True, exclude_none=True)
+        shown = subnet(old)
+        for field in ("cidr", "ip_version", "network_id", "ipv6_address_mode", "ipv6_ra_mode"):
+            if field in body and str(body[field]) != str(shown[field]):
+                raise BadRequest(f"Cannot update read-only attribute {field}")
     else:
         if not body.get("cidr"):
             raise BadRequest("subnet: cidr is required (subnet pools are not offered through Neutron)")
         spec = {"network": network_id, "cidr": body["cidr"]}
-        if "gateway_ip" in body:
-            if body["gateway_ip"] is None:
-                spec["noGateway"] = True
-            else:
-                spec["gateway"] = body["gateway_ip"]
-        if body.get("allocation_pools"):
-            spec["allocationPools"] = body["allocation_pools"]
         for field in ("ipv6_address_mode", "ipv6_ra_mode"):
             if body.get(field):
                 spec[field] = body[field]
@@ -191,7 +255,17 @@ def to_subnet(body: dict[str, Any], project: str, network_id: str, old: Subnet |
         version = body.get("ip_version")
         if version is not None and given.version != int(version):
             raise BadRequest(f"subnet: cidr {body['cidr']} is not IPv{version}")
-    made = _object("Subnet", _meta(ident, project, _merged(old, body)), spec)
+    if "gateway_ip" in body:
+        spec.pop("gateway", None)
+        spec["noGateway"] = body["gateway_ip"] is None
+        if body["gateway_ip"] is not None:
+            spec["gateway"] = body["gateway_ip"]
+    if "allocation_pools" in body:
+        spec.pop("allocationPools", None)
+        if body["allocation_pools"]:
+            spec["allocationPools"] = body["allocation_pools"]
+    kept = _keep(old, body, SUBNET_KEPT)
+    made = _object("Subnet", _meta(ident, project, _merged(old, body), kept), spec)
     assert isinstance(made, Subnet)
     return made
 
@@ -211,26 +285,28 @@ def port(obj: Endpoint, subnets: dict[str, list[tuple[str, Any]]], network_id: s
         for address in obj.spec.addresses
     ]
     groups = sorted(k.removeprefix(MEMBER) for k in obj.metadata.labels if k.startswith(MEMBER))
-    return _common(obj, project) | {
-        "network_id": network_id,
-        "mac_address": obj.spec.mac,
-        "fixed_ips": fixed,
-        "device_id": annotations.get(DEVICE_ID, ""),
-        "device_owner": annotations.get(DEVICE_OWNER, ""),
-        "status": "ACTIVE" if obj.spec.node else "DOWN",
-        "admin_state_up": True,
-        "binding:host_id": obj.spec.node or "",
-        "binding:vif_type": "isthmus" if obj.spec.node else "unbound",
-        "binding:vnic_type": "normal",
-        "binding:profile": {},
-        "binding:vif_details": {},
-        "allowed_address_pairs": json.loads(annotations.get(ADDRESS_PAIRS, "[]")),
-        "security_groups": groups,
-        "port_security_enabled": bool(groups),
-        "extra_dhcp_opts": [],
-        "dns_name": "",
-        "dns_assignment": [],
-    }
+    return (
+        _common(obj, project)
+        | _kept(obj, PORT_KEPT)
+        | {
+            "network_id": network_id,
+            "mac_address": obj.spec.mac,
+            "fixed_ips": fixed,
+            "device_id": annotations.get(DEVICE_ID, ""),
+            "device_owner": annotations.get(DEVICE_OWNER, ""),
+            "status": "ACTIVE" if obj.spec.node else "DOWN",
+            "binding:host_id": obj.spec.node or "",
+            "binding:vif_type": "isthmus" if obj.spec.node else "unbound",
+            "binding:vnic_type": "normal",
+            "binding:profile": {},
+            "binding:vif_details": {},
+            "allowed_address_pairs": json.loads(annotations.get(ADDRESS_PAIRS, "[]")),
+            "security_groups": groups,
+            "extra_dhcp_opts": [],
+            "dns_name": "",
+            "dns_assignment": [],
+        }
+    )
 
 
 def to_port(
@@ -264,8 +340,8 @@ def to_port(
             raise BadRequest("port: allowed_address_pairs must be a list of {ip_address, mac_address}")
         annotations[ADDRESS_PAIRS] = json.dumps(pairs)
         spec["allowedAddresses"] = [str(p["ip_address"]) for p in pairs]
-    metadata = _meta(ident, project, _merged(old, body), annotations)
-    metadata["annotations"] = annotations | metadata["annotations"]
+    kept = _keep(old, body, PORT_KEPT)
+    metadata = _meta(ident, project, _merged(old, body), annotations | kept)
     metadata["labels"] = {member_label(g): "" for g in groups}
     made = _object("Endpoint", metadata, spec)
     assert isinstance(made, Endpoint)
@@ -275,7 +351,8 @@ def to_port(
 # -- floating IPs
 
 
-def floating_ip(obj: FloatingIP, fixed: str | None) -> dict[str, Any]:
+def floating_ip(obj: FloatingIP, fixed: str | None, router_id: str | None = None) -> dict[str, Any]:
+    """`router_id`: the router that joins the port's network to the floating IP's network, if any."""
     project = obj.metadata.namespace or ""
     port_id = _ref(obj.spec.endpoints[0], obj.metadata.namespace) if obj.spec.endpoints else None
     return _common(obj, project) | {
@@ -283,7 +360,7 @@ def floating_ip(obj: FloatingIP, fixed: str | None) -> dict[str, Any]:
         "floating_network_id": _ref(obj.spec.pool, obj.metadata.namespace),
         "port_id": port_id,
         "fixed_ip_address": fixed if port_id else None,
-        "router_id": None,
+        "router_id": router_id if port_id else None,
         "status": "ACTIVE" if port_id else "DOWN",
         "port_details": None,
     }
@@ -426,17 +503,20 @@ def gateway(obj: Policy) -> dict[str, Any] | None:
 
 def router(obj: Policy) -> dict[str, Any]:
     project = obj.metadata.namespace or ""
-    return _common(obj, project) | {
-        "status": "ACTIVE",
-        "admin_state_up": True,
-        "external_gateway_info": gateway(obj),
-        "routes": [],
-        "distributed": False,
-        "ha": False,
-        "availability_zones": [],
-        "availability_zone_hints": [],
-        "flavor_id": None,
-    }
+    return (
+        _common(obj, project)
+        | _kept(obj, ROUTER_KEPT)
+        | {
+            "status": "ACTIVE",
+            "external_gateway_info": gateway(obj),
+            "routes": [],
+            "distributed": False,
+            "ha": False,
+            "availability_zones": [],
+            "availability_zone_hints": [],
+            "flavor_id": None,
+        }
+    )
 
 
 def to_router(
@@ -457,7 +537,7 @@ def to_router(
         for b in networks
         if a != b
     ]
-    extra = {GATEWAY: json.dumps(given), INTERFACES: json.dumps(linked)}
+    extra = {GATEWAY: json.dumps(given), INTERFACES: json.dumps(linked)} | _keep(old, body, ROUTER_KEPT)
     metadata = _meta(ident, project, _merged(old, body), extra)
     made = _object("Policy", metadata, {"priority": ROUTER_PRIORITY, "rules": rules})
     assert isinstance(made, Policy)
