@@ -1,5 +1,5 @@
 """Bearer tokens: one admin token given at start, per-tenant tokens kept hashed in the ledger, and the
-sessions the identity endpoint issues from either.
+sessions the identity endpoint issues from either (EXPIRY-RANDOM, kept under their expiry).
 
 A tenant token is bound to its tenant's uid, so it dies with the tenant even if the name is reused. A
 session is opaque, scoped to one project and expires (SESSION_SECONDS, as Keystone's tokens do); it dies
@@ -24,7 +24,8 @@ from isthmus.store.txn import Txn
 
 TOKENS = "/tokens/"
 SESSIONS = "/sessions/"
-SESSION_SECONDS = 3600.0
+SESSION_SECONDS = 3600
+PRUNED = 100  # expired sessions dropped at most at each issue
 _TENANT = lookup_kind("Tenant")
 
 
@@ -109,6 +110,13 @@ class Session:
     expires: float
 
 
+def _session_key(token: str) -> str | None:
+    """Where a session is kept: under its expiry (the token's prefix, epoch seconds), so that the expired
+    ones are a range to drop; None for what is not a session token."""
+    expires, dash, _ = token.partition("-")
+    return f"{SESSIONS}{int(expires):012d}/{_digest(token)}" if dash and expires.isdigit() else None
+
+
 def _credential(admin_token: str, credential: str, who: Principal) -> str:
     """What a session stays bound to: the admin token's digest, or the tenant token's key."""
     return f"admin:{_digest(admin_token)}" if who.admin else TOKENS + _digest(credential)
@@ -137,10 +145,13 @@ def open_session(
     held = holder(ledger, admin_token, credential, now)
     if held is None or not (held[0].admin or held[0].tenant == project):
         return None
-    token, made = secrets.token_urlsafe(32), Session(project, held[0].admin, now + SESSION_SECONDS)
+    expires = int(now + SESSION_SECONDS)
+    token, made = f"{expires}-{secrets.token_urlsafe(32)}", Session(project, held[0].admin, expires)
     record = {"project": project, "admin": made.admin, "expires": made.expires, "credential": held[1]}
-    expired = [(kv.key, None) for kv in ledger.list(SESSIONS)[0] if json.loads(kv.value)["expires"] <= now]
-    ledger.commit({}, [*expired, (SESSIONS + _digest(token), json.dumps(record).encode())])
+    expired = ledger.range(SESSIONS, f"{SESSIONS}{int(now):012d}", limit=PRUNED)
+    key = _session_key(token)
+    assert key is not None
+    ledger.commit({}, [*((kv.key, None) for kv in expired), (key, json.dumps(record).encode())])
     return token, made
 
 
@@ -152,7 +163,8 @@ def session(ledger: Ledger, admin_token: str, token: str, now: float | None = No
 
 def _open(ledger: Ledger, admin_token: str, token: str, now: float) -> tuple[Session, str] | None:
     """The open session `token` names, and the credential it is bound to."""
-    kv = ledger.get(SESSIONS + _digest(token))
+    key = _session_key(token)
+    kv = ledger.get(key) if key is not None else None
     if kv is None:
         return None
     record = json.loads(kv.value)
@@ -168,9 +180,9 @@ def _open(ledger: Ledger, admin_token: str, token: str, now: float) -> tuple[Ses
 
 def close_session(ledger: Ledger, token: str) -> bool:
     """End a session; False when there was none."""
-    key = SESSIONS + _digest(token)
-    kv = ledger.get(key)
-    if kv is None:
+    key = _session_key(token)
+    kv = ledger.get(key) if key is not None else None
+    if key is None or kv is None:
         return False
     ledger.commit({key: kv.mod_revision}, [(key, None)])
     return True
